@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// Errors at the core's boundary. Protocol crates map these to wire codes.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("i/o error on {path}: {source}")]
+    Io { path: PathBuf, #[source] source: std::io::Error },
+    #[error("corrupt log segment {path} at byte {offset}: {reason}; refusing to start (move the file away or restore it)")]
+    Corrupt { path: PathBuf, offset: u64, reason: String },
+    #[error("unsupported segment format version {version} in {path}")]
+    UnsupportedVersion { path: PathBuf, version: u8 },
+    #[error("the store is poisoned after a failed write or fsync; restart to recover")]
+    Poisoned,
+    #[error("the store is closed")]
+    Closed,
+    #[error("queue not found: {0}")]
+    QueueNotFound(String),
+    #[error("queue limit reached ({0} queues)")]
+    QueueLimit(usize),
+    #[error("invalid queue name: {0}")]
+    InvalidQueueName(String),
+    #[error("record too large: {size} bytes (max {max})")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("receipt handle is unknown or expired")]
+    InvalidReceipt,
+    #[error("queue {0} was redeclared with different settings")]
+    Inequivalent(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl StoreError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,16 @@
+//! polymq core: one commit log, lightweight queues, pop and offset consumption.
+//!
+//! The core knows no protocol. Protocol crates talk to it through [`Store`]:
+//! declare queues, append a message routed to many queues (stored once), read
+//! by offset, pop / ack / nack by receipt, and commit group offsets.
+
+pub mod config;
+pub mod error;
+pub mod limits;
+pub mod log;
+pub mod server;
+pub mod store;
+
+pub use error::StoreError;
+pub use log::FsyncPolicy;
+pub use store::{Store, StoreConfig, StoreMetrics};
