@@ -4,11 +4,14 @@
 //! declare queues, append a message routed to many queues (stored once), read
 //! by offset, pop / ack / nack by receipt, and commit group offsets.
 
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod limits;
 pub mod log;
 pub mod server;
+pub mod queue;
+pub mod record;
 pub mod store;
 
 pub use error::StoreError;

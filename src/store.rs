@@ -1,18 +1,51 @@
-//! STUB: replaced by the real store. Signatures here are stable.
-use std::path::PathBuf;
-use std::sync::Arc;
+//! The store: the core API every protocol uses. It owns the log and the
+//! queue index and keeps them consistent.
+//!
+//! Ordering rule: queue offsets are assigned and the record is handed to the
+//! log writer under one short lock, so the log's order is the offsets' order.
+//! New messages become visible only in the writer's commit hook, after their
+//! batch is written (and fsynced under `always`). Acks, nacks, declares and
+//! deletes change the index at once and are made durable by their record.
 
-use crate::{FsyncPolicy, StoreError};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::clock::{Clock, SystemClock};
+use crate::limits::{self, DISPATCH_COUNT_MAX, RECORD_BYTES_MAX};
+use crate::log::writer as writer_msg;
+use crate::log::{Committed, FsyncPolicy, Log, LogConfig, RecoveryReport, Submit};
+use crate::queue::{DeadLetter, IndexEntry, NackAction, NackOutcome, PopItem, QueueId, QueueInfo, QueueKind, QueueOptions, QueueTable, Receipt};
+use crate::record::{self, Message, MessageHead, Record};
+use crate::StoreError;
+
+mod snapshot;
 
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
     pub data_dir: PathBuf,
     pub fsync: FsyncPolicy,
+    pub segment_bytes: u64,
+    pub queue_count_max: usize,
+    /// How often retention, idle expiry and segment reclaim run (0: never,
+    /// for tests that call [`Store::run_maintenance`] themselves).
+    pub maintenance_interval: Duration,
 }
 
 impl StoreConfig {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        StoreConfig { data_dir: data_dir.into(), fsync: FsyncPolicy::default() }
+        StoreConfig {
+            data_dir: data_dir.into(),
+            fsync: FsyncPolicy::default(),
+            segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
+            queue_count_max: limits::QUEUE_COUNT_MAX_DEFAULT,
+            maintenance_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -21,6 +54,7 @@ impl StoreConfig {
 pub struct StoreMetrics {
     pub appends_total: u64,
     pub append_bytes_total: u64,
+    pub write_batches_total: u64,
     pub fsyncs_total: u64,
     pub log_bytes: u64,
     pub segments: u64,
@@ -29,21 +63,848 @@ pub struct StoreMetrics {
     pub messages_inflight: u64,
 }
 
+/// A message read back from the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub offset: u64,
+    pub pos: u64,
+    pub message: Message,
+}
+
+/// A message handed out by [`Store::pop`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub receipt: Receipt,
+    /// Deliveries including this one: 1 the first time (AMQP `redelivered` is `> 1`).
+    pub deliveries: u32,
+    pub offset: u64,
+    pub message: Message,
+}
+
+/// Where an append went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub pos: u64,
+    pub offsets: Vec<(QueueId, u64)>,
+}
+
+/// The result of a read by offset.
+#[derive(Debug, Clone, Default)]
+pub struct ReadResult {
+    pub messages: Vec<StoredMessage>,
+    /// First retained offset (Kafka log start offset).
+    pub start_offset: u64,
+    /// Next offset to be written (Kafka high watermark).
+    pub next_offset: u64,
+}
+
+/// An append on its way to the log; await it for the acknowledgement.
+pub struct Ticket {
+    rx: oneshot::Receiver<Result<u64, StoreError>>,
+    offsets: Vec<(QueueId, u64)>,
+}
+
+impl Ticket {
+    pub async fn wait(self) -> Result<Appended, StoreError> {
+        let pos = self.rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(Appended { pos, offsets: self.offsets })
+    }
+    pub fn offsets(&self) -> &[(QueueId, u64)] {
+        &self.offsets
+    }
+}
+
+/// What maintenance did in one run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub batches_dropped: usize,
+    pub queues_expired: usize,
+    pub segments_deleted: usize,
+    pub bytes_freed: u64,
+}
+
+/// What the writer must do with a record once it is in the log.
+pub(crate) enum Op {
+    /// Make a new message visible in these queues.
+    Message { dispatch: Vec<(QueueId, u64)>, timestamp_ms: u64, deliver_at_ms: u64, priority: u8, span: u32, group: Option<Bytes> },
+    /// Index an existing message into a queue (dead-letter).
+    Dispatch { id: QueueId, offset: u64, src_pos: u64, src_total: u32, src: Option<Box<IndexMeta>> },
+    /// Already applied to the index; the record only makes it durable.
+    Durable,
+}
+
+/// The fields of a stored message that indexing needs, read back from the log.
+pub(crate) struct IndexMeta {
+    timestamp_ms: u64,
+    priority: u8,
+    group: Option<Bytes>,
+}
+
+pub(crate) struct State {
+    pub(crate) table: QueueTable,
+    /// (group, queue) -> committed offset.
+    pub(crate) group_offsets: HashMap<(Arc<str>, QueueId), u64>,
+    /// Live queue entries per segment (keyed by segment base).
+    live: BTreeMap<u64, i64>,
+    bases: Vec<u64>,
+}
+
+impl State {
+    fn apply_live(&mut self, log_bases: &dyn Fn() -> Vec<u64>) {
+        let deltas: Vec<_> = self.table.drain_live().collect();
+        for (pos, d) in deltas {
+            if self.bases.last().is_none_or(|&b| pos >= b) {
+                // Possibly a new segment since the last refresh.
+                let fresh = log_bases();
+                if fresh.len() != self.bases.len() || fresh.last() != self.bases.last() {
+                    self.bases = fresh;
+                }
+            }
+            let i = self.bases.partition_point(|&b| b <= pos);
+            let base = if i == 0 { 0 } else { self.bases[i - 1] };
+            *self.live.entry(base).or_insert(0) += d;
+        }
+    }
+}
+
+pub(crate) struct Inner {
+    log: Log<Op>,
+    tx: mpsc::Sender<writer_msg::Msg<Op>>,
+    state: Mutex<State>,
+    waiters: Mutex<HashMap<QueueId, Arc<Notify>>>,
+    clock: Arc<dyn Clock>,
+    cfg: StoreConfig,
+    closed: AtomicBool,
+    /// Serializes maintenance runs (the thread and explicit calls).
+    maintenance: Mutex<()>,
+}
+
 pub struct Store {
-    _cfg: StoreConfig,
+    inner: Arc<Inner>,
+    maintenance_thread: Mutex<Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>>,
+    recovery: RecoveryReport,
+}
+
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
+    m.lock().map_err(|_| StoreError::Poisoned)
 }
 
 impl Store {
     /// Opens (recovering if needed) the store in `cfg.data_dir`, creating it if absent.
     pub fn open(cfg: StoreConfig) -> Result<Arc<Store>, StoreError> {
-        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StoreError::io(&cfg.data_dir, e))?;
-        Ok(Arc::new(Store { _cfg: cfg }))
+        Store::open_with_clock(cfg, Arc::new(SystemClock))
     }
-    /// Flushes and fsyncs everything, stops the writer. Idempotent. Blocking.
+
+    pub fn open_with_clock(cfg: StoreConfig, clock: Arc<dyn Clock>) -> Result<Arc<Store>, StoreError> {
+        if cfg.segment_bytes < limits::SEGMENT_BYTES_MIN {
+            return Err(StoreError::InvalidArgument(format!("segment_bytes must be at least {}", limits::SEGMENT_BYTES_MIN)));
+        }
+        std::fs::create_dir_all(&cfg.data_dir).map_err(|e| StoreError::io(&cfg.data_dir, e))?;
+        let now = clock.now_ms();
+        let mut table = QueueTable::new(cfg.queue_count_max);
+        let mut group_offsets = HashMap::new();
+        let snap = snapshot::load(&cfg.data_dir, &mut table, &mut group_offsets, now)?;
+        let covered = snap.map(|s| s.covers).unwrap_or(0);
+        let log_cfg = LogConfig { dir: cfg.data_dir.join("log"), fsync: cfg.fsync, segment_bytes: cfg.segment_bytes };
+        let mut st = State { table, group_offsets, live: BTreeMap::new(), bases: Vec::new() };
+        let started = std::time::Instant::now();
+        let (log, recovery) = Log::open(log_cfg, |pos, total, body| {
+            replay(&mut st, pos, total, body, covered, now);
+            Ok(())
+        })?;
+        st.table.finish_replay();
+        // Retention is not logged: it is a rule (oldest first while over the
+        // limit), so applying it again after replay can only move a stream's
+        // start forward, never back past what consumers already saw dropped.
+        st.table.apply_retention(now);
+        st.table.drain_live().for_each(drop);
+        st.bases = log.segment_bases();
+        let live = recount_live(&st);
+        st.live = live;
+        tracing::info!(records = recovery.records, segments = recovery.segments, truncated = recovery.truncated_bytes, queues = st.table.len(), ms = started.elapsed().as_millis() as u64, "store recovered");
+        let tx = {
+            // The hook needs the Inner that owns the log; it gets a Weak after construction.
+            let (hook_tx, hook_rx) = std::sync::mpsc::channel::<Weak<Inner>>();
+            let mut weak: Option<Weak<Inner>> = None;
+            log.start(Box::new(move |batch: &mut [Committed<Op>]| {
+                if weak.is_none() {
+                    weak = hook_rx.recv().ok();
+                }
+                if let Some(inner) = weak.as_ref().and_then(|w| w.upgrade()) {
+                    inner.on_commit(batch);
+                }
+            }))?;
+            let tx = log.sender()?;
+            let inner = Arc::new(Inner { log, tx: tx.clone(), state: Mutex::new(st), waiters: Mutex::new(HashMap::new()), clock, cfg: cfg.clone(), closed: AtomicBool::new(false), maintenance: Mutex::new(()) });
+            let _ = hook_tx.send(Arc::downgrade(&inner));
+            (inner, tx)
+        };
+        let (inner, _tx) = tx;
+        let store = Arc::new(Store { inner, maintenance_thread: Mutex::new(None), recovery });
+        if !cfg.maintenance_interval.is_zero() {
+            let stop = Arc::new(AtomicBool::new(false));
+            let weak = Arc::downgrade(&store.inner);
+            let every = cfg.maintenance_interval;
+            let stop2 = stop.clone();
+            let h = std::thread::Builder::new()
+                .name("polymq-maintenance".into())
+                .spawn(move || {
+                    let mut slept = Duration::ZERO;
+                    while !stop2.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(20));
+                        slept += Duration::from_millis(20);
+                        if slept < every {
+                            continue;
+                        }
+                        slept = Duration::ZERO;
+                        let Some(inner) = weak.upgrade() else { break };
+                        if let Err(e) = inner.run_maintenance() {
+                            tracing::warn!(error = %e, "maintenance failed");
+                        }
+                    }
+                })
+                .map_err(|e| StoreError::io("polymq-maintenance", e))?;
+            *lock(&store.maintenance_thread)? = Some((h, stop));
+        }
+        Ok(store)
+    }
+
+    /// What recovery found when this store was opened.
+    pub fn recovery(&self) -> &RecoveryReport {
+        &self.recovery
+    }
+
+    /// Flushes and fsyncs everything, stops the writer. Idempotent. Blocking:
+    /// call it from outside the async runtime or via `spawn_blocking`.
     pub fn close(&self) -> Result<(), StoreError> {
+        if let Some((h, stop)) = lock(&self.maintenance_thread)?.take() {
+            stop.store(true, Ordering::Release);
+            let _ = h.join();
+        }
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.log.close()?;
+        self.inner.notify_all();
         Ok(())
     }
+
     pub fn metrics(&self) -> StoreMetrics {
-        StoreMetrics::default()
+        let c = self.inner.log.counters();
+        let (queues, (ready, inflight)) = match self.inner.state.lock() {
+            Ok(st) => (st.table.len() as u64, st.table.totals()),
+            Err(_) => (0, (0, 0)),
+        };
+        StoreMetrics {
+            appends_total: c.appends.load(Ordering::Relaxed),
+            append_bytes_total: c.append_bytes.load(Ordering::Relaxed),
+            write_batches_total: c.batches.load(Ordering::Relaxed),
+            fsyncs_total: c.fsyncs.load(Ordering::Relaxed),
+            log_bytes: self.inner.log.disk_bytes(),
+            segments: self.inner.log.segment_count() as u64,
+            queues,
+            messages_ready: ready,
+            messages_inflight: inflight,
+        }
     }
+
+    pub fn now_ms(&self) -> u64 {
+        self.inner.clock.now_ms()
+    }
+
+    // ---- queues ----
+
+    /// Declares a queue (creating it durably) or returns the existing one.
+    /// Redeclaring with other options fails with [`StoreError::Inequivalent`].
+    pub async fn declare_queue(&self, name: &str, opts: QueueOptions) -> Result<QueueInfo, StoreError> {
+        self.inner.declare_queue(name, opts).await
+    }
+
+    pub fn queue_id(&self, name: &str) -> Option<QueueId> {
+        self.inner.state.lock().ok()?.table.lookup(name)
+    }
+
+    pub fn queue_info(&self, id: QueueId) -> Option<QueueInfo> {
+        self.inner.state.lock().ok()?.table.info(id)
+    }
+
+    pub fn list_queues(&self) -> Vec<(QueueId, String)> {
+        self.inner.state.lock().map(|st| st.table.names()).unwrap_or_default()
+    }
+
+    /// Deletes a queue and everything in it. `Ok(false)` if it did not exist.
+    pub async fn delete_queue(&self, id: QueueId) -> Result<bool, StoreError> {
+        self.inner.delete_queue(id).await
+    }
+
+    /// Marks a queue as used (consumers attached), postponing idle expiry.
+    pub fn touch(&self, id: QueueId) {
+        let now = self.now_ms();
+        if let Ok(mut st) = self.inner.state.lock() {
+            st.table.touch(id, now);
+        }
+    }
+
+    // ---- append ----
+
+    /// Appends one message, stored once and indexed into every target queue,
+    /// and waits until it is as durable as the fsync policy promises.
+    pub async fn append(&self, msg: Message, targets: &[QueueId]) -> Result<Appended, StoreError> {
+        self.submit(msg, targets).await?.wait().await
+    }
+
+    /// Hands a message to the log writer and returns at once with a ticket;
+    /// await the ticket for the acknowledgement (or drop it: fire and forget).
+    pub async fn submit(&self, mut msg: Message, targets: &[QueueId]) -> Result<Ticket, StoreError> {
+        let size = msg.payload.len() + msg.key.len() + msg.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+        if size > RECORD_BYTES_MAX {
+            return Err(StoreError::RecordTooLarge { size, max: RECORD_BYTES_MAX });
+        }
+        if targets.len() > DISPATCH_COUNT_MAX {
+            return Err(StoreError::InvalidArgument(format!("a message can go to at most {DISPATCH_COUNT_MAX} queues at once")));
+        }
+        if msg.headers.len() > u16::MAX as usize || msg.headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
+            return Err(StoreError::InvalidArgument("too many headers or a header name too long".into()));
+        }
+        if msg.group.as_ref().is_some_and(|g| g.len() > limits::GROUP_KEY_BYTES_MAX) {
+            return Err(StoreError::InvalidArgument(format!("message group keys are at most {} bytes", limits::GROUP_KEY_BYTES_MAX)));
+        }
+        msg.span = msg.span.max(1);
+        let permit = self.inner.tx.reserve().await.map_err(|_| StoreError::Closed)?;
+        let now = self.now_ms();
+        let timestamp_ms = if msg.timestamp_ms == 0 { now } else { msg.timestamp_ms };
+        let (done, rx) = oneshot::channel();
+        let mut st = lock(&self.inner.state)?;
+        self.inner.check_open()?;
+        let mut dispatch = Vec::with_capacity(targets.len());
+        for &q in targets {
+            let span = if st.table.options(q).map(|o| o.kind) == Some(QueueKind::Stream) { msg.span } else { 1 };
+            dispatch.push((q, st.table.reserve_offsets(q, span)?));
+        }
+        let mut head = Vec::with_capacity(64 + msg.key.len() + targets.len() * 16);
+        record::encode_message_head(&MessageHead { timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
+        let op = Op::Message { dispatch: dispatch.clone(), timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, span: msg.span, group: msg.group.clone() };
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        drop(st);
+        Ok(Ticket { rx, offsets: dispatch })
+    }
+
+    /// Forces an fsync of everything written so far.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let reply: writer_msg::SyncReply = Box::new(move |r| {
+            let _ = tx.send(r);
+        });
+        self.inner.tx.send(writer_msg::Msg::Sync(reply)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+    }
+
+    // ---- consumption by offset ----
+
+    /// Reads whole records from the one holding `from`, up to the limits.
+    pub fn read(&self, id: QueueId, from: u64, max_records: usize, max_bytes: u64) -> Result<ReadResult, StoreError> {
+        let r = lock(&self.inner.state)?.table.read_stream(id, from, max_records, max_bytes)?;
+        let mut messages = Vec::with_capacity(r.batches.len());
+        for b in r.batches {
+            messages.push(StoredMessage { offset: b.offset, pos: b.pos, message: self.inner.read_message(b.pos, b.total)? });
+        }
+        Ok(ReadResult { messages, start_offset: r.start_offset, next_offset: r.next_offset })
+    }
+
+    /// Like [`Store::read`], but waits up to `wait` for something at or after `from`.
+    pub async fn read_wait(&self, id: QueueId, from: u64, max_records: usize, max_bytes: u64, wait: Duration) -> Result<ReadResult, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.inner.waiter(id)?;
+        let result = loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let r = self.read(id, from, max_records, max_bytes);
+            let done = match &r {
+                Ok(r) => !r.messages.is_empty() || tokio::time::Instant::now() >= deadline || self.inner.closed.load(Ordering::Acquire),
+                Err(_) => true,
+            };
+            if done {
+                break r;
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        };
+        self.inner.release_waiter(id, notify);
+        result
+    }
+
+    /// The first offset whose timestamp is at or after `ts_ms` (Kafka ListOffsets).
+    pub fn offset_for_timestamp(&self, id: QueueId, ts_ms: u64) -> Result<u64, StoreError> {
+        lock(&self.inner.state)?.table.offset_for_timestamp(id, ts_ms)
+    }
+
+    /// Durably records a consumer group's position in a queue.
+    pub async fn commit_offset(&self, group: &str, id: QueueId, offset: u64) -> Result<(), StoreError> {
+        if group.is_empty() || group.len() > u16::MAX as usize {
+            return Err(StoreError::InvalidArgument("group names are 1..=65535 bytes".into()));
+        }
+        let group: Arc<str> = group.into();
+        let rec = Record::GroupOffset { id, group: group.to_string(), offset };
+        let rx = self
+            .inner
+            .submit_control(rec, Op::Durable, |st| {
+                if !st.table.exists(id) {
+                    return Err(StoreError::QueueNotFound(format!("id {:#x}", id.0)));
+                }
+                st.group_offsets.insert((group.clone(), id), offset);
+                Ok(())
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+    }
+
+    pub fn committed_offset(&self, group: &str, id: QueueId) -> Option<u64> {
+        let st = self.inner.state.lock().ok()?;
+        st.group_offsets.get(&(Arc::<str>::from(group), id)).copied()
+    }
+
+    // ---- consumption by message ----
+
+    /// Receives up to `max` visible messages, each invisible to other
+    /// consumers for `invisible`; waits up to `wait` if there are none.
+    pub async fn pop(&self, id: QueueId, max: usize, invisible: Duration, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let notify = self.inner.waiter(id)?;
+        let result = loop {
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = self.now_ms();
+            let out = match lock(&self.inner.state).and_then(|mut st| st.table.pop(id, max, invisible.as_millis() as u64, now)) {
+                Ok(o) => o,
+                Err(e) => break Err(e),
+            };
+            if !out.dead.is_empty() {
+                if let Err(e) = self.inner.dead_letter(out.dead).await {
+                    break Err(e);
+                }
+            }
+            if !out.items.is_empty() {
+                break self.inner.deliveries(out.items);
+            }
+            let tnow = tokio::time::Instant::now();
+            if tnow >= deadline || self.inner.closed.load(Ordering::Acquire) {
+                break Ok(Vec::new());
+            }
+            let mut until = deadline;
+            if let Some(at) = out.next_at_ms {
+                until = until.min(tnow + Duration::from_millis(at.saturating_sub(now).max(1)));
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        };
+        self.inner.release_waiter(id, notify);
+        result
+    }
+
+    /// Acknowledges a delivery: the message leaves the queue for good.
+    pub async fn ack(&self, receipt: Receipt) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let rec = Record::Ack { id: receipt.queue, offsets: vec![receipt.offset] };
+        let rx = self.inner.submit_control(rec, Op::Durable, |st| st.table.ack(receipt, now).map(drop)).await?;
+        rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+    }
+
+    /// Negative acknowledgement: requeue (optionally after a delay), dead-letter or drop.
+    pub async fn nack(&self, receipt: Receipt, action: NackAction) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        let outcome = lock(&self.inner.state)?.table.nack(receipt, action, now)?;
+        match outcome {
+            NackOutcome::Requeued { deliveries, visible_at_ms } => {
+                let rec = Record::Requeue { id: receipt.queue, offset: receipt.offset, deliveries, visible_at_ms };
+                let rx = self.inner.submit_control(rec, Op::Durable, |_| Ok(())).await?;
+                self.inner.wake(receipt.queue);
+                rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+            }
+            NackOutcome::DeadLettered(d) => self.inner.dead_letter(vec![d]).await,
+            NackOutcome::Dropped { .. } => {
+                let rec = Record::Ack { id: receipt.queue, offsets: vec![receipt.offset] };
+                let rx = self.inner.submit_control(rec, Op::Durable, |_| Ok(())).await?;
+                rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+            }
+        }
+    }
+
+    /// Extends (or shortens) how long a delivery stays invisible, from now.
+    pub fn change_invisible(&self, receipt: Receipt, invisible: Duration) -> Result<(), StoreError> {
+        let now = self.now_ms();
+        lock(&self.inner.state)?.table.change_invisible(receipt, invisible.as_millis() as u64, now)?;
+        self.inner.wake(receipt.queue);
+        Ok(())
+    }
+
+    /// Wakes every waiting pop/read so it looks again (tests that move a manual clock).
+    pub fn notify_all(&self) {
+        self.inner.notify_all();
+    }
+
+    /// Runs retention, idle expiry and segment reclaim once.
+    pub fn run_maintenance(&self) -> Result<MaintenanceReport, StoreError> {
+        self.inner.run_maintenance()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+impl Inner {
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Closed);
+        }
+        if self.log.is_poisoned() {
+            return Err(StoreError::Poisoned);
+        }
+        Ok(())
+    }
+
+    /// Applies `apply` to the state and queues `rec` for the log under one
+    /// lock, so the record's place in the log matches the state change.
+    async fn submit_control(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
+        let mut head = Vec::with_capacity(64);
+        record::encode(&rec, &mut head);
+        let (done, rx) = oneshot::channel();
+        let mut st = lock(&self.state)?;
+        self.check_open()?;
+        apply(&mut st)?;
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+        Ok(rx)
+    }
+
+    /// Like `submit_control` from a plain thread (maintenance): never blocks
+    /// while holding the state lock.
+    fn submit_control_blocking(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        let permit = loop {
+            match self.tx.try_reserve() {
+                Ok(p) => break p,
+                Err(mpsc::error::TrySendError::Full(())) => std::thread::sleep(Duration::from_millis(1)),
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
+            }
+        };
+        let mut head = Vec::with_capacity(64);
+        record::encode(&rec, &mut head);
+        let (done, rx) = oneshot::channel();
+        let mut st = lock(&self.state)?;
+        self.check_open()?;
+        apply(&mut st)?;
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+        Ok(rx)
+    }
+
+    async fn declare_queue(&self, name: &str, opts: QueueOptions) -> Result<QueueInfo, StoreError> {
+        if opts.dead_letter.as_deref() == Some(name) {
+            return Err(StoreError::InvalidArgument("a queue cannot be its own dead-letter queue".into()));
+        }
+        let now = self.clock.now_ms();
+        let mut created = None;
+        let rx = {
+            let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
+            let mut st = lock(&self.state)?;
+            self.check_open()?;
+            let (id, is_new) = st.table.declare(name, &opts, now)?;
+            if is_new {
+                let mut head = Vec::with_capacity(64 + name.len());
+                record::encode(&Record::Declare { id, name: name.to_owned(), opts: opts.clone() }, &mut head);
+                let (done, rx) = oneshot::channel();
+                permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: Op::Durable, done: Some(done) }));
+                created = Some(id);
+                Some(rx)
+            } else {
+                None
+            }
+        };
+        if let Some(rx) = rx {
+            rx.await.map_err(|_| StoreError::Closed)??;
+        }
+        let st = lock(&self.state)?;
+        let id = created.or_else(|| st.table.lookup(name)).ok_or_else(|| StoreError::QueueNotFound(name.into()))?;
+        st.table.info(id).ok_or_else(|| StoreError::QueueNotFound(name.into()))
+    }
+
+    async fn delete_queue(&self, id: QueueId) -> Result<bool, StoreError> {
+        let mut existed = false;
+        let rx = self
+            .submit_control(Record::Delete { id }, Op::Durable, |st| {
+                existed = st.table.delete(id);
+                st.group_offsets.retain(|(_, q), _| *q != id);
+                Ok(())
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        self.wake(id);
+        Ok(existed)
+    }
+
+    fn read_message(&self, pos: u64, total: u32) -> Result<Message, StoreError> {
+        let body = self.log.read(pos, total)?;
+        match record::decode(body)? {
+            Record::Message { msg, .. } => Ok(msg),
+            _ => Err(StoreError::InvalidArgument(format!("record at {pos} is not a message"))),
+        }
+    }
+
+    fn deliveries(&self, items: Vec<PopItem>) -> Result<Vec<Delivery>, StoreError> {
+        items
+            .into_iter()
+            .map(|it| Ok(Delivery { receipt: it.receipt, deliveries: it.deliveries, offset: it.offset, message: self.read_message(it.pos, it.total)? }))
+            .collect()
+    }
+
+    /// Moves dead letters into their dead-letter queue (stored once: only a
+    /// new index entry is written) or records that they were dropped.
+    async fn dead_letter(&self, dead: Vec<DeadLetter>) -> Result<(), StoreError> {
+        for d in dead {
+            let dlq = match &d.to {
+                Some(name) => Some(self.declare_queue_any(name).await?),
+                None => None,
+            };
+            let rx = match dlq {
+                Some(q) => {
+                    let meta = self.read_meta(d.pos, d.total)?;
+                    let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
+                    let mut st = lock(&self.state)?;
+                    self.check_open()?;
+                    let offset = st.table.reserve_offsets(q, 1)?;
+                    let mut head = Vec::with_capacity(64);
+                    record::encode(&Record::Dispatch { src_pos: d.pos, src_total: d.total, id: q, offset, from: Some((d.from, d.offset)) }, &mut head);
+                    let (done, rx) = oneshot::channel();
+                    let op = Op::Dispatch { id: q, offset, src_pos: d.pos, src_total: d.total, src: Some(Box::new(meta)) };
+                    permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+                    rx
+                }
+                None => self.submit_control(Record::Ack { id: d.from, offsets: vec![d.offset] }, Op::Durable, |_| Ok(())).await?,
+            };
+            rx.await.map_err(|_| StoreError::Closed)??;
+        }
+        Ok(())
+    }
+
+    /// Finds a queue by name or declares it with default options.
+    async fn declare_queue_any(&self, name: &str) -> Result<QueueId, StoreError> {
+        if let Some(id) = lock(&self.state)?.table.lookup(name) {
+            return Ok(id);
+        }
+        Ok(self.declare_queue(name, QueueOptions::default()).await?.id)
+    }
+
+    fn read_meta(&self, pos: u64, total: u32) -> Result<IndexMeta, StoreError> {
+        let body = self.log.read(pos, total)?;
+        match record::decode(body)? {
+            Record::Message { timestamp_ms, msg, .. } => Ok(IndexMeta { timestamp_ms, priority: msg.priority, group: msg.group }),
+            _ => Err(StoreError::InvalidArgument(format!("record at {pos} is not a message"))),
+        }
+    }
+
+    /// Runs on the writer thread after each batch: makes messages visible
+    /// in log order, then wakes whoever waits on those queues.
+    fn on_commit(&self, batch: &mut [Committed<Op>]) {
+        let now = self.clock.now_ms();
+        let mut touched: Vec<QueueId> = Vec::new();
+        {
+            let Ok(mut st) = self.state.lock() else { return };
+            for c in batch.iter_mut() {
+                match &c.meta {
+                    Op::Message { dispatch, timestamp_ms, deliver_at_ms, priority, span, group } => {
+                        for &(q, offset) in dispatch {
+                            let e = IndexEntry { offset, span: *span, pos: c.pos, total: c.total, timestamp_ms: *timestamp_ms, deliver_at_ms: *deliver_at_ms, priority: *priority, group: group.as_deref() };
+                            // A queue deleted while the message was in flight to the log is fine to miss.
+                            if st.table.index(q, e, now).is_ok() {
+                                touched.push(q);
+                            }
+                        }
+                    }
+                    Op::Dispatch { id, offset, src_pos, src_total, src } => {
+                        let (ts, prio, group) = src.as_ref().map(|m| (m.timestamp_ms, m.priority, m.group.clone())).unwrap_or((0, 0, None));
+                        let e = IndexEntry { offset: *offset, span: 1, pos: *src_pos, total: *src_total, timestamp_ms: ts, deliver_at_ms: 0, priority: prio, group: group.as_deref() };
+                        if st.table.index(*id, e, now).is_ok() {
+                            touched.push(*id);
+                        }
+                    }
+                    Op::Durable => {}
+                }
+            }
+            let log = &self.log;
+            st.apply_live(&|| log.segment_bases());
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        if let Ok(w) = self.waiters.lock() {
+            for q in touched {
+                if let Some(n) = w.get(&q) {
+                    n.notify_waiters();
+                }
+            }
+        }
+    }
+
+    fn waiter(&self, id: QueueId) -> Result<Arc<Notify>, StoreError> {
+        Ok(lock(&self.waiters)?.entry(id).or_default().clone())
+    }
+
+    /// Drops the waiter entry when its last user leaves, so the map only
+    /// holds queues somebody is waiting on.
+    fn release_waiter(&self, id: QueueId, n: Arc<Notify>) {
+        drop(n);
+        if let Ok(mut w) = self.waiters.lock() {
+            if w.get(&id).is_some_and(|n| Arc::strong_count(n) == 1) {
+                w.remove(&id);
+            }
+        }
+    }
+
+    fn wake(&self, id: QueueId) {
+        if let Ok(w) = self.waiters.lock() {
+            if let Some(n) = w.get(&id) {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    fn notify_all(&self) {
+        if let Ok(w) = self.waiters.lock() {
+            for n in w.values() {
+                n.notify_waiters();
+            }
+        }
+    }
+
+    fn run_maintenance(&self) -> Result<MaintenanceReport, StoreError> {
+        let _one_at_a_time = lock(&self.maintenance)?;
+        let now = self.clock.now_ms();
+        let mut report = MaintenanceReport::default();
+        let expired = {
+            let mut st = lock(&self.state)?;
+            report.batches_dropped = st.table.apply_retention(now);
+            let log = &self.log;
+            st.apply_live(&|| log.segment_bases());
+            let waiting: Vec<QueueId> = lock(&self.waiters)?.keys().copied().collect();
+            let mut ex = st.table.idle_expired(now);
+            ex.retain(|q| !waiting.contains(q));
+            ex
+        };
+        let any = !expired.is_empty();
+        for id in expired {
+            let rx = self.submit_control_blocking(Record::Delete { id }, Op::Durable, |st| {
+                st.table.delete(id);
+                st.group_offsets.retain(|(_, q), _| *q != id);
+                Ok(())
+            })?;
+            report.queues_expired += 1;
+            drop(rx);
+        }
+        if any {
+            // The channel is FIFO: once this sync is done, so are the deletes.
+            writer_msg::sync_blocking(&self.tx)?;
+        }
+        let (segments, bytes) = self.reclaim()?;
+        report.segments_deleted = segments;
+        report.bytes_freed = bytes;
+        Ok(report)
+    }
+
+    /// Deletes the oldest segments that hold no live message. Queue
+    /// declarations and group offsets in them are first saved in a metadata
+    /// snapshot (so they need not be copied forward record by record).
+    fn reclaim(&self) -> Result<(usize, u64), StoreError> {
+        let bases = self.log.segment_bases();
+        if bases.len() < 2 {
+            return Ok((0, 0));
+        }
+        // The prefix of sealed segments with no live entry: [bases[0], cut).
+        let cut = {
+            let st = lock(&self.state)?;
+            let mut cut = None;
+            for w in bases.windows(2) {
+                if st.live.get(&w[0]).copied().unwrap_or(0) > 0 {
+                    break;
+                }
+                cut = Some(w[1]);
+            }
+            cut
+        };
+        let Some(cut) = cut else { return Ok((0, 0)) };
+        // Everything before `cut` is written; the snapshot must cover at
+        // least that far so no declaration or group offset below it is lost.
+        let snap_at = writer_msg::sync_blocking(&self.tx)?;
+        {
+            let st = lock(&self.state)?;
+            snapshot::write(&self.cfg.data_dir, &st, snap_at.max(cut))?;
+        }
+        let freed = self.log.delete_segments_before(cut)?;
+        let mut st = lock(&self.state)?;
+        let before = st.live.len();
+        st.live.retain(|&b, _| b >= cut);
+        st.bases.retain(|&b| b >= cut);
+        let deleted = bases.iter().filter(|&&b| b < cut).count();
+        let _ = before;
+        Ok((deleted, freed))
+    }
+}
+
+/// Applies one record found in the log at start-up.
+fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: u64) {
+    let rec = match record::decode(Bytes::copy_from_slice(body)) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(pos, error = %e, "skipping a record this version cannot decode");
+            return;
+        }
+    };
+    // The snapshot already holds every declaration, deletion and group offset before `covered`.
+    let meta_known = pos < covered;
+    match rec {
+        Record::Message { timestamp_ms, dispatch, msg } => {
+            for (q, offset) in dispatch {
+                let e = IndexEntry { offset, span: msg.span, pos, total, timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, group: msg.group.as_deref() };
+                let _ = st.table.index(q, e, now);
+            }
+        }
+        Record::Declare { id, name, opts } if !meta_known => st.table.restore_queue(id, &name, &opts, 0, now),
+        Record::Delete { id } if !meta_known => {
+            st.table.delete(id);
+            st.group_offsets.retain(|(_, q), _| *q != id);
+        }
+        Record::GroupOffset { id, group, offset } if !meta_known => {
+            st.group_offsets.insert((group.into(), id), offset);
+        }
+        Record::Declare { .. } | Record::Delete { .. } | Record::GroupOffset { .. } => {}
+        Record::Ack { id, offsets } => {
+            for o in offsets {
+                st.table.restore_ack(id, o, now);
+            }
+        }
+        Record::Requeue { id, offset, deliveries, visible_at_ms } => st.table.restore_requeue(id, offset, deliveries, visible_at_ms, now),
+        Record::Dispatch { src_pos, src_total, id, offset, from } => {
+            if let Some((fq, fo)) = from {
+                st.table.restore_ack(fq, fo, now);
+            }
+            // The original record precedes this one, so it is readable now
+            // only through the log; the entry needs no more than its place.
+            let e = IndexEntry { offset, span: 1, pos: src_pos, total: src_total, timestamp_ms: 0, deliver_at_ms: 0, priority: 0, group: None };
+            let _ = st.table.index(id, e, now);
+        }
+    }
+    st.table.drain_live().for_each(drop);
+}
+
+fn recount_live(st: &State) -> BTreeMap<u64, i64> {
+    let mut live = BTreeMap::new();
+    st.table.for_each_live_pos(|pos| {
+        let i = st.bases.partition_point(|&b| b <= pos);
+        let base = if i == 0 { 0 } else { st.bases[i - 1] };
+        *live.entry(base).or_insert(0) += 1;
+    });
+    live
 }

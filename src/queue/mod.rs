@@ -1,0 +1,531 @@
+//! Lightweight queues: the in-memory index over the log.
+//!
+//! A queue is a 56-byte slot in a chunked array plus its name; an idle queue
+//! has nothing else (no file, no task, no collection). Only a queue holding
+//! messages or in-flight deliveries gets a heap `Hot` part, and loses it again
+//! when it drains. Everything here is plain state: no I/O, no clock (the
+//! caller passes `now_ms`), so the same code replays the log at start-up and
+//! serves live traffic, and tests drive time by hand.
+
+mod options;
+mod pop;
+mod stream;
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+pub use options::{QueueKind, QueueOptions};
+pub use pop::{DeadLetter, NackAction, NackOutcome, PopItem, PopOutcome, Receipt};
+pub use stream::{StreamBatch, StreamRead};
+
+use crate::limits::QUEUE_NAME_BYTES_MAX;
+use crate::StoreError;
+use pop::PopState;
+use stream::StreamIndex;
+
+/// A queue's identity: slot index (low 32 bits) and the slot's generation
+/// (high 32), so an id of a deleted queue never reaches its slot's successor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct QueueId(pub u64);
+
+impl QueueId {
+    pub const fn new(slot: u32, generation: u32) -> QueueId {
+        QueueId(((generation as u64) << 32) | slot as u64)
+    }
+    pub const fn slot(self) -> u32 {
+        self.0 as u32
+    }
+    pub const fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+}
+
+/// Slots are allocated in fixed chunks so growth never doubles a huge vector
+/// (a doubling `Vec` of 10 M slots would waste up to half of it).
+const CHUNK: usize = 4096;
+
+#[derive(Default)]
+struct Slot {
+    name: Option<Box<str>>,
+    generation: u32,
+    opts: u32,
+    /// Unix seconds of the last use, for idle expiry.
+    last_active_s: u32,
+    next_offset: u64,
+    hot: Option<Box<Hot>>,
+}
+
+/// The part of a queue that exists only while it holds something.
+#[derive(Default)]
+pub(crate) struct Hot {
+    pop: PopState,
+    stream: StreamIndex,
+}
+
+impl Hot {
+    fn is_idle(&self) -> bool {
+        self.pop.is_empty() && self.stream.is_empty()
+    }
+}
+
+/// Public facts about a queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueInfo {
+    pub id: QueueId,
+    pub name: String,
+    pub options: QueueOptions,
+    /// Next offset to be assigned.
+    pub next_offset: u64,
+    /// Streams: first retained offset. Queues: lowest unacked offset (or next_offset).
+    pub start_offset: u64,
+    pub ready: u64,
+    pub inflight: u64,
+    pub delayed: u64,
+    pub stored_bytes: u64,
+}
+
+/// A change in whether a log position is referenced by some queue, so the
+/// store can count live records per segment.
+pub type LiveDelta = (u64, i64);
+
+pub struct QueueTable {
+    chunks: Vec<Box<[Slot]>>,
+    names: HashTable<u32>,
+    hasher: hashbrown::DefaultHashBuilder,
+    free: Vec<u32>,
+    slot_end: u32,
+    count: usize,
+    count_max: usize,
+    options: Vec<QueueOptions>,
+    options_index: HashMap<QueueOptions, u32>,
+    /// Positions gained (+1) or lost (-1) by queues since the last drain.
+    live: Vec<LiveDelta>,
+}
+
+impl QueueTable {
+    pub fn new(count_max: usize) -> QueueTable {
+        QueueTable {
+            chunks: Vec::new(),
+            names: HashTable::new(),
+            hasher: hashbrown::DefaultHashBuilder::default(),
+            free: Vec::new(),
+            slot_end: 0,
+            count: 0,
+            count_max,
+            options: Vec::new(),
+            options_index: HashMap::new(),
+            live: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    fn slot(&self, slot: u32) -> Option<&Slot> {
+        self.chunks.get(slot as usize / CHUNK).map(|c| &c[slot as usize % CHUNK])
+    }
+    fn slot_mut(&mut self, slot: u32) -> Option<&mut Slot> {
+        self.chunks.get_mut(slot as usize / CHUNK).map(|c| &mut c[slot as usize % CHUNK])
+    }
+    fn live_slot(&self, id: QueueId) -> Option<&Slot> {
+        self.slot(id.slot()).filter(|s| s.name.is_some() && s.generation == id.generation())
+    }
+    fn live_slot_mut(&mut self, id: QueueId) -> Result<&mut Slot, StoreError> {
+        self.slot_mut(id.slot())
+            .filter(|s| s.name.is_some() && s.generation == id.generation())
+            .ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))
+    }
+    fn ensure_slot(&mut self, slot: u32) {
+        while self.chunks.len() <= slot as usize / CHUNK {
+            self.chunks.push((0..CHUNK).map(|_| Slot::default()).collect::<Vec<_>>().into_boxed_slice());
+        }
+    }
+
+    fn intern_options(&mut self, opts: &QueueOptions) -> u32 {
+        if let Some(&i) = self.options_index.get(opts) {
+            return i;
+        }
+        let i = self.options.len() as u32;
+        self.options.push(opts.clone());
+        self.options_index.insert(opts.clone(), i);
+        i
+    }
+
+    pub fn lookup(&self, name: &str) -> Option<QueueId> {
+        let hash = self.hasher.hash_one(name);
+        let chunks = &self.chunks;
+        let name_of = |s: u32| chunks.get(s as usize / CHUNK).and_then(|c| c[s as usize % CHUNK].name.as_deref());
+        let slot = *self.names.find(hash, |&s| name_of(s) == Some(name))?;
+        let s = self.slot(slot)?;
+        Some(QueueId::new(slot, s.generation))
+    }
+
+    /// Declares a queue, or finds it. `Ok((id, true))` when it was created.
+    /// Redeclaring with different options is an error (AMQP 406 semantics).
+    pub fn declare(&mut self, name: &str, opts: &QueueOptions, now_ms: u64) -> Result<(QueueId, bool), StoreError> {
+        validate_name(name)?;
+        if let Some(id) = self.lookup(name) {
+            let s = self.live_slot(id).ok_or_else(|| StoreError::QueueNotFound(name.into()))?;
+            if &self.options[s.opts as usize] != opts {
+                return Err(StoreError::Inequivalent(name.into()));
+            }
+            self.touch(id, now_ms);
+            return Ok((id, false));
+        }
+        if self.count >= self.count_max {
+            return Err(StoreError::QueueLimit(self.count_max));
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                let s = self.slot_end;
+                self.slot_end = s.checked_add(1).ok_or(StoreError::QueueLimit(u32::MAX as usize))?;
+                s
+            }
+        };
+        let generation = self.slot(slot).map(|s| s.generation).unwrap_or(0);
+        let id = QueueId::new(slot, generation);
+        self.install(id, name, opts, now_ms, 0);
+        Ok((id, true))
+    }
+
+    fn install(&mut self, id: QueueId, name: &str, opts: &QueueOptions, now_ms: u64, next_offset: u64) {
+        let opts = self.intern_options(opts);
+        self.ensure_slot(id.slot());
+        let hash = self.hasher.hash_one(name);
+        {
+            let chunks = &self.chunks;
+            let hasher = &self.hasher;
+            self.names.insert_unique(hash, id.slot(), |&s| {
+                hasher.hash_one(chunks[s as usize / CHUNK][s as usize % CHUNK].name.as_deref().unwrap_or(""))
+            });
+        }
+        if let Some(s) = self.slot_mut(id.slot()) {
+            *s = Slot { name: Some(name.into()), generation: id.generation(), opts, last_active_s: (now_ms / 1000) as u32, next_offset, hot: None };
+        }
+        self.count += 1;
+    }
+
+    /// Replays a declare record (or a snapshot entry): the id is the one the
+    /// record carries; `next_offset` only ever moves forward.
+    pub fn restore_queue(&mut self, id: QueueId, name: &str, opts: &QueueOptions, next_offset: u64, now_ms: u64) {
+        if let Some(existing) = self.lookup(name) {
+            if existing == id {
+                if let Ok(s) = self.live_slot_mut(id) {
+                    s.next_offset = s.next_offset.max(next_offset);
+                }
+                return;
+            }
+            self.delete(existing);
+        }
+        self.ensure_slot(id.slot());
+        if let Some(prev) = self.slot(id.slot()).filter(|s| s.name.is_some()).map(|s| s.generation) {
+            // The slot's previous tenant was deleted in a record we did not see.
+            self.delete(QueueId::new(id.slot(), prev));
+        }
+        self.install(id, name, opts, now_ms, next_offset);
+        self.slot_end = self.slot_end.max(id.slot() + 1);
+    }
+
+    /// After replay: every slot below the high-water mark that is unused is free.
+    pub fn finish_replay(&mut self) {
+        self.free = (0..self.slot_end).rev().filter(|&s| self.slot(s).is_none_or(|s| s.name.is_none())).collect();
+    }
+
+    /// Every queue's durable identity, for the metadata snapshot.
+    pub fn snapshot_queues(&self) -> Vec<QueueInfo> {
+        let mut out = Vec::with_capacity(self.count);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (i, s) in chunk.iter().enumerate() {
+                if let Some(n) = &s.name {
+                    out.push(QueueInfo { id: QueueId::new((c * CHUNK + i) as u32, s.generation), name: n.to_string(), options: self.options[s.opts as usize].clone(), next_offset: s.next_offset, start_offset: 0, ready: 0, inflight: 0, delayed: 0, stored_bytes: 0 });
+                }
+            }
+        }
+        out
+    }
+
+    /// Calls `f` with the log position of every entry any queue holds.
+    pub fn for_each_live_pos(&self, mut f: impl FnMut(u64)) {
+        for chunk in &self.chunks {
+            for s in chunk.iter() {
+                if let Some(h) = &s.hot {
+                    h.pop.positions().chain(h.stream.positions()).for_each(&mut f);
+                }
+            }
+        }
+    }
+
+    /// Deletes a queue; its stored entries stop being live.
+    pub fn delete(&mut self, id: QueueId) -> bool {
+        let Some(s) = self.slot_mut(id.slot()) else { return false };
+        if s.name.is_none() || s.generation != id.generation() {
+            return false;
+        }
+        let name = s.name.take().unwrap_or_default();
+        let hot = s.hot.take();
+        s.generation = s.generation.wrapping_add(1);
+        s.next_offset = 0;
+        let hash = self.hasher.hash_one(&*name);
+        if let Ok(e) = self.names.find_entry(hash, |&x| x == id.slot()) {
+            e.remove();
+        }
+        if let Some(hot) = hot {
+            for pos in hot.pop.positions().chain(hot.stream.positions()) {
+                self.live.push((pos, -1));
+            }
+        }
+        self.free.push(id.slot());
+        self.count -= 1;
+        true
+    }
+
+    pub fn name(&self, id: QueueId) -> Option<&str> {
+        self.live_slot(id).and_then(|s| s.name.as_deref())
+    }
+    pub fn options(&self, id: QueueId) -> Option<&QueueOptions> {
+        self.live_slot(id).map(|s| &self.options[s.opts as usize])
+    }
+    pub fn exists(&self, id: QueueId) -> bool {
+        self.live_slot(id).is_some()
+    }
+
+    pub fn touch(&mut self, id: QueueId, now_ms: u64) {
+        if let Ok(s) = self.live_slot_mut(id) {
+            s.last_active_s = (now_ms / 1000) as u32;
+        }
+    }
+
+    /// Assigns the next `span` offsets of `id`, returning the first.
+    pub fn reserve_offsets(&mut self, id: QueueId, span: u32) -> Result<u64, StoreError> {
+        let s = self.live_slot_mut(id)?;
+        let first = s.next_offset;
+        s.next_offset += span.max(1) as u64;
+        Ok(first)
+    }
+
+    fn hot_mut(&mut self, id: QueueId) -> Result<(&mut Hot, &QueueOptions), StoreError> {
+        let slot = self
+            .chunks
+            .get_mut(id.slot() as usize / CHUNK)
+            .map(|c| &mut c[id.slot() as usize % CHUNK])
+            .filter(|s| s.name.is_some() && s.generation == id.generation())
+            .ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?;
+        let opts = &self.options[slot.opts as usize];
+        Ok((slot.hot.get_or_insert_with(Default::default), opts))
+    }
+
+    /// Frees the hot part of a queue that drained, so idle queues stay small.
+    fn cool(&mut self, id: QueueId) {
+        if let Ok(s) = self.live_slot_mut(id) {
+            if s.hot.as_ref().is_some_and(|h| h.is_idle()) {
+                s.hot = None;
+            }
+        }
+    }
+
+    /// Makes a stored record visible in a queue at `offset` (called in log
+    /// order, after the record is written).
+    pub fn index(&mut self, id: QueueId, e: IndexEntry<'_>, now_ms: u64) -> Result<(), StoreError> {
+        let end = e.offset + e.span.max(1) as u64;
+        {
+            let s = self.live_slot_mut(id)?;
+            // Replay has no reservation step: the record's offsets are the truth.
+            s.next_offset = s.next_offset.max(end);
+        }
+        let (hot, opts) = self.hot_mut(id)?;
+        match opts.kind {
+            QueueKind::Queue => hot.pop.insert(&e, opts, now_ms),
+            QueueKind::Stream => hot.stream.push(&e),
+        }
+        self.live.push((e.pos, 1));
+        Ok(())
+    }
+
+    pub fn pop(&mut self, id: QueueId, max: usize, invisible_ms: u64, now_ms: u64) -> Result<PopOutcome, StoreError> {
+        let (hot, opts) = self.hot_mut(id)?;
+        let out = hot.pop.pop(id, opts, max, invisible_ms, now_ms);
+        for d in &out.dead {
+            self.live.push((d.pos, -1));
+        }
+        self.touch(id, now_ms);
+        self.cool(id);
+        Ok(out)
+    }
+
+    /// Removes an in-flight message for good. Returns its log position.
+    pub fn ack(&mut self, r: Receipt, now_ms: u64) -> Result<u64, StoreError> {
+        let (hot, opts) = self.hot_mut(r.queue)?;
+        let pos = hot.pop.ack(&r, opts, now_ms)?;
+        self.live.push((pos, -1));
+        self.touch(r.queue, now_ms);
+        self.cool(r.queue);
+        Ok(pos)
+    }
+
+    pub fn nack(&mut self, r: Receipt, action: NackAction, now_ms: u64) -> Result<NackOutcome, StoreError> {
+        let (hot, opts) = self.hot_mut(r.queue)?;
+        let out = hot.pop.nack(r, opts, action, now_ms)?;
+        if let NackOutcome::DeadLettered(d) = &out {
+            self.live.push((d.pos, -1));
+        }
+        self.touch(r.queue, now_ms);
+        self.cool(r.queue);
+        Ok(out)
+    }
+
+    pub fn change_invisible(&mut self, r: Receipt, invisible_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
+        let (hot, _) = self.hot_mut(r.queue)?;
+        hot.pop.change_invisible(&r, invisible_ms, now_ms)
+    }
+
+    /// Replay: an ack record. Unknown offsets are ignored (already gone).
+    pub fn restore_ack(&mut self, id: QueueId, offset: u64, now_ms: u64) {
+        if let Ok((hot, opts)) = self.hot_mut(id) {
+            if let Some(pos) = hot.pop.remove(offset, opts, now_ms) {
+                self.live.push((pos, -1));
+            }
+            self.cool(id);
+        }
+    }
+
+    /// Replay: a requeue record (delivery count and next visibility).
+    pub fn restore_requeue(&mut self, id: QueueId, offset: u64, deliveries: u32, visible_at_ms: u64, now_ms: u64) {
+        if let Ok((hot, _)) = self.hot_mut(id) {
+            hot.pop.restore_requeue(offset, deliveries, visible_at_ms, now_ms);
+        }
+    }
+
+    pub fn read_stream(&self, id: QueueId, from: u64, max_batches: usize, max_bytes: u64) -> Result<StreamRead, StoreError> {
+        let s = self.live_slot(id).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?;
+        Ok(match &s.hot {
+            Some(h) => h.stream.read(from, max_batches, max_bytes, s.next_offset),
+            None => StreamRead { batches: Vec::new(), start_offset: s.next_offset, next_offset: s.next_offset },
+        })
+    }
+
+    /// First offset whose batch timestamp is at or after `ts_ms`; the end offset if none.
+    pub fn offset_for_timestamp(&self, id: QueueId, ts_ms: u64) -> Result<u64, StoreError> {
+        let s = self.live_slot(id).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?;
+        Ok(s.hot.as_ref().and_then(|h| h.stream.offset_for_timestamp(ts_ms)).unwrap_or(s.next_offset))
+    }
+
+    /// Applies stream retention; returns how many batches were dropped.
+    pub fn apply_retention(&mut self, now_ms: u64) -> usize {
+        let mut dropped = 0;
+        for c in 0..self.chunks.len() {
+            for i in 0..CHUNK {
+                let s = &mut self.chunks[c][i];
+                let (Some(_), Some(hot)) = (&s.name, s.hot.as_mut()) else { continue };
+                let opts = &self.options[s.opts as usize];
+                if opts.kind != QueueKind::Stream || (opts.retention_ms.is_none() && opts.retention_bytes.is_none()) {
+                    continue;
+                }
+                for pos in hot.stream.apply_retention(opts, now_ms) {
+                    self.live.push((pos, -1));
+                    dropped += 1;
+                }
+            }
+        }
+        dropped
+    }
+
+    /// Queues idle longer than their TTL, with nothing in flight.
+    pub fn idle_expired(&self, now_ms: u64) -> Vec<QueueId> {
+        let now_s = now_ms / 1000;
+        let mut out = Vec::new();
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (i, s) in chunk.iter().enumerate() {
+                if s.name.is_none() {
+                    continue;
+                }
+                let Some(ttl) = self.options[s.opts as usize].idle_ttl_ms else { continue };
+                let busy = s.hot.as_ref().is_some_and(|h| h.pop.inflight() > 0);
+                if !busy && (s.last_active_s as u64) * 1000 + ttl <= now_s * 1000 {
+                    out.push(QueueId::new((c * CHUNK + i) as u32, s.generation));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn info(&self, id: QueueId) -> Option<QueueInfo> {
+        let s = self.live_slot(id)?;
+        let opts = self.options[s.opts as usize].clone();
+        let (start, ready, inflight, delayed, bytes) = match &s.hot {
+            Some(h) => match opts.kind {
+                QueueKind::Queue => {
+                    let (r, i, d) = h.pop.counts();
+                    (h.pop.lowest_offset().unwrap_or(s.next_offset), r, i, d, h.pop.bytes())
+                }
+                QueueKind::Stream => (h.stream.start_offset(s.next_offset), 0, 0, 0, h.stream.bytes()),
+            },
+            None => (s.next_offset, 0, 0, 0, 0),
+        };
+        Some(QueueInfo { id, name: s.name.as_deref().unwrap_or("").to_owned(), options: opts, next_offset: s.next_offset, start_offset: start, ready, inflight, delayed, stored_bytes: bytes })
+    }
+
+    /// All queue names (admin listing; O(queues)).
+    pub fn names(&self) -> Vec<(QueueId, String)> {
+        let mut out = Vec::with_capacity(self.count);
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (i, s) in chunk.iter().enumerate() {
+                if let Some(n) = &s.name {
+                    out.push((QueueId::new((c * CHUNK + i) as u32, s.generation), n.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Totals for metrics: (ready, inflight) across all queues.
+    pub fn totals(&self) -> (u64, u64) {
+        let mut ready = 0;
+        let mut inflight = 0;
+        for chunk in &self.chunks {
+            for s in chunk.iter() {
+                if let Some(h) = &s.hot {
+                    let (r, i, d) = h.pop.counts();
+                    ready += r + d;
+                    inflight += i;
+                }
+            }
+        }
+        (ready, inflight)
+    }
+
+    /// Earliest time a timer (visibility, delay) falls due in `id`.
+    pub fn next_due(&self, id: QueueId) -> Option<u64> {
+        self.live_slot(id).and_then(|s| s.hot.as_ref()).and_then(|h| h.pop.next_due())
+    }
+
+    pub fn drain_live(&mut self) -> std::vec::Drain<'_, LiveDelta> {
+        self.live.drain(..)
+    }
+}
+
+/// What indexing needs to know about a stored record.
+pub struct IndexEntry<'a> {
+    pub offset: u64,
+    pub span: u32,
+    pub pos: u64,
+    pub total: u32,
+    pub timestamp_ms: u64,
+    pub deliver_at_ms: u64,
+    pub priority: u8,
+    pub group: Option<&'a [u8]>,
+}
+
+fn validate_name(name: &str) -> Result<(), StoreError> {
+    if name.is_empty() || name.len() > QUEUE_NAME_BYTES_MAX {
+        return Err(StoreError::InvalidQueueName(format!("queue names are 1..={QUEUE_NAME_BYTES_MAX} bytes")));
+    }
+    Ok(())
+}
+

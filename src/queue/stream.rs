@@ -1,0 +1,91 @@
+//! Consumption by offset: a dense offset -> position index of whole batches,
+//! with retention by time and size.
+
+use std::collections::VecDeque;
+
+use super::{IndexEntry, QueueOptions};
+
+/// One stored record of a stream; spans `span` offsets (a Kafka batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamBatch {
+    pub offset: u64,
+    pub span: u32,
+    pub total: u32,
+    pub pos: u64,
+    /// Largest timestamp up to and including this batch, so lookups by time
+    /// can binary-search even when producers' clocks disagree.
+    pub max_ts: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamRead {
+    pub batches: Vec<StreamBatch>,
+    pub start_offset: u64,
+    pub next_offset: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct StreamIndex {
+    batches: VecDeque<StreamBatch>,
+    bytes: u64,
+}
+
+impl StreamIndex {
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
+    }
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+    pub fn start_offset(&self, next: u64) -> u64 {
+        self.batches.front().map(|b| b.offset).unwrap_or(next)
+    }
+    pub fn positions(&self) -> impl Iterator<Item = u64> + '_ {
+        self.batches.iter().map(|b| b.pos)
+    }
+
+    pub fn push(&mut self, e: &IndexEntry<'_>) {
+        let max_ts = self.batches.back().map(|b| b.max_ts.max(e.timestamp_ms)).unwrap_or(e.timestamp_ms);
+        self.bytes += e.total as u64;
+        self.batches.push_back(StreamBatch { offset: e.offset, span: e.span.max(1), total: e.total, pos: e.pos, max_ts });
+    }
+
+    /// Batches from the one holding `from`, up to the limits (always at least
+    /// one batch if any is there, so a batch larger than `max_bytes` still
+    /// makes progress, as Kafka does).
+    pub fn read(&self, from: u64, max_batches: usize, max_bytes: u64, next: u64) -> StreamRead {
+        let start = self.start_offset(next);
+        let i = self.batches.partition_point(|b| b.offset + b.span as u64 <= from);
+        let mut out = Vec::new();
+        let mut bytes = 0u64;
+        for b in self.batches.iter().skip(i) {
+            if out.len() >= max_batches || (!out.is_empty() && bytes + b.total as u64 > max_bytes) {
+                break;
+            }
+            bytes += b.total as u64;
+            out.push(*b);
+        }
+        StreamRead { batches: out, start_offset: start, next_offset: next }
+    }
+
+    pub fn offset_for_timestamp(&self, ts: u64) -> Option<u64> {
+        let i = self.batches.partition_point(|b| b.max_ts < ts);
+        self.batches.get(i).map(|b| b.offset)
+    }
+
+    /// Drops whole batches past the time or size limit; returns their positions.
+    pub fn apply_retention(&mut self, opts: &QueueOptions, now_ms: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(front) = self.batches.front() {
+            let too_big = opts.retention_bytes.is_some_and(|m| self.bytes > m);
+            let too_old = opts.retention_ms.is_some_and(|m| front.max_ts.saturating_add(m) < now_ms);
+            if !(too_big || too_old) {
+                break;
+            }
+            self.bytes -= front.total as u64;
+            out.push(front.pos);
+            self.batches.pop_front();
+        }
+        out
+    }
+}
