@@ -513,6 +513,37 @@ impl Store {
         rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
     }
 
+    /// Acknowledges many deliveries with one record per queue (AMQP `multiple`,
+    /// Kafka share acks). Stale receipts are skipped and counted in the result.
+    pub async fn ack_many(&self, receipts: &[Receipt]) -> Result<usize, StoreError> {
+        let now = self.now_ms();
+        let mut by_queue: BTreeMap<QueueId, Vec<Receipt>> = BTreeMap::new();
+        for r in receipts {
+            by_queue.entry(r.queue).or_default().push(*r);
+        }
+        let mut stale = 0;
+        let mut waits = Vec::with_capacity(by_queue.len());
+        for (id, rs) in by_queue {
+            let offsets: Vec<u64> = rs.iter().map(|r| r.offset).collect();
+            let rx = self
+                .inner
+                .submit_control(Record::Ack { id, offsets }, Op::Durable, |st| {
+                    for r in rs {
+                        if st.table.ack(r, now).is_err() {
+                            stale += 1;
+                        }
+                    }
+                    Ok(())
+                })
+                .await?;
+            waits.push(rx);
+        }
+        for rx in waits {
+            rx.await.map_err(|_| StoreError::Closed)??;
+        }
+        Ok(stale)
+    }
+
     /// Negative acknowledgement: requeue (optionally after a delay), dead-letter or drop.
     pub async fn nack(&self, receipt: Receipt, action: NackAction) -> Result<(), StoreError> {
         let now = self.now_ms();

@@ -529,3 +529,48 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_queue_slot_stays_small() {
+        // The 10-million-queue budget is < 100 B per idle queue: 48 B of slot,
+        // the name's heap block and ~5 B of hash table.
+        assert!(std::mem::size_of::<Slot>() <= 48, "slot is {} bytes", std::mem::size_of::<Slot>());
+    }
+
+    #[test]
+    fn ids_of_deleted_queues_never_reach_the_slot_successor() {
+        let mut t = QueueTable::new(10);
+        let (a, _) = t.declare("a", &QueueOptions::default(), 0).expect("a");
+        assert!(t.delete(a));
+        let (b, _) = t.declare("b", &QueueOptions::default(), 0).expect("b");
+        assert_eq!(a.slot(), b.slot(), "the slot is reused");
+        assert_ne!(a, b);
+        assert!(t.name(a).is_none());
+        assert!(t.reserve_offsets(a, 1).is_err());
+        assert_eq!(t.name(b), Some("b"));
+    }
+
+    #[test]
+    fn the_queue_limit_is_enforced() {
+        let mut t = QueueTable::new(2);
+        t.declare("a", &QueueOptions::default(), 0).expect("a");
+        t.declare("b", &QueueOptions::default(), 0).expect("b");
+        assert!(matches!(t.declare("c", &QueueOptions::default(), 0), Err(StoreError::QueueLimit(2))));
+        assert!(t.declare("a", &QueueOptions::default(), 0).is_ok(), "redeclaring an existing queue is not a new one");
+    }
+
+    #[test]
+    fn a_drained_queue_drops_its_heap_part() {
+        let mut t = QueueTable::new(10);
+        let (q, _) = t.declare("q", &QueueOptions::default(), 0).expect("q");
+        let e = IndexEntry { offset: 0, span: 1, pos: 100, total: 50, timestamp_ms: 0, deliver_at_ms: 0, priority: 0, group: None };
+        t.index(q, e, 0).expect("index");
+        let out = t.pop(q, 1, 1000, 0).expect("pop");
+        t.ack(out.items[0].receipt, 0).expect("ack");
+        assert!(t.live_slot(q).expect("slot").hot.is_none());
+    }
+}
+
