@@ -12,6 +12,7 @@ pub mod log;
 pub mod server;
 pub mod queue;
 pub mod record;
+pub mod route;
 pub mod store;
 
 pub use error::StoreError;

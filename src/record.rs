@@ -17,6 +17,8 @@ pub const KIND_ACK: u8 = 4;
 pub const KIND_GROUP_OFFSET: u8 = 5;
 pub const KIND_DISPATCH: u8 = 6;
 pub const KIND_REQUEUE: u8 = 7;
+pub const KIND_BIND: u8 = 8;
+pub const KIND_UNBIND: u8 = 9;
 
 /// A message as the protocols hand it to the core.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,6 +101,9 @@ pub(crate) enum Record {
     Dispatch { src_pos: u64, src_total: u32, id: QueueId, offset: u64, from: Option<(QueueId, u64)> },
     /// A nack that requeued: delivery count and when it is visible again.
     Requeue { id: QueueId, offset: u64, deliveries: u32, visible_at_ms: u64 },
+    /// A binding in a topic space; `pattern` is `Pattern::to_canonical`.
+    Bind { space: String, pattern: String, id: QueueId },
+    Unbind { space: String, pattern: String, id: QueueId },
 }
 
 pub(crate) fn encode(rec: &Record, out: &mut Vec<u8>) {
@@ -155,6 +160,14 @@ pub(crate) fn encode(rec: &Record, out: &mut Vec<u8>) {
             out.put_u32_le(*deliveries);
             out.put_u64_le(*visible_at_ms);
         }
+        Record::Bind { space, pattern, id } | Record::Unbind { space, pattern, id } => {
+            out.put_u8(if matches!(rec, Record::Bind { .. }) { KIND_BIND } else { KIND_UNBIND });
+            out.put_u16_le(space.len() as u16);
+            out.put_slice(space.as_bytes());
+            out.put_u16_le(pattern.len() as u16);
+            out.put_slice(pattern.as_bytes());
+            out.put_u64_le(id.0);
+        }
     }
 }
 
@@ -197,9 +210,6 @@ impl Reader {
     pub fn string(&mut self, n: usize) -> Result<String, StoreError> {
         let b = self.bytes(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| StoreError::InvalidArgument("record string is not UTF-8".into()))
-    }
-    pub fn is_empty(&self) -> bool {
-        self.buf.is_empty()
     }
 }
 
@@ -269,6 +279,14 @@ pub(crate) fn decode(body: Bytes) -> Result<Record, StoreError> {
             Record::Dispatch { src_pos, src_total, id, offset, from }
         }
         KIND_REQUEUE => Record::Requeue { id: QueueId(r.u64()?), offset: r.u64()?, deliveries: r.u32()?, visible_at_ms: r.u64()? },
+        KIND_BIND | KIND_UNBIND => {
+            let n = r.u16()? as usize;
+            let space = r.string(n)?;
+            let n = r.u16()? as usize;
+            let pattern = r.string(n)?;
+            let id = QueueId(r.u64()?);
+            if kind == KIND_BIND { Record::Bind { space, pattern, id } } else { Record::Unbind { space, pattern, id } }
+        }
         other => return Err(StoreError::InvalidArgument(format!("unknown record kind {other}"))),
     };
     Ok(rec)
@@ -300,6 +318,8 @@ mod tests {
         roundtrip(Record::GroupOffset { id: q, group: "g".into(), offset: 5 });
         roundtrip(Record::Dispatch { src_pos: 100, src_total: 50, id: q, offset: 1, from: Some((QueueId::new(2, 0), 4)) });
         roundtrip(Record::Requeue { id: q, offset: 1, deliveries: 2, visible_at_ms: 99 });
+        roundtrip(Record::Bind { space: "amq.topic".into(), pattern: "a/+/#".into(), id: q });
+        roundtrip(Record::Unbind { space: "amq.topic".into(), pattern: "a/+/#".into(), id: q });
     }
 
     proptest! {

@@ -22,6 +22,7 @@ use crate::log::writer as writer_msg;
 use crate::log::{Committed, FsyncPolicy, Log, LogConfig, RecoveryReport, Submit};
 use crate::queue::{DeadLetter, IndexEntry, NackAction, NackOutcome, PopItem, QueueId, QueueInfo, QueueKind, QueueOptions, QueueTable, Receipt};
 use crate::record::{self, Message, MessageHead, Record};
+use crate::route::{Pattern, TopicTrie};
 use crate::StoreError;
 
 mod snapshot;
@@ -144,12 +145,67 @@ pub(crate) struct State {
     pub(crate) table: QueueTable,
     /// (group, queue) -> committed offset.
     pub(crate) group_offsets: HashMap<(Arc<str>, QueueId), u64>,
+    /// Topic spaces (exchanges, the MQTT topic tree): pattern -> queue.
+    pub(crate) spaces: HashMap<Arc<str>, TopicTrie<QueueId>>,
+    /// Each queue's bindings, to drop them with the queue.
+    pub(crate) bindings_of: HashMap<QueueId, Vec<(Arc<str>, Pattern)>>,
     /// Live queue entries per segment (keyed by segment base).
     live: BTreeMap<u64, i64>,
     bases: Vec<u64>,
 }
 
 impl State {
+    pub(crate) fn bind(&mut self, space: &str, p: &Pattern, id: QueueId) -> bool {
+        let space: Arc<str> = match self.spaces.get_key_value(space) {
+            Some((k, _)) => k.clone(),
+            None => space.into(),
+        };
+        let added = self.spaces.entry(space.clone()).or_default().insert(p, id);
+        if added {
+            self.bindings_of.entry(id).or_default().push((space, p.clone()));
+        }
+        added
+    }
+
+    pub(crate) fn unbind(&mut self, space: &str, p: &Pattern, id: QueueId) -> bool {
+        let removed = self.spaces.get_mut(space).is_some_and(|t| t.remove(p, &id));
+        if removed {
+            if let Some(v) = self.bindings_of.get_mut(&id) {
+                v.retain(|(s, q)| !(&**s == space && q == p));
+                if v.is_empty() {
+                    self.bindings_of.remove(&id);
+                }
+            }
+            if self.spaces.get(space).is_some_and(|t| t.is_empty()) {
+                self.spaces.remove(space);
+            }
+        }
+        removed
+    }
+
+    /// Everything that goes with a queue when it is deleted.
+    pub(crate) fn forget_queue(&mut self, id: QueueId) {
+        self.group_offsets.retain(|(_, q), _| *q != id);
+        for (space, p) in self.bindings_of.remove(&id).unwrap_or_default() {
+            if let Some(t) = self.spaces.get_mut(&space) {
+                t.remove(&p, &id);
+                if t.is_empty() {
+                    self.spaces.remove(&space);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn route(&self, space: &str, topic: &[&str], dollar_rule: bool) -> Vec<QueueId> {
+        let mut out = Vec::new();
+        if let Some(t) = self.spaces.get(space) {
+            t.matches(topic, dollar_rule, &mut |q| out.push(*q));
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     fn apply_live(&mut self, log_bases: &dyn Fn() -> Vec<u64>) {
         let deltas: Vec<_> = self.table.drain_live().collect();
         for (pos, d) in deltas {
@@ -203,10 +259,14 @@ impl Store {
         let now = clock.now_ms();
         let mut table = QueueTable::new(cfg.queue_count_max);
         let mut group_offsets = HashMap::new();
-        let snap = snapshot::load(&cfg.data_dir, &mut table, &mut group_offsets, now)?;
+        let mut bindings = Vec::new();
+        let snap = snapshot::load(&cfg.data_dir, &mut table, &mut group_offsets, &mut bindings, now)?;
         let covered = snap.map(|s| s.covers).unwrap_or(0);
         let log_cfg = LogConfig { dir: cfg.data_dir.join("log"), fsync: cfg.fsync, segment_bytes: cfg.segment_bytes };
-        let mut st = State { table, group_offsets, live: BTreeMap::new(), bases: Vec::new() };
+        let mut st = State { table, group_offsets, spaces: HashMap::new(), bindings_of: HashMap::new(), live: BTreeMap::new(), bases: Vec::new() };
+        for (space, p, id) in bindings {
+            st.bind(&space, &p, id);
+        }
         let started = std::time::Instant::now();
         let (log, recovery) = Log::open(log_cfg, |pos, total, body| {
             replay(&mut st, pos, total, body, covered, now);
@@ -341,6 +401,66 @@ impl Store {
         if let Ok(mut st) = self.inner.state.lock() {
             st.table.touch(id, now);
         }
+    }
+
+    // ---- routing ----
+
+    /// Binds `pattern` in topic space `space` to a queue (durably). Returns
+    /// false if that exact binding already existed.
+    pub async fn bind(&self, space: &str, pattern: &Pattern, id: QueueId) -> Result<bool, StoreError> {
+        self.change_binding(space, pattern, id, true).await
+    }
+
+    /// Removes a binding (durably). Returns false if it did not exist.
+    pub async fn unbind(&self, space: &str, pattern: &Pattern, id: QueueId) -> Result<bool, StoreError> {
+        self.change_binding(space, pattern, id, false).await
+    }
+
+    async fn change_binding(&self, space: &str, pattern: &Pattern, id: QueueId, add: bool) -> Result<bool, StoreError> {
+        let canonical = pattern.to_canonical();
+        if space.is_empty() || space.len() > u16::MAX as usize || canonical.len() > u16::MAX as usize {
+            return Err(StoreError::InvalidArgument("topic space or pattern too long".into()));
+        }
+        let rec = if add {
+            Record::Bind { space: space.to_owned(), pattern: canonical, id }
+        } else {
+            Record::Unbind { space: space.to_owned(), pattern: canonical, id }
+        };
+        let mut changed = false;
+        let rx = self
+            .inner
+            .submit_control(rec, Op::Durable, |st| {
+                if !st.table.exists(id) {
+                    return Err(StoreError::QueueNotFound(format!("id {:#x}", id.0)));
+                }
+                changed = if add { st.bind(space, pattern, id) } else { st.unbind(space, pattern, id) };
+                Ok(())
+            })
+            .await?;
+        // Redundant records are harmless, but waiting for them keeps "bound" meaning "durably bound".
+        rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(changed)
+    }
+
+    /// The queues whose bindings in `space` match `topic` (each once).
+    /// `dollar_rule`: MQTT's rule that first-level wildcards skip `$` topics.
+    pub fn route(&self, space: &str, topic: &[&str], dollar_rule: bool) -> Vec<QueueId> {
+        self.inner.state.lock().map(|st| st.route(space, topic, dollar_rule)).unwrap_or_default()
+    }
+
+    /// Every binding of a queue (admin, AMQP unbind-on-delete bookkeeping).
+    pub fn bindings_of(&self, id: QueueId) -> Vec<(String, Pattern)> {
+        self.inner.state.lock().map(|st| st.bindings_of.get(&id).map(|v| v.iter().map(|(s, p)| (s.to_string(), p.clone())).collect()).unwrap_or_default()).unwrap_or_default()
+    }
+
+    /// Routes and appends: stored once, indexed into every matching queue.
+    /// `Ok(None)` when nothing matched (unroutable: AMQP `mandatory` returns it).
+    pub async fn publish(&self, space: &str, topic: &[&str], dollar_rule: bool, msg: Message) -> Result<Option<Appended>, StoreError> {
+        let targets = self.route(space, topic, dollar_rule);
+        if targets.is_empty() {
+            return Ok(None);
+        }
+        self.append(msg, &targets).await.map(Some)
     }
 
     // ---- append ----
@@ -669,7 +789,7 @@ impl Inner {
         let rx = self
             .submit_control(Record::Delete { id }, Op::Durable, |st| {
                 existed = st.table.delete(id);
-                st.group_offsets.retain(|(_, q), _| *q != id);
+                st.forget_queue(id);
                 Ok(())
             })
             .await?;
@@ -829,7 +949,7 @@ impl Inner {
         for id in expired {
             let rx = self.submit_control_blocking(Record::Delete { id }, Op::Durable, |st| {
                 st.table.delete(id);
-                st.group_offsets.retain(|(_, q), _| *q != id);
+                st.forget_queue(id);
                 Ok(())
             })?;
             report.queues_expired += 1;
@@ -905,8 +1025,17 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
         Record::Declare { id, name, opts } if !meta_known => st.table.restore_queue(id, &name, &opts, 0, now),
         Record::Delete { id } if !meta_known => {
             st.table.delete(id);
-            st.group_offsets.retain(|(_, q), _| *q != id);
+            st.forget_queue(id);
         }
+        Record::Bind { space, pattern, id } if !meta_known => {
+            if st.table.exists(id) {
+                st.bind(&space, &Pattern::from_canonical(&pattern), id);
+            }
+        }
+        Record::Unbind { space, pattern, id } if !meta_known => {
+            st.unbind(&space, &Pattern::from_canonical(&pattern), id);
+        }
+        Record::Bind { .. } | Record::Unbind { .. } => {}
         Record::GroupOffset { id, group, offset } if !meta_known => {
             st.group_offsets.insert((group.into(), id), offset);
         }

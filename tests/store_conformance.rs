@@ -345,6 +345,7 @@ async fn retention_and_reclaim_free_segments_but_never_live_messages() {
     let q = s.declare_queue("queue", QueueOptions::default()).await.expect("q").id;
     s.append(msg("keep me"), &[q]).await.expect("append");
     s.commit_offset("g", st, 1).await.expect("commit");
+    s.bind("ex", &polymq::route::Pattern::exact("k"), q).await.expect("bind");
     let payload = Bytes::from(vec![7u8; 1000]);
     for _ in 0..1000 {
         s.append(Message::new(payload.clone()), &[st]).await.expect("append");
@@ -381,7 +382,73 @@ async fn retention_and_reclaim_free_segments_but_never_live_messages() {
     assert_eq!(st2, st);
     assert!(s.queue_id("queue").is_some());
     assert_eq!(s.committed_offset("g", st), Some(1));
+    assert_eq!(s.route("ex", &["k"], false).len(), 1, "bindings from reclaimed segments come from the snapshot");
+    assert!(std::fs::metadata(dir.path().join("log").join("00000000000000000000.log")).is_err(), "the first segment really is gone");
     let r2 = s.read(st, 0, 10_000, u64::MAX).expect("read");
     assert_eq!(r2.next_offset, 1000, "offsets never go back");
     assert_eq!(r2.messages.len(), kept);
+}
+
+#[tokio::test]
+async fn publish_routes_by_pattern_and_bindings_survive_restart() {
+    use polymq::route::Pattern;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mqtt = |s: &str| Pattern::parse(s, '/', "+", "#").expect("pattern");
+    let (temps, all, dev42) = {
+        let (s, _) = open(dir.path());
+        let temps = s.declare_queue("temps", QueueOptions::default()).await.expect("q").id;
+        let all = s.declare_queue("all", QueueOptions::default()).await.expect("q").id;
+        let dev42 = s.declare_queue("dev42", QueueOptions::default()).await.expect("q").id;
+        assert!(s.bind("amq.topic", &mqtt("sensors/+/temp"), temps).await.expect("bind"));
+        assert!(!s.bind("amq.topic", &mqtt("sensors/+/temp"), temps).await.expect("bind"), "same binding twice is one binding");
+        s.bind("amq.topic", &mqtt("#"), all).await.expect("bind");
+        s.bind("amq.topic", &mqtt("sensors/dev42/#"), dev42).await.expect("bind");
+        s.bind("amq.topic", &mqtt("sensors/#"), dev42).await.expect("bind");
+        let before = s.metrics().log_bytes;
+        let app = s.publish("amq.topic", &["sensors", "dev42", "temp"], true, msg("21.5")).await.expect("publish").expect("routed");
+        assert_eq!(app.offsets.len(), 3, "three queues, each once even when two of its patterns match");
+        assert!(s.metrics().log_bytes - before < 150, "stored once");
+        assert!(s.publish("other.space", &["x"], true, msg("nobody")).await.expect("publish").is_none(), "unroutable");
+        assert!(s.publish("amq.topic", &["$SYS", "x"], true, msg("sys")).await.expect("publish").is_none(), "`#` skips $ topics under the MQTT rule");
+        s.close().expect("close");
+        (temps, all, dev42)
+    };
+    let (s, _) = open(dir.path());
+    assert_eq!(s.route("amq.topic", &["sensors", "dev1", "temp"], true), {
+        let mut v = vec![temps, all, dev42];
+        v.sort();
+        v
+    });
+    assert!(s.unbind("amq.topic", &mqtt("#"), all).await.expect("unbind"));
+    assert!(s.delete_queue(dev42).await.expect("delete"));
+    assert_eq!(s.route("amq.topic", &["sensors", "dev42", "temp"], true), vec![temps], "unbind and delete remove bindings");
+    s.close().expect("close");
+    drop(s);
+    let (s, _) = open(dir.path());
+    assert_eq!(s.route("amq.topic", &["sensors", "dev42", "temp"], true), vec![temps], "and that survives a restart");
+    assert_eq!(payloads(&s.pop(temps, 10, INVIS, NOW).await.expect("pop")), ["21.5"]);
+}
+
+#[tokio::test]
+async fn ack_many_acks_a_batch_and_skips_stale_receipts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, clock) = open(dir.path());
+    let q = s.declare_queue("q", QueueOptions::default()).await.expect("q").id;
+    for i in 0..5 {
+        s.append(msg(&format!("{i}")), &[q]).await.expect("append");
+    }
+    let d = s.pop(q, 5, Duration::from_secs(1), NOW).await.expect("pop");
+    clock.advance(1_001);
+    let again = s.pop(q, 1, INVIS, NOW).await.expect("pop");
+    assert_eq!(again.len(), 1);
+    let receipts: Vec<_> = d.iter().map(|x| x.receipt).collect();
+    // The first receipt is stale (redelivered as `again`); the other four expired too.
+    assert_eq!(s.ack_many(&receipts).await.expect("ack_many"), 5, "every receipt expired");
+    let d2 = s.pop(q, 10, INVIS, NOW).await.expect("pop");
+    assert_eq!(d2.len(), 4);
+    let mut rs: Vec<_> = d2.iter().map(|x| x.receipt).collect();
+    rs.push(again[0].receipt);
+    assert_eq!(s.ack_many(&rs).await.expect("ack_many"), 0);
+    clock.advance(60_000);
+    assert!(s.pop(q, 10, INVIS, NOW).await.expect("pop").is_empty());
 }

@@ -15,6 +15,7 @@ use bytes::{BufMut, Bytes};
 use super::State;
 use crate::log::frame::{frame_prefix, read_frame, FrameRead};
 use crate::queue::{QueueId, QueueOptions, QueueTable};
+use crate::route::Pattern;
 use crate::record::Reader;
 use crate::StoreError;
 
@@ -23,6 +24,7 @@ const MAGIC: &[u8; 8] = b"PMQSNAP\n";
 const VERSION: u8 = 1;
 const QUEUE: u8 = 1;
 const GROUP: u8 = 2;
+const BIND: u8 = 3;
 
 pub struct Loaded {
     pub covers: u64,
@@ -61,6 +63,21 @@ pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
         out.extend_from_slice(&body);
         count += 1;
     }
+    for (space, trie) in &st.spaces {
+        trie.for_each(&mut |p, id| {
+            body.clear();
+            body.put_u8(BIND);
+            body.put_u64_le(id.0);
+            body.put_u16_le(space.len() as u16);
+            body.put_slice(space.as_bytes());
+            let c = p.to_canonical();
+            body.put_u16_le(c.len() as u16);
+            body.put_slice(c.as_bytes());
+            out.extend_from_slice(&frame_prefix(&[&body]));
+            out.extend_from_slice(&body);
+            count += 1;
+        });
+    }
     out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
     let tmp = dir.join("meta.snapshot.tmp");
     let path = dir.join(FILE);
@@ -73,7 +90,7 @@ pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
 
 /// Loads the snapshot if there is one. A damaged snapshot is an error: the
 /// segments it replaced are gone, so starting without it would lose queues.
-pub fn load(dir: &Path, table: &mut QueueTable, groups: &mut HashMap<(Arc<str>, QueueId), u64>, now: u64) -> Result<Option<Loaded>, StoreError> {
+pub fn load(dir: &Path, table: &mut QueueTable, groups: &mut HashMap<(Arc<str>, QueueId), u64>, bindings: &mut Vec<(String, Pattern, QueueId)>, now: u64) -> Result<Option<Loaded>, StoreError> {
     let path = dir.join(FILE);
     let buf = match std::fs::read(&path) {
         Ok(b) => b,
@@ -111,6 +128,14 @@ pub fn load(dir: &Path, table: &mut QueueTable, groups: &mut HashMap<(Arc<str>, 
                 let n = r.u16()? as usize;
                 let group = r.string(n)?;
                 groups.insert((group.into(), id), offset);
+            }
+            BIND => {
+                let id = QueueId(r.u64()?);
+                let n = r.u16()? as usize;
+                let space = r.string(n)?;
+                let n = r.u16()? as usize;
+                let p = r.string(n)?;
+                bindings.push((space, Pattern::from_canonical(&p), id));
             }
             _ => return Err(corrupt(off, "unknown snapshot entry")),
         }
