@@ -1,1 +1,492 @@
-//! config (server shell helper)
+//! Broker configuration, layered the same way everywhere: typed defaults, then
+//! the TOML file, then `POLYMQ_*` environment variables, then command-line
+//! flags, then validation.
+//!
+//! Each layer only overwrites what it names, so a file can set one key and
+//! leave the rest at their defaults. The environment layer takes its variables
+//! as an iterator rather than reading the process environment, so tests can
+//! exercise it without `std::env::set_var` (which races with other threads).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+use crate::limits::CONNECTION_COUNT_MAX_DEFAULT;
+use crate::{FsyncPolicy, StoreConfig};
+
+/// Prefix of every environment variable the broker reads.
+pub const ENV_PREFIX: &str = "POLYMQ_";
+
+/// Environment variable naming the config file. The binary reads it through
+/// its `--config` flag; the environment layer skips it rather than calling it
+/// unknown.
+pub const ENV_CONFIG_FILE: &str = "POLYMQ_CONFIG";
+
+/// Upper bound for `connection_max`. Far above what one process can hold open
+/// (file descriptors run out first), and it keeps the permit count within
+/// `u32`, which the server's drain-on-shutdown wait needs.
+pub const CONNECTION_COUNT_MAX_CEILING: usize = 10_000_000;
+const _: () = assert!(CONNECTION_COUNT_MAX_DEFAULT <= CONNECTION_COUNT_MAX_CEILING);
+const _: () = assert!(CONNECTION_COUNT_MAX_CEILING <= u32::MAX as usize);
+
+/// Every setting of the broker. Build it with [`Config::load`] (or
+/// `Config::default()` and the `apply_*` layers), then call
+/// [`Config::validate`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the commit log and queue metadata live.
+    pub data_dir: PathBuf,
+    pub mqtt_listen: SocketAddr,
+    pub amqp_listen: SocketAddr,
+    pub kafka_listen: SocketAddr,
+    /// `host:port` that Kafka metadata tells clients to connect to. `None`
+    /// derives it from `kafka_listen` (see [`Config::kafka_advertised_addr`]).
+    pub kafka_advertised: Option<String>,
+    /// Health, metrics and (later) the admin API.
+    pub http_listen: SocketAddr,
+    #[serde(deserialize_with = "deserialize_fsync")]
+    pub fsync: FsyncPolicy,
+    /// Concurrent protocol connections across all listeners.
+    pub connection_max: usize,
+    /// `tracing` filter directive, e.g. `info` or `polymq=debug,info`.
+    #[serde(alias = "log_level")]
+    pub log: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Config {
+            data_dir: PathBuf::from("./polymq-data"),
+            mqtt_listen: SocketAddr::new(any, 1883),
+            amqp_listen: SocketAddr::new(any, 5672),
+            kafka_listen: SocketAddr::new(any, 9092),
+            kafka_advertised: None,
+            http_listen: SocketAddr::new(any, 8080),
+            fsync: FsyncPolicy::default(),
+            connection_max: CONNECTION_COUNT_MAX_DEFAULT,
+            log: "info".to_owned(),
+        }
+    }
+}
+
+fn deserialize_fsync<'de, D: Deserializer<'de>>(d: D) -> Result<FsyncPolicy, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map_err(serde::de::Error::custom)
+}
+
+/// Values given on the command line. `None` leaves the lower layers' value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigOverrides {
+    pub data_dir: Option<PathBuf>,
+    pub mqtt_listen: Option<SocketAddr>,
+    pub amqp_listen: Option<SocketAddr>,
+    pub kafka_listen: Option<SocketAddr>,
+    pub kafka_advertised: Option<String>,
+    pub http_listen: Option<SocketAddr>,
+    pub fsync: Option<FsyncPolicy>,
+    pub connection_max: Option<usize>,
+    pub log: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, #[source] source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, #[source] source: Box<toml::de::Error> },
+    #[error("environment variable {var}={value:?}: {reason}")]
+    Env { var: String, value: String, reason: String },
+    #[error("invalid setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// What the environment layer saw besides the variables it applied.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EnvReport {
+    /// `POLYMQ_*` variables that name no setting: most likely typos, which the
+    /// binary logs as warnings. Not an error, because wrappers and test
+    /// harnesses put their own `POLYMQ_*` variables in the environment.
+    pub unknown: Vec<String>,
+}
+
+impl Config {
+    /// All layers in order: defaults, `file` (if any), `env`, `flags`, then
+    /// validation. Pass `std::env::vars()` as `env` in the binary.
+    pub fn load<I, K, V>(
+        file: Option<&Path>,
+        env: I,
+        flags: &ConfigOverrides,
+    ) -> Result<(Config, EnvReport), ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut config = match file {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let report = config.apply_env(env)?;
+        config.apply_overrides(flags);
+        config.validate()?;
+        Ok((config, report))
+    }
+
+    /// Defaults overlaid with the keys present in the TOML file at `path`.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml_str(&text)
+            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+    }
+
+    /// Defaults overlaid with the keys present in `text`.
+    pub fn from_toml_str(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Overwrites every setting named by a `POLYMQ_<KEY>` variable (the TOML
+    /// key upper-cased). Other variables are ignored.
+    pub fn apply_env<I, K, V>(&mut self, vars: I) -> Result<EnvReport, ConfigError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: AsRef<str>,
+    {
+        let mut report = EnvReport::default();
+        for (var, value) in vars {
+            let (var, value) = (var.as_ref(), value.as_ref());
+            let Some(key) = var.strip_prefix(ENV_PREFIX) else { continue };
+            if var == ENV_CONFIG_FILE {
+                continue;
+            }
+            let env_err = |reason: String| ConfigError::Env {
+                var: var.to_owned(),
+                value: value.to_owned(),
+                reason,
+            };
+            match key {
+                "DATA_DIR" => self.data_dir = PathBuf::from(value),
+                "MQTT_LISTEN" => self.mqtt_listen = parse_socket_addr(value).map_err(env_err)?,
+                "AMQP_LISTEN" => self.amqp_listen = parse_socket_addr(value).map_err(env_err)?,
+                "KAFKA_LISTEN" => self.kafka_listen = parse_socket_addr(value).map_err(env_err)?,
+                // An empty value is how a shell unsets an inherited override.
+                "KAFKA_ADVERTISED" if value.is_empty() => self.kafka_advertised = None,
+                "KAFKA_ADVERTISED" => self.kafka_advertised = Some(value.to_owned()),
+                "HTTP_LISTEN" => self.http_listen = parse_socket_addr(value).map_err(env_err)?,
+                "FSYNC" => self.fsync = value.parse().map_err(env_err)?,
+                "CONNECTION_MAX" => {
+                    self.connection_max = value
+                        .trim()
+                        .parse()
+                        .map_err(|e| env_err(format!("not a connection count: {e}")))?
+                }
+                "LOG" | "LOG_LEVEL" => self.log = value.to_owned(),
+                _ => report.unknown.push(var.to_owned()),
+            }
+        }
+        report.unknown.sort();
+        Ok(report)
+    }
+
+    /// Overwrites every setting the command line gave.
+    pub fn apply_overrides(&mut self, flags: &ConfigOverrides) {
+        // Destructured so that adding a field without handling it fails to compile.
+        let ConfigOverrides {
+            data_dir,
+            mqtt_listen,
+            amqp_listen,
+            kafka_listen,
+            kafka_advertised,
+            http_listen,
+            fsync,
+            connection_max,
+            log,
+        } = flags;
+        if let Some(v) = data_dir {
+            self.data_dir = v.clone();
+        }
+        if let Some(v) = mqtt_listen {
+            self.mqtt_listen = *v;
+        }
+        if let Some(v) = amqp_listen {
+            self.amqp_listen = *v;
+        }
+        if let Some(v) = kafka_listen {
+            self.kafka_listen = *v;
+        }
+        if let Some(v) = kafka_advertised {
+            self.kafka_advertised = Some(v.clone());
+        }
+        if let Some(v) = http_listen {
+            self.http_listen = *v;
+        }
+        if let Some(v) = fsync {
+            self.fsync = *v;
+        }
+        if let Some(v) = connection_max {
+            self.connection_max = *v;
+        }
+        if let Some(v) = log {
+            self.log = v.clone();
+        }
+    }
+
+    /// Checks what the types alone cannot. Addresses and the fsync policy were
+    /// already parsed by whichever layer set them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid("data_dir", "must not be empty".into()));
+        }
+        if self.connection_max == 0 {
+            return Err(invalid("connection_max", "must be at least 1".into()));
+        }
+        if self.connection_max > CONNECTION_COUNT_MAX_CEILING {
+            return Err(invalid(
+                "connection_max",
+                format!("{} is above the ceiling of {CONNECTION_COUNT_MAX_CEILING}", self.connection_max),
+            ));
+        }
+        if let Some(advertised) = &self.kafka_advertised {
+            validate_host_port(advertised).map_err(|reason| invalid("kafka_advertised", reason))?;
+        }
+        if self.log.trim().is_empty() {
+            return Err(invalid("log", "must not be empty (use e.g. `info`)".into()));
+        }
+        Ok(())
+    }
+
+    /// The address Kafka metadata hands to clients: `kafka_advertised` if set,
+    /// otherwise `kafka_listen` with a wildcard IP replaced by loopback, since
+    /// a client cannot connect to 0.0.0.0.
+    pub fn kafka_advertised_addr(&self) -> String {
+        match &self.kafka_advertised {
+            Some(addr) => addr.clone(),
+            None => advertised_for(self.kafka_listen).to_string(),
+        }
+    }
+
+    pub fn store_config(&self) -> StoreConfig {
+        let mut store = StoreConfig::new(self.data_dir.clone());
+        store.fsync = self.fsync;
+        store
+    }
+}
+
+/// `listen` with an unspecified IP (0.0.0.0 or ::) replaced by loopback.
+/// Public so that a listener bound to port 0 can advertise its real port.
+pub fn advertised_for(listen: SocketAddr) -> SocketAddr {
+    let ip = match listen.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, listen.port())
+}
+
+fn invalid(key: &'static str, reason: String) -> ConfigError {
+    ConfigError::Invalid { key, reason }
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.trim()
+        .parse()
+        .map_err(|_| "expected an IP address and port, e.g. 0.0.0.0:1883 or [::]:1883".to_owned())
+}
+
+/// `host:port` where host is a DNS name or an IP (IPv6 in brackets); the
+/// name is not resolved here because it is the client's view, not ours.
+fn validate_host_port(text: &str) -> Result<(), String> {
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let usage = || format!("expected host:port, got {text:?}");
+    let (host, port) = text.rsplit_once(':').ok_or_else(usage)?;
+    let port: u16 = port.parse().map_err(|_| usage())?;
+    if port == 0 {
+        return Err("port 0 cannot be advertised".into());
+    }
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !host_ok {
+        return Err(usage());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().expect("test address")
+    }
+
+    const NO_ENV: [(&str, &str); 0] = [];
+
+    #[test]
+    fn defaults_match_the_product_brief() {
+        let c = Config::default();
+        assert_eq!(c.data_dir, PathBuf::from("./polymq-data"));
+        assert_eq!(c.mqtt_listen, addr("0.0.0.0:1883"));
+        assert_eq!(c.amqp_listen, addr("0.0.0.0:5672"));
+        assert_eq!(c.kafka_listen, addr("0.0.0.0:9092"));
+        assert_eq!(c.http_listen, addr("0.0.0.0:8080"));
+        assert_eq!(c.fsync, FsyncPolicy::Interval(Duration::from_millis(50)));
+        assert_eq!(c.connection_max, CONNECTION_COUNT_MAX_DEFAULT);
+        assert_eq!(c.log, "info");
+        assert_eq!(c.kafka_advertised_addr(), "127.0.0.1:9092");
+        c.validate().expect("defaults are valid");
+    }
+
+    #[test]
+    fn an_empty_file_is_the_defaults() {
+        assert_eq!(Config::from_toml_str("").expect("parse"), Config::default());
+    }
+
+    #[test]
+    fn file_sets_only_the_keys_it_names() {
+        let c = Config::from_toml_str("http_listen = \"127.0.0.1:9000\"\nfsync = \"always\"\n").expect("parse");
+        assert_eq!(c.http_listen, addr("127.0.0.1:9000"));
+        assert_eq!(c.fsync, FsyncPolicy::Always);
+        assert_eq!(c.mqtt_listen, Config::default().mqtt_listen);
+    }
+
+    #[test]
+    fn file_rejects_unknown_keys_and_bad_values() {
+        let err = Config::from_toml_str("mqtt_port = 1883").expect_err("unknown key");
+        assert!(err.to_string().contains("mqtt_port"), "{err}");
+        let err = Config::from_toml_str("fsync = \"sometimes\"").expect_err("bad fsync");
+        assert!(err.to_string().contains("fsync policy"), "{err}");
+        let err = Config::from_toml_str("mqtt_listen = \"localhost\"").expect_err("bad addr");
+        assert!(err.to_string().contains("mqtt_listen"), "{err}");
+    }
+
+    #[test]
+    fn log_level_is_an_alias_of_log() {
+        let c = Config::from_toml_str("log_level = \"debug\"").expect("parse");
+        assert_eq!(c.log, "debug");
+    }
+
+    #[test]
+    fn file_is_overridden_by_env_which_is_overridden_by_flags() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("polymq.toml");
+        std::fs::write(
+            &path,
+            "http_listen = \"127.0.0.1:1001\"\nmqtt_listen = \"127.0.0.1:2001\"\namqp_listen = \"127.0.0.1:3001\"\n",
+        )
+        .expect("write config");
+        let env = [
+            ("POLYMQ_HTTP_LISTEN", "127.0.0.1:1002"),
+            ("POLYMQ_MQTT_LISTEN", "127.0.0.1:2002"),
+            ("PATH", "/usr/bin"),
+        ];
+        let flags = ConfigOverrides { http_listen: Some(addr("127.0.0.1:1003")), ..Default::default() };
+
+        let (c, _) = Config::load(Some(&path), env, &flags).expect("load");
+        assert_eq!(c.http_listen, addr("127.0.0.1:1003"), "flag beats env and file");
+        assert_eq!(c.mqtt_listen, addr("127.0.0.1:2002"), "env beats file");
+        assert_eq!(c.amqp_listen, addr("127.0.0.1:3001"), "file beats default");
+        assert_eq!(c.kafka_listen, addr("0.0.0.0:9092"), "default when nothing sets it");
+    }
+
+    #[test]
+    fn env_sets_every_key() {
+        let mut c = Config::default();
+        let report = c
+            .apply_env([
+                ("POLYMQ_DATA_DIR", "/var/lib/polymq"),
+                ("POLYMQ_MQTT_LISTEN", "127.0.0.1:1"),
+                ("POLYMQ_AMQP_LISTEN", "127.0.0.1:2"),
+                ("POLYMQ_KAFKA_LISTEN", "127.0.0.1:3"),
+                ("POLYMQ_KAFKA_ADVERTISED", "kafka.example:9092"),
+                ("POLYMQ_HTTP_LISTEN", "[::1]:4"),
+                ("POLYMQ_FSYNC", "never"),
+                ("POLYMQ_CONNECTION_MAX", "7"),
+                ("POLYMQ_LOG", "debug"),
+                ("POLYMQ_CONFIG", "/etc/polymq.toml"),
+                ("POLYMQ_MQTT_LISTNE", "typo"),
+            ])
+            .expect("env");
+        assert_eq!(report.unknown, vec!["POLYMQ_MQTT_LISTNE".to_owned()]);
+        assert_eq!(c.data_dir, PathBuf::from("/var/lib/polymq"));
+        assert_eq!(c.mqtt_listen, addr("127.0.0.1:1"));
+        assert_eq!(c.amqp_listen, addr("127.0.0.1:2"));
+        assert_eq!(c.kafka_listen, addr("127.0.0.1:3"));
+        assert_eq!(c.kafka_advertised_addr(), "kafka.example:9092");
+        assert_eq!(c.http_listen, addr("[::1]:4"));
+        assert_eq!(c.fsync, FsyncPolicy::Never);
+        assert_eq!(c.connection_max, 7);
+        assert_eq!(c.log, "debug");
+    }
+
+    #[test]
+    fn env_errors_name_the_variable() {
+        let err = Config::default().apply_env([("POLYMQ_CONNECTION_MAX", "lots")]).expect_err("bad count");
+        let text = err.to_string();
+        assert!(text.contains("POLYMQ_CONNECTION_MAX") && text.contains("lots"), "{text}");
+        let err = Config::default().apply_env([("POLYMQ_AMQP_LISTEN", "5672")]).expect_err("bad addr");
+        assert!(err.to_string().contains("POLYMQ_AMQP_LISTEN"), "{err}");
+        let err = Config::default().apply_env([("POLYMQ_FSYNC", "interval=0")]).expect_err("bad fsync");
+        assert!(err.to_string().contains("POLYMQ_FSYNC"), "{err}");
+    }
+
+    #[test]
+    fn validation_rejects_what_cannot_run() {
+        let c = Config { connection_max: 0, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "connection_max", .. })));
+        let c = Config { connection_max: CONNECTION_COUNT_MAX_CEILING + 1, ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "connection_max", .. })));
+        for bad in ["kafka", "kafka:", ":9092", "kafka:0", "ka fka:9092", "kafka:99999"] {
+            let c = Config { kafka_advertised: Some(bad.into()), ..Config::default() };
+            assert!(
+                matches!(c.validate(), Err(ConfigError::Invalid { key: "kafka_advertised", .. })),
+                "{bad} should be rejected"
+            );
+        }
+        for good in ["kafka-1.example.com:9092", "10.0.0.1:9092", "[::1]:9092"] {
+            let c = Config { kafka_advertised: Some(good.into()), ..Config::default() };
+            c.validate().expect(good);
+        }
+        let c = Config { log: " ".into(), ..Config::default() };
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "log", .. })));
+    }
+
+    #[test]
+    fn load_validates_after_all_layers() {
+        let flags = ConfigOverrides { connection_max: Some(0), ..Default::default() };
+        assert!(Config::load(None, NO_ENV, &flags).is_err());
+        // A bad env value that a flag then fixes is still accepted.
+        let flags = ConfigOverrides { connection_max: Some(5), ..Default::default() };
+        let (c, _) = Config::load(None, [("POLYMQ_CONNECTION_MAX", "0")], &flags).expect("load");
+        assert_eq!(c.connection_max, 5);
+    }
+
+    #[test]
+    fn missing_file_is_a_clear_error() {
+        let err = Config::load(Some(Path::new("/nonexistent/polymq.toml")), NO_ENV, &ConfigOverrides::default())
+            .expect_err("missing file");
+        assert!(err.to_string().contains("/nonexistent/polymq.toml"), "{err}");
+    }
+
+    #[test]
+    fn advertised_address_replaces_wildcards_only() {
+        assert_eq!(advertised_for(addr("0.0.0.0:9092")), addr("127.0.0.1:9092"));
+        assert_eq!(advertised_for(addr("[::]:9092")), addr("[::1]:9092"));
+        assert_eq!(advertised_for(addr("10.1.2.3:9092")), addr("10.1.2.3:9092"));
+    }
+
+    #[test]
+    fn store_config_carries_dir_and_fsync() {
+        let c = Config { data_dir: "/tmp/x".into(), fsync: FsyncPolicy::Always, ..Config::default() };
+        let s = c.store_config();
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(s.fsync, FsyncPolicy::Always);
+    }
+}
