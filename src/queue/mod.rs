@@ -572,5 +572,120 @@ mod tests {
         t.ack(out.items[0].receipt, 0).expect("ack");
         assert!(t.live_slot(q).expect("slot").hot.is_none());
     }
+
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, BTreeSet};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Index { group: Option<u8>, priority: u8, delay: u16 },
+        Pop { max: u8, invisible: u16 },
+        Ack(u8),
+        Nack(u8, u16),
+        DeadLetter(u8),
+        Extend(u8, u16),
+        Advance(u16),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (proptest::option::of(0u8..3), 0u8..4, prop_oneof![Just(0u16), 1u16..2000]).prop_map(|(group, priority, delay)| Op::Index { group, priority, delay }),
+            3 => (1u8..5, 1u16..3000).prop_map(|(max, invisible)| Op::Pop { max, invisible }),
+            2 => any::<u8>().prop_map(Op::Ack),
+            1 => (any::<u8>(), 0u16..1500).prop_map(|(i, d)| Op::Nack(i, d)),
+            1 => any::<u8>().prop_map(Op::DeadLetter),
+            1 => (any::<u8>(), 1u16..3000).prop_map(|(i, d)| Op::Extend(i, d)),
+            2 => (0u16..2500).prop_map(Op::Advance),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+        /// Whatever consumers do, in any order and at any time: no message is
+        /// in flight twice, an acked or dead-lettered one never comes back,
+        /// none is lost, FIFO groups never have two in flight, and the
+        /// counters agree with the contents.
+        #[test]
+        fn pop_state_machine_invariants(fifo in any::<bool>(), max_deliveries in proptest::option::of(1u32..4), ops in proptest::collection::vec(op(), 1..120)) {
+            let opts = QueueOptions { fifo, max_priority: 3, max_deliveries, dead_letter: Some("dlq".into()), ..QueueOptions::default() };
+            let mut t = QueueTable::new(10);
+            let (q, _) = t.declare("q", &opts, 0).expect("q");
+            let mut now = 1_000u64;
+            let mut next = 0u64;
+            let mut groups: BTreeMap<u64, Option<u8>> = BTreeMap::new();
+            let mut gone: BTreeSet<u64> = BTreeSet::new();
+            // Deliveries we hold: offset -> receipt, and when it expires.
+            let mut held: BTreeMap<u64, (Receipt, u64)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Index { group, priority, delay } => {
+                        let key = group.map(|g| [g]);
+                        let e = IndexEntry { offset: next, span: 1, pos: 1000 + next, total: 10, timestamp_ms: now, deliver_at_ms: if delay == 0 { 0 } else { now + delay as u64 }, priority, group: key.as_ref().map(|k| &k[..]) };
+                        t.index(q, e, now).expect("index");
+                        groups.insert(next, group);
+                        next += 1;
+                    }
+                    Op::Pop { max, invisible } => {
+                        let out = t.pop(q, max as usize, invisible as u64, now).expect("pop");
+                        for d in &out.dead {
+                            prop_assert!(gone.insert(d.offset), "dead-lettered twice: {}", d.offset);
+                            held.remove(&d.offset);
+                        }
+                        for it in &out.items {
+                            prop_assert!(!gone.contains(&it.offset), "a finished message came back: {}", it.offset);
+                            if let Some((_, until)) = held.get(&it.offset) {
+                                prop_assert!(*until <= now, "delivered while still in flight: {}", it.offset);
+                            }
+                            held.insert(it.offset, (it.receipt, now + invisible as u64));
+                        }
+                    }
+                    Op::Ack(i) | Op::Nack(i, _) | Op::DeadLetter(i) | Op::Extend(i, _) => {
+                        let Some((&off, &(r, until))) = held.iter().nth(i as usize % held.len().max(1)) else { continue };
+                        let live = until > now;
+                        let res = match op {
+                            Op::Ack(_) => t.ack(r, now).map(|_| true),
+                            Op::Nack(_, d) => t.nack(r, NackAction::Requeue { delay_ms: d as u64 }, now).map(|o| !matches!(o, NackOutcome::Requeued { .. })),
+                            Op::DeadLetter(_) => t.nack(r, NackAction::DeadLetter, now).map(|_| true),
+                            Op::Extend(_, d) => t.change_invisible(r, d as u64, now).map(|u| { held.insert(off, (r, u)); false }),
+                            _ => unreachable!(),
+                        };
+                        match res {
+                            Ok(finished) => {
+                                prop_assert!(live, "a receipt past its invisibility still worked (offset {off})");
+                                if finished {
+                                    prop_assert!(gone.insert(off), "finished twice: {off}");
+                                }
+                                if !matches!(op, Op::Extend(..)) {
+                                    held.remove(&off);
+                                }
+                            }
+                            Err(_) => {
+                                // Only an expired receipt may fail (it was possibly redelivered).
+                                prop_assert!(!live, "a live receipt was refused (offset {off})");
+                                held.remove(&off);
+                            }
+                        }
+                    }
+                    Op::Advance(ms) => now += ms as u64,
+                }
+                // Counters agree with contents, and nothing is lost.
+                let info = t.info(q).expect("info");
+                let present = info.ready + info.inflight + info.delayed;
+                prop_assert_eq!(present + gone.len() as u64, next, "lost or duplicated messages");
+                let in_flight_now = held.values().filter(|(_, u)| *u > now).count() as u64;
+                prop_assert!(info.inflight >= in_flight_now);
+                if fifo {
+                    let mut busy = BTreeSet::new();
+                    for (off, (_, until)) in &held {
+                        if *until > now {
+                            if let Some(Some(g)) = groups.get(off) {
+                                prop_assert!(busy.insert(*g), "two messages of group {g} in flight");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 

@@ -254,9 +254,12 @@ impl PopState {
         out
     }
 
-    fn check<'a>(entries: &'a mut BTreeMap<u64, Entry>, r: &Receipt) -> Result<&'a mut Entry, StoreError> {
+    /// A receipt is good while its delivery is in flight: same attempt, and
+    /// its invisibility has not run out (expiry is applied lazily, so without
+    /// the time check an ack's fate would depend on whether someone popped).
+    fn check<'a>(entries: &'a mut BTreeMap<u64, Entry>, r: &Receipt, now_ms: u64) -> Result<&'a mut Entry, StoreError> {
         match entries.get_mut(&r.offset) {
-            Some(e) if e.deliveries == r.attempt && matches!(e.state, State::Inflight { .. }) => Ok(e),
+            Some(e) if e.deliveries == r.attempt && matches!(e.state, State::Inflight { until } if until > now_ms) => Ok(e),
             _ => Err(StoreError::InvalidReceipt),
         }
     }
@@ -273,7 +276,7 @@ impl PopState {
     }
 
     pub fn ack(&mut self, r: &Receipt, opts: &QueueOptions, now_ms: u64) -> Result<u64, StoreError> {
-        Self::check(&mut self.entries, r)?;
+        Self::check(&mut self.entries, r, now_ms)?;
         self.land(r.offset);
         self.remove(r.offset, opts, now_ms).ok_or(StoreError::InvalidReceipt)
     }
@@ -330,7 +333,7 @@ impl PopState {
     }
 
     pub fn nack(&mut self, r: Receipt, opts: &QueueOptions, action: NackAction, now_ms: u64) -> Result<NackOutcome, StoreError> {
-        Self::check(&mut self.entries, &r)?;
+        Self::check(&mut self.entries, &r, now_ms)?;
         self.land(r.offset);
         let deliveries = self.entries.get(&r.offset).map(|e| e.deliveries).unwrap_or(0);
         match action {
@@ -352,7 +355,7 @@ impl PopState {
     }
 
     pub fn change_invisible(&mut self, r: &Receipt, invisible_ms: u64, now_ms: u64) -> Result<u64, StoreError> {
-        let e = Self::check(&mut self.entries, r)?;
+        let e = Self::check(&mut self.entries, r, now_ms)?;
         let State::Inflight { until } = e.state else { return Err(StoreError::InvalidReceipt) };
         let new_until = now_ms + invisible_ms.clamp(1, INVISIBLE_MS_MAX);
         e.state = State::Inflight { until: new_until };
