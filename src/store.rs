@@ -208,14 +208,12 @@ impl State {
 
     fn apply_live(&mut self, log_bases: &dyn Fn() -> Vec<u64>) {
         let deltas: Vec<_> = self.table.drain_live().collect();
+        // A roll since the last look shows up as a position in or past the
+        // last known segment: refresh the segment list once per batch.
+        if deltas.iter().any(|&(pos, _)| self.bases.last().is_none_or(|&b| pos >= b)) {
+            self.bases = log_bases();
+        }
         for (pos, d) in deltas {
-            if self.bases.last().is_none_or(|&b| pos >= b) {
-                // Possibly a new segment since the last refresh.
-                let fresh = log_bases();
-                if fresh.len() != self.bases.len() || fresh.last() != self.bases.last() {
-                    self.bases = fresh;
-                }
-            }
             let i = self.bases.partition_point(|&b| b <= pos);
             let base = if i == 0 { 0 } else { self.bases[i - 1] };
             *self.live.entry(base).or_insert(0) += d;
