@@ -60,6 +60,8 @@ async fn append_once_index_into_many_queues_and_read_back() {
     assert_eq!(r.messages.len(), 1);
     assert_eq!(r.messages[0].message.payload, Bytes::from("hello"));
     assert_eq!((r.start_offset, r.next_offset), (0, 1));
+    assert!(s.pop(st, 1, INVIS, Duration::from_secs(30)).await.is_err(), "a stream is not popped (and does not hang)");
+    assert!(s.read(a, 0, 1, 1 << 20).is_err(), "a queue is not read by offset");
 }
 
 #[tokio::test]

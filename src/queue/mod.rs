@@ -350,6 +350,9 @@ impl QueueTable {
 
     pub fn pop(&mut self, id: QueueId, max: usize, invisible_ms: u64, now_ms: u64) -> Result<PopOutcome, StoreError> {
         let (hot, opts) = self.hot_mut(id)?;
+        if opts.kind != QueueKind::Queue {
+            return Err(StoreError::InvalidArgument("a stream is read by offset, not popped".into()));
+        }
         let out = hot.pop.pop(id, opts, max, invisible_ms, now_ms);
         for d in &out.dead {
             self.live.push((d.pos, -1));
@@ -404,6 +407,9 @@ impl QueueTable {
 
     pub fn read_stream(&self, id: QueueId, from: u64, max_batches: usize, max_bytes: u64) -> Result<StreamRead, StoreError> {
         let s = self.live_slot(id).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?;
+        if self.options[s.opts as usize].kind != QueueKind::Stream {
+            return Err(StoreError::InvalidArgument("a queue is consumed by pop, not read by offset".into()));
+        }
         Ok(match &s.hot {
             Some(h) => h.stream.read(from, max_batches, max_bytes, s.next_offset),
             None => StreamRead { batches: Vec::new(), start_offset: s.next_offset, next_offset: s.next_offset },
