@@ -347,7 +347,6 @@ fn sigterm_drains_connections_closes_the_store_and_exits_zero() {
     assert!(sent.elapsed() < Duration::from_secs(4), "shutdown took {:?}", sent.elapsed());
     assert_eq!(observe(&mut idle, Duration::from_secs(2)), Seen::Closed, "connection must be closed");
     assert!(stderr.contains("store closed"), "must log the store close:\n{stderr}");
-    assert!(TcpStream::connect(addrs["mqtt"]).is_err(), "port must be released after exit");
 }
 
 #[test]

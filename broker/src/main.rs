@@ -6,6 +6,7 @@ mod placeholder;
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -90,15 +91,42 @@ impl ServeArgs {
     }
 }
 
-fn main() -> Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
         Command::Version => {
             println!("polymq {VERSION}");
             Ok(())
         }
         Command::Serve(args) => serve(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, no backtrace: this is the operator's message (a taken
+            // port, a bad setting), not a bug report.
+            eprintln!("polymq: error: {}", error_chain(&e));
+            ExitCode::FAILURE
+        }
     }
+}
+
+/// `outer: cause: root cause`, skipping a cause whose text the previous
+/// message already ends with (errors that print their source themselves).
+fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !previous.ends_with(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+        previous = text;
+    }
+    out
 }
 
 fn serve(args: &ServeArgs) -> Result<()> {
@@ -168,6 +196,7 @@ async fn run(config: Config) -> Result<()> {
     let server = match Server::bind(&config, Arc::clone(&store), services).await {
         Ok(server) => server,
         Err(e) => {
+            // Blocking here is fine: nothing else runs on the runtime yet.
             if let Err(close) = store.close() {
                 warn!(error = %close, "closing the store after a failed start");
             }
@@ -194,5 +223,13 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn error_chain_is_one_line_without_repeats() {
+        let io = std::io::Error::new(std::io::ErrorKind::AddrInUse, "Address already in use");
+        let bind = polymq::server::ServerError::Bind { protocol: "mqtt", addr: ([127, 0, 0, 1], 1883).into(), source: io };
+        let err = anyhow::Error::from(bind).context("starting");
+        assert_eq!(error_chain(&err), "starting: cannot listen for mqtt on 127.0.0.1:1883: Address already in use");
     }
 }
