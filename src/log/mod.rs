@@ -153,9 +153,12 @@ impl<T: Send + 'static> Log<T> {
                 }
             }
             let buf = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
-            if is_last && (buf.len() as u64) < HEADER_BYTES && count > 1 {
-                // Crash while creating the next segment: its header never became
-                // durable, and nothing was acknowledged in it.
+            let unsynced = synced_hint.is_none_or(|synced| synced <= base);
+            if is_last && (buf.len() as u64) < HEADER_BYTES && (count > 1 || base == 0) && unsynced {
+                // Crash while creating a segment (the next one, or the very
+                // first): its header never became durable and nothing was
+                // acknowledged in it. With synced records claimed past its
+                // base, the short file is damage instead: check_header refuses.
                 std::fs::remove_file(&path).map_err(|e| StoreError::io(&path, e))?;
                 report.truncated_bytes += buf.len() as u64;
                 break;
@@ -176,9 +179,12 @@ impl<T: Send + 'static> Log<T> {
                             _ => "record cut short",
                         };
                         let pos = base + off as u64;
+                        // Past the last fsync a bad record is a write the crash
+                        // cut short. The writer writes the hint at every start
+                        // and fsync, so a missing one means outside damage: then
+                        // it is torn only if nothing valid follows it.
                         let torn = is_last && match synced_hint {
                             Some(synced) => pos >= synced,
-                            // No hint: torn only if nothing valid follows.
                             None => !valid_record_after(&buf, off + 1),
                         };
                         if !torn {
@@ -200,9 +206,23 @@ impl<T: Send + 'static> Log<T> {
             expect_base = Some(base + off as u64);
             segments.insert(base, Arc::new(seg));
         }
+        if let (Some(synced), Some(end)) = (synced_hint, expect_base) {
+            if end < synced {
+                // Records that were fsynced are missing from the end of the
+                // log (a cut file, a deleted segment). A crash cannot do
+                // this: the hint is only written after the fsync it names.
+                let (base, seg) = segments.iter().next_back().map(|(b, s)| (*b, s.path.clone())).unwrap_or((0, cfg.dir.clone()));
+                return Err(StoreError::Corrupt { path: seg, offset: end - base, reason: format!("the log ends at position {end} but data up to {synced} was fsynced; a segment was cut or removed") });
+            }
+        }
         if segments.is_empty() {
             segments.insert(0, Arc::new(Segment::create(&cfg.dir, 0)?));
             expect_base = Some(HEADER_BYTES);
+        }
+        // What survived a crash may still be only in the page cache: make it
+        // durable before the writer names it synced.
+        if let Some(last) = segments.values().next_back() {
+            last.file.sync_all().map_err(|e| StoreError::io(&last.path, e))?;
         }
         let end = expect_base.unwrap_or(HEADER_BYTES);
         report.segments = segments.len();
@@ -340,9 +360,10 @@ fn valid_record_after(buf: &[u8], from: usize) -> bool {
     (from..buf.len().saturating_sub(FRAME_PREFIX)).any(|p| matches!(frame::read_frame(&buf[p..]), FrameRead::Record { .. }))
 }
 
-/// The checkpoint is a hint: `[u64 synced position][u32 crc]`. A stale one is
-/// safe (it only widens what counts as a torn tail); a missing or damaged one
-/// falls back to "torn only if nothing valid follows".
+/// The checkpoint is a hint: `[u64 synced position][u32 crc]`, rewritten in
+/// place after every fsync. A stale one only widens what counts as a torn
+/// tail; a missing or damaged one falls back to "torn only if nothing valid
+/// follows".
 fn read_checkpoint(dir: &Path) -> Option<u64> {
     let b = std::fs::read(dir.join(CHECKPOINT_FILE)).ok()?;
     if b.len() != 12 {
@@ -357,19 +378,24 @@ fn read_checkpoint(dir: &Path) -> Option<u64> {
     Some(u64::from_le_bytes(p))
 }
 
-pub(crate) fn write_checkpoint(dir: &Path, synced: u64, durable: bool) -> std::io::Result<()> {
-    use std::io::Write;
+pub(crate) fn open_checkpoint(dir: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(dir.join(CHECKPOINT_FILE))
+}
+
+/// One 12-byte `pwrite` at offset 0: within one sector, so it lands whole
+/// or not at all in practice, and the CRC catches the rest.
+pub(crate) fn write_checkpoint(file: &std::fs::File, synced: u64, durable: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
     let mut b = [0u8; 12];
     b[..8].copy_from_slice(&synced.to_le_bytes());
     let crc = crc32c::crc32c(&b[..8]);
     b[8..].copy_from_slice(&crc.to_le_bytes());
-    let tmp = dir.join("synced.checkpoint.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&b)?;
+    file.write_all_at(&b, 0)?;
+    file.set_len(12)?;
     if durable {
-        f.sync_all()?;
+        file.sync_all()?;
     }
-    std::fs::rename(&tmp, dir.join(CHECKPOINT_FILE))
+    Ok(())
 }
 
 pub(crate) const _ASSERT: () = assert!(limits::SEGMENT_BYTES_MIN > HEADER_BYTES);

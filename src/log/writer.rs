@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::frame::{frame_prefix, FRAME_PREFIX};
 use super::segment::Segment;
-use super::{write_checkpoint, FsyncPolicy, LogConfig, Shared};
+use super::{open_checkpoint, write_checkpoint, FsyncPolicy, LogConfig, Shared};
 use crate::limits::{WRITE_BATCH_BYTES_MAX, WRITE_BATCH_COUNT_MAX, WRITE_QUEUE_DEPTH_MAX};
 use crate::StoreError;
 
@@ -139,7 +139,10 @@ pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_c
         }
         _ => None,
     };
-    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, last_checkpoint: Instant::now() };
+    let checkpoint = open_checkpoint(&cfg.dir).map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
+    // Recovery fsynced what it found, so the whole log is synced now.
+    write_checkpoint(&checkpoint, shared.synced_end.load(Ordering::Acquire), true).map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
+    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, checkpoint };
     let thread = std::thread::Builder::new()
         .name("polymq-log-writer".into())
         .spawn(move || w.run(rx))
@@ -156,7 +159,8 @@ struct Writer<T> {
     buf: Vec<u8>,
     /// Written but not yet fsynced.
     dirty: bool,
-    last_checkpoint: Instant,
+    /// Where the last fsynced position is hinted for recovery.
+    checkpoint: std::fs::File,
 }
 
 /// Payloads at least this big are written from the caller's buffer; smaller
@@ -203,7 +207,7 @@ impl<T: Send + 'static> Writer<T> {
         }
         // Best effort: a final checkpoint lets the next start tell torn from corrupt precisely.
         if !self.shared.poisoned.load(Ordering::Acquire) {
-            let _ = write_checkpoint(&self.shared.dir, self.shared.synced_end.load(Ordering::Acquire), true);
+            let _ = write_checkpoint(&self.checkpoint, self.shared.synced_end.load(Ordering::Acquire), true);
         }
     }
 
@@ -319,11 +323,9 @@ impl<T: Send + 'static> Writer<T> {
         let end = self.shared.written_end.load(Ordering::Acquire);
         self.shared.synced_end.store(end, Ordering::Release);
         self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        if self.last_checkpoint.elapsed() >= Duration::from_millis(100) {
-            self.last_checkpoint = Instant::now();
-            // A hint only: losing it is safe, so no fsync here.
-            let _ = write_checkpoint(&self.shared.dir, end, false);
-        }
+        // A hint only, so no fsync of its own: after a power loss it may be
+        // older than the data, which only widens what counts as torn.
+        let _ = write_checkpoint(&self.checkpoint, end, false);
         Ok(())
     }
 
