@@ -22,7 +22,7 @@ use crate::limits;
 use crate::StoreError;
 use frame::{FrameRead, FRAME_PREFIX};
 use segment::{Segment, HEADER_BYTES};
-pub use writer::{Committed, Submit, WriterHandle};
+pub use writer::{CommitHook, Committed, Submit, WriterHandle};
 
 /// When the log fsyncs, and so when an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -241,7 +241,7 @@ impl<T: Send + 'static> Log<T> {
     /// Starts the writer thread. `on_commit` runs on that thread after each
     /// batch is written (and fsynced, under `always`), in log order, before
     /// the appenders are told: it is where the store makes records visible.
-    pub fn start(&self, on_commit: Box<dyn FnMut(&mut [Committed<T>]) + Send>) -> Result<(), StoreError> {
+    pub fn start(&self, on_commit: CommitHook<T>) -> Result<(), StoreError> {
         let mut w = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         if w.is_none() {
             *w = Some(writer::spawn(self.shared.clone(), self.cfg.clone(), on_commit)?);

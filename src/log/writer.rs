@@ -47,6 +47,9 @@ pub struct Committed<T> {
 
 pub type SyncReply = Box<dyn FnOnce(Result<u64, StoreError>) + Send>;
 
+/// The store's commit hook: runs on the writer thread after each batch.
+pub type CommitHook<T> = Box<dyn FnMut(&mut [Committed<T>]) + Send>;
+
 /// Asks the writer to fsync and waits for it, from any thread, inside an
 /// async runtime or not (close() runs from Drop, which can be either).
 pub fn sync_blocking<T>(tx: &mpsc::Sender<Msg<T>>) -> Result<u64, StoreError> {
@@ -106,7 +109,7 @@ impl<T: Send + 'static> WriterHandle<T> {
     }
 }
 
-pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_commit: Box<dyn FnMut(&mut [Committed<T>]) + Send>) -> Result<WriterHandle<T>, StoreError> {
+pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_commit: CommitHook<T>) -> Result<WriterHandle<T>, StoreError> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH_MAX);
     let active = {
         let segs = shared.segments.read().map_err(|_| StoreError::Poisoned)?;
@@ -154,7 +157,7 @@ struct Writer<T> {
     shared: Arc<Shared>,
     cfg: LogConfig,
     active: Arc<Segment>,
-    on_commit: Box<dyn FnMut(&mut [Committed<T>]) + Send>,
+    on_commit: CommitHook<T>,
     /// Reused for every batch: frame prefixes, heads and small tails.
     buf: Vec<u8>,
     /// Written but not yet fsynced.

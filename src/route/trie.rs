@@ -111,7 +111,7 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
     /// `dollar_rule` (MQTT), a topic whose first level starts with `$` is not
     /// matched by a wildcard in the first level. A value bound by several
     /// matching patterns is reported once per pattern.
-    pub fn matches<'t>(&self, topic: &[&'t str], dollar_rule: bool, f: &mut impl FnMut(&V)) {
+    pub fn matches(&self, topic: &[&str], dollar_rule: bool, f: &mut impl FnMut(&V)) {
         let guard = dollar_rule && topic.first().is_some_and(|l| l.starts_with('$'));
         Self::walk(&self.root, topic, 0, guard, f);
     }
