@@ -19,6 +19,8 @@ pub const KIND_DISPATCH: u8 = 6;
 pub const KIND_REQUEUE: u8 = 7;
 pub const KIND_BIND: u8 = 8;
 pub const KIND_UNBIND: u8 = 9;
+/// A message copied forward by compaction: same queues, same offsets.
+pub const KIND_RELOCATED: u8 = 10;
 
 /// A message as the protocols hand it to the core.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -54,6 +56,7 @@ impl Message {
 
 /// Fixed part of a message body before the variable fields.
 pub(crate) struct MessageHead<'a> {
+    pub relocated: bool,
     pub timestamp_ms: u64,
     pub dispatch: &'a [(QueueId, u64)],
     pub msg: &'a Message,
@@ -62,7 +65,7 @@ pub(crate) struct MessageHead<'a> {
 /// Encodes everything but the payload; the payload follows in the log as-is.
 pub(crate) fn encode_message_head(h: &MessageHead<'_>, out: &mut Vec<u8>) {
     let m = h.msg;
-    out.put_u8(KIND_MESSAGE);
+    out.put_u8(if h.relocated { KIND_RELOCATED } else { KIND_MESSAGE });
     out.put_u8(m.format);
     out.put_u64_le(h.timestamp_ms);
     out.put_u64_le(m.deliver_at_ms);
@@ -91,7 +94,8 @@ pub(crate) fn encode_message_head(h: &MessageHead<'_>, out: &mut Vec<u8>) {
 /// A decoded record. Message fields are slices of the body (`Bytes`, no copies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Record {
-    Message { timestamp_ms: u64, dispatch: Vec<(QueueId, u64)>, msg: Message },
+    /// `relocated`: a compaction copy of a record that was stored earlier.
+    Message { relocated: bool, timestamp_ms: u64, dispatch: Vec<(QueueId, u64)>, msg: Message },
     Declare { id: QueueId, name: String, opts: QueueOptions },
     Delete { id: QueueId },
     Ack { id: QueueId, offsets: Vec<u64> },
@@ -108,8 +112,8 @@ pub(crate) enum Record {
 
 pub(crate) fn encode(rec: &Record, out: &mut Vec<u8>) {
     match rec {
-        Record::Message { timestamp_ms, dispatch, msg } => {
-            encode_message_head(&MessageHead { timestamp_ms: *timestamp_ms, dispatch, msg }, out);
+        Record::Message { relocated, timestamp_ms, dispatch, msg } => {
+            encode_message_head(&MessageHead { relocated: *relocated, timestamp_ms: *timestamp_ms, dispatch, msg }, out);
             out.put_slice(&msg.payload);
         }
         Record::Declare { id, name, opts } => {
@@ -217,7 +221,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Record, StoreError> {
     let mut r = Reader::new(body);
     let kind = r.u8()?;
     let rec = match kind {
-        KIND_MESSAGE => {
+        KIND_MESSAGE | KIND_RELOCATED => {
             let format = r.u8()?;
             let timestamp_ms = r.u64()?;
             let deliver_at_ms = r.u64()?;
@@ -244,7 +248,7 @@ pub(crate) fn decode(body: Bytes) -> Result<Record, StoreError> {
             }
             let plen = r.u32()? as usize;
             let payload = r.bytes(plen)?;
-            Record::Message { timestamp_ms, dispatch, msg: Message { key, headers, payload, timestamp_ms, deliver_at_ms, priority, group, span, format } }
+            Record::Message { relocated: kind == KIND_RELOCATED, timestamp_ms, dispatch, msg: Message { key, headers, payload, timestamp_ms, deliver_at_ms, priority, group, span, format } }
         }
         KIND_DECLARE => {
             let id = QueueId(r.u64()?);
@@ -311,7 +315,8 @@ mod tests {
         msg.group = Some(Bytes::from("g1"));
         msg.timestamp_ms = 42;
         msg.priority = 3;
-        roundtrip(Record::Message { timestamp_ms: 42, dispatch: vec![(q, 9), (QueueId::new(1, 1), 0)], msg });
+        roundtrip(Record::Message { relocated: false, timestamp_ms: 42, dispatch: vec![(q, 9), (QueueId::new(1, 1), 0)], msg: msg.clone() });
+        roundtrip(Record::Message { relocated: true, timestamp_ms: 42, dispatch: vec![(q, 9)], msg });
         roundtrip(Record::Declare { id: q, name: "orders".into(), opts: QueueOptions::default() });
         roundtrip(Record::Delete { id: q });
         roundtrip(Record::Ack { id: q, offsets: vec![1, 2, 3] });

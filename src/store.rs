@@ -130,6 +130,8 @@ pub(crate) enum Op {
     Message { dispatch: Vec<(QueueId, u64)>, timestamp_ms: u64, deliver_at_ms: u64, priority: u8, span: u32, group: Option<Bytes> },
     /// Index an existing message into a queue (dead-letter).
     Dispatch { id: QueueId, offset: u64, src_pos: u64, src_total: u32, src: Option<Box<IndexMeta>> },
+    /// A compaction copy of the record at `old_pos`: repoint these entries.
+    Relocate { moves: Vec<(QueueId, u64)>, old_pos: u64 },
     /// Already applied to the index; the record only makes it durable.
     Durable,
 }
@@ -149,7 +151,7 @@ pub(crate) struct State {
     pub(crate) spaces: HashMap<Arc<str>, TopicTrie<QueueId>>,
     /// Each queue's bindings, to drop them with the queue.
     pub(crate) bindings_of: HashMap<QueueId, Vec<(Arc<str>, Pattern)>>,
-    /// Live queue entries per segment (keyed by segment base).
+    /// Bytes of live queue entries per segment (keyed by segment base).
     live: BTreeMap<u64, i64>,
     bases: Vec<u64>,
 }
@@ -270,7 +272,7 @@ impl Store {
             replay(&mut st, pos, total, body, covered, now);
             Ok(())
         })?;
-        st.table.finish_replay();
+        st.table.finish_replay(now);
         // Retention is not logged: it is a rule (oldest first while over the
         // limit), so applying it again after replay can only move a stream's
         // start forward, never back past what consumers already saw dropped.
@@ -498,7 +500,7 @@ impl Store {
             dispatch.push((q, st.table.reserve_offsets(q, span)?));
         }
         let mut head = Vec::with_capacity(64 + msg.key.len() + targets.len() * 16);
-        record::encode_message_head(&MessageHead { timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
+        record::encode_message_head(&MessageHead { relocated: false, timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
         let op = Op::Message { dispatch: dispatch.clone(), timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, span: msg.span, group: msg.group.clone() };
         permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
         drop(st);
@@ -881,6 +883,11 @@ impl Inner {
                             touched.push(*id);
                         }
                     }
+                    Op::Relocate { moves, old_pos } => {
+                        for &(q, offset) in moves {
+                            st.table.relocate(q, offset, Some(*old_pos), c.pos, c.total);
+                        }
+                    }
                     Op::Durable => {}
                 }
             }
@@ -963,6 +970,55 @@ impl Inner {
         Ok(report)
     }
 
+    /// If the oldest sealed segment is mostly dead, copies its live messages
+    /// forward (same queues, same offsets) so the next reclaim can delete it:
+    /// one unconsumed message must not pin the whole log.
+    fn compact_oldest(&self, bases: &[u64]) -> Result<usize, StoreError> {
+        let [from, to, ..] = bases else { return Ok(0) };
+        let (from, to) = (*from, *to);
+        let live = {
+            let st = lock(&self.state)?;
+            st.live.get(&from).copied().unwrap_or(0).max(0) as u64
+        };
+        if live == 0 || live.saturating_mul(COMPACT_LIVE_RATIO_INV) >= to - from {
+            return Ok(0);
+        }
+        let entries = lock(&self.state)?.table.entries_in(from, to);
+        let mut by_pos: BTreeMap<u64, (u32, Vec<(QueueId, u64)>)> = BTreeMap::new();
+        for (q, offset, pos, total) in entries {
+            by_pos.entry(pos).or_insert_with(|| (total, Vec::new())).1.push((q, offset));
+        }
+        let copies = by_pos.len();
+        for (pos, (total, moves)) in by_pos {
+            let (timestamp_ms, msg) = match record::decode(self.log.read(pos, total)?)? {
+                Record::Message { timestamp_ms, msg, .. } => (timestamp_ms, msg),
+                _ => continue,
+            };
+            let permit = loop {
+                match self.tx.try_reserve() {
+                    Ok(p) => break p,
+                    Err(mpsc::error::TrySendError::Full(())) => std::thread::sleep(Duration::from_millis(1)),
+                    Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
+                }
+            };
+            // Under the lock, so an ack cannot fall between the check and the
+            // copy: a copy of an already acked message would come back on replay.
+            let st = lock(&self.state)?;
+            self.check_open()?;
+            let moves: Vec<(QueueId, u64)> = moves.into_iter().filter(|&(q, o)| st.table.pos_of(q, o) == Some(pos)).collect();
+            if moves.is_empty() {
+                continue;
+            }
+            let mut head = Vec::with_capacity(64 + msg.key.len() + moves.len() * 16);
+            record::encode_message_head(&MessageHead { relocated: true, timestamp_ms, dispatch: &moves, msg: &msg }, &mut head);
+            permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: Op::Relocate { moves, old_pos: pos }, done: None }));
+            drop(st);
+        }
+        writer_msg::sync_blocking(&self.tx)?;
+        tracing::info!(segment = from, live_bytes = live, copies, "compacted the oldest segment");
+        Ok(copies)
+    }
+
     /// Deletes the oldest segments that hold no live message. Queue
     /// declarations and group offsets in them are first saved in a metadata
     /// snapshot (so they need not be copied forward record by record).
@@ -983,7 +1039,10 @@ impl Inner {
             }
             cut
         };
-        let Some(cut) = cut else { return Ok((0, 0)) };
+        let Some(cut) = cut else {
+            self.compact_oldest(&bases)?;
+            return Ok((0, 0));
+        };
         // Everything before `cut` is written; the snapshot must cover at
         // least that far so no declaration or group offset below it is lost.
         let snap_at = writer_msg::sync_blocking(&self.tx)?;
@@ -1002,6 +1061,10 @@ impl Inner {
     }
 }
 
+/// Compact the oldest segment when less than 1/4 of it is live: copying
+/// costs at most a quarter of a segment's writes to free a whole segment.
+const COMPACT_LIVE_RATIO_INV: u64 = 4;
+
 /// Applies one record found in the log at start-up.
 fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: u64) {
     let rec = match record::decode(Bytes::copy_from_slice(body)) {
@@ -1014,8 +1077,14 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
     // The snapshot already holds every declaration, deletion and group offset before `covered`.
     let meta_known = pos < covered;
     match rec {
-        Record::Message { timestamp_ms, dispatch, msg } => {
+        Record::Message { relocated, timestamp_ms, dispatch, msg } => {
             for (q, offset) in dispatch {
+                // A compaction copy replaces the original if that is still
+                // here; if the original's segment is gone, it is the original.
+                if relocated && st.table.holds(q, offset) {
+                    st.table.relocate(q, offset, None, pos, total);
+                    continue;
+                }
                 let e = IndexEntry { offset, span: msg.span, pos, total, timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, group: msg.group.as_deref() };
                 let _ = st.table.index(q, e, now);
             }
@@ -1059,10 +1128,10 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
 
 fn recount_live(st: &State) -> BTreeMap<u64, i64> {
     let mut live = BTreeMap::new();
-    st.table.for_each_live_pos(|pos| {
+    st.table.for_each_live_pos(|pos, total| {
         let i = st.bases.partition_point(|&b| b <= pos);
         let base = if i == 0 { 0 } else { st.bases[i - 1] };
-        *live.entry(base).or_insert(0) += 1;
+        *live.entry(base).or_insert(0) += total as i64;
     });
     live
 }

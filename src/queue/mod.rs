@@ -86,8 +86,8 @@ pub struct QueueInfo {
     pub stored_bytes: u64,
 }
 
-/// A change in whether a log position is referenced by some queue, so the
-/// store can count live records per segment.
+/// A change in the bytes of a log position that queues keep alive (+total
+/// when indexed, -total when gone), so the store can tell live bytes per segment.
 pub type LiveDelta = (u64, i64);
 
 pub struct QueueTable {
@@ -233,9 +233,63 @@ impl QueueTable {
         self.slot_end = self.slot_end.max(id.slot() + 1);
     }
 
-    /// After replay: every slot below the high-water mark that is unused is free.
-    pub fn finish_replay(&mut self) {
+    /// After replay: every slot below the high-water mark that is unused is
+    /// free, and each queue's pop state and stream index are normalized.
+    pub fn finish_replay(&mut self, now_ms: u64) {
         self.free = (0..self.slot_end).rev().filter(|&s| self.slot(s).is_none_or(|s| s.name.is_none())).collect();
+        for c in 0..self.chunks.len() {
+            for i in 0..CHUNK {
+                let s = &mut self.chunks[c][i];
+                let (Some(_), Some(hot)) = (&s.name, s.hot.as_mut()) else { continue };
+                let opts = &self.options[s.opts as usize];
+                hot.pop.rebuild(opts, now_ms);
+                hot.stream.rebuild();
+            }
+        }
+    }
+
+    /// Entries of every queue stored in `[from, to)` of the log:
+    /// (queue, offset, position, bytes). O(entries): for compaction only.
+    pub fn entries_in(&self, from: u64, to: u64) -> Vec<(QueueId, u64, u64, u32)> {
+        let mut out = Vec::new();
+        for (c, chunk) in self.chunks.iter().enumerate() {
+            for (i, s) in chunk.iter().enumerate() {
+                let (Some(_), Some(h)) = (&s.name, &s.hot) else { continue };
+                let id = QueueId::new((c * CHUNK + i) as u32, s.generation);
+                out.extend(h.pop.entries_in(from, to).chain(h.stream.entries_in(from, to)).map(|(o, p, t)| (id, o, p, t)));
+            }
+        }
+        out
+    }
+
+    /// The message at `offset` of `id` was copied from `old_pos` (None: from
+    /// wherever it is, on replay) to `new_pos`. Returns false, changing
+    /// nothing, if the entry is gone or has moved on.
+    pub fn relocate(&mut self, id: QueueId, offset: u64, old_pos: Option<u64>, new_pos: u64, new_total: u32) -> bool {
+        let Ok((hot, _)) = self.hot_mut(id) else { return false };
+        let moved = hot.pop.relocate(offset, old_pos, new_pos, new_total).or_else(|| hot.stream.relocate(offset, old_pos, new_pos, new_total));
+        match moved {
+            Some((pos, total)) => {
+                self.live.push((pos, -(total as i64)));
+                self.live.push((new_pos, new_total as i64));
+                true
+            }
+            None => {
+                self.cool(id);
+                false
+            }
+        }
+    }
+
+    /// Where the entry at `offset` of `id` is stored, if `id` still holds it.
+    pub fn pos_of(&self, id: QueueId, offset: u64) -> Option<u64> {
+        let h = self.live_slot(id)?.hot.as_ref()?;
+        h.pop.pos_of(offset).or_else(|| h.stream.pos_of(offset))
+    }
+
+    /// Whether `id` holds the message at `offset` (replay of relocated copies).
+    pub fn holds(&self, id: QueueId, offset: u64) -> bool {
+        self.live_slot(id).and_then(|s| s.hot.as_ref()).is_some_and(|h| h.pop.contains(offset) || h.stream.contains(offset))
     }
 
     /// Every queue's durable identity, for the metadata snapshot.
@@ -252,11 +306,11 @@ impl QueueTable {
     }
 
     /// Calls `f` with the log position of every entry any queue holds.
-    pub fn for_each_live_pos(&self, mut f: impl FnMut(u64)) {
+    pub fn for_each_live_pos(&self, mut f: impl FnMut(u64, u32)) {
         for chunk in &self.chunks {
             for s in chunk.iter() {
                 if let Some(h) = &s.hot {
-                    h.pop.positions().chain(h.stream.positions()).for_each(&mut f);
+                    h.pop.positions().chain(h.stream.positions()).for_each(|(p, t)| f(p, t));
                 }
             }
         }
@@ -277,8 +331,8 @@ impl QueueTable {
             e.remove();
         }
         if let Some(hot) = hot {
-            for pos in hot.pop.positions().chain(hot.stream.positions()) {
-                self.live.push((pos, -1));
+            for (pos, total) in hot.pop.positions().chain(hot.stream.positions()) {
+                self.live.push((pos, -(total as i64)));
             }
         }
         self.free.push(id.slot());
@@ -344,7 +398,7 @@ impl QueueTable {
             QueueKind::Queue => hot.pop.insert(&e, opts, now_ms),
             QueueKind::Stream => hot.stream.push(&e),
         }
-        self.live.push((e.pos, 1));
+        self.live.push((e.pos, e.total as i64));
         Ok(())
     }
 
@@ -355,7 +409,7 @@ impl QueueTable {
         }
         let out = hot.pop.pop(id, opts, max, invisible_ms, now_ms);
         for d in &out.dead {
-            self.live.push((d.pos, -1));
+            self.live.push((d.pos, -(d.total as i64)));
         }
         self.touch(id, now_ms);
         self.cool(id);
@@ -365,8 +419,8 @@ impl QueueTable {
     /// Removes an in-flight message for good. Returns its log position.
     pub fn ack(&mut self, r: Receipt, now_ms: u64) -> Result<u64, StoreError> {
         let (hot, opts) = self.hot_mut(r.queue)?;
-        let pos = hot.pop.ack(&r, opts, now_ms)?;
-        self.live.push((pos, -1));
+        let (pos, total) = hot.pop.ack(&r, opts, now_ms)?;
+        self.live.push((pos, -(total as i64)));
         self.touch(r.queue, now_ms);
         self.cool(r.queue);
         Ok(pos)
@@ -375,8 +429,10 @@ impl QueueTable {
     pub fn nack(&mut self, r: Receipt, action: NackAction, now_ms: u64) -> Result<NackOutcome, StoreError> {
         let (hot, opts) = self.hot_mut(r.queue)?;
         let out = hot.pop.nack(r, opts, action, now_ms)?;
-        if let NackOutcome::DeadLettered(d) = &out {
-            self.live.push((d.pos, -1));
+        match &out {
+            NackOutcome::DeadLettered(d) => self.live.push((d.pos, -(d.total as i64))),
+            NackOutcome::Dropped { pos, total } => self.live.push((*pos, -(*total as i64))),
+            NackOutcome::Requeued { .. } => {}
         }
         self.touch(r.queue, now_ms);
         self.cool(r.queue);
@@ -391,8 +447,8 @@ impl QueueTable {
     /// Replay: an ack record. Unknown offsets are ignored (already gone).
     pub fn restore_ack(&mut self, id: QueueId, offset: u64, now_ms: u64) {
         if let Ok((hot, opts)) = self.hot_mut(id) {
-            if let Some(pos) = hot.pop.remove(offset, opts, now_ms) {
-                self.live.push((pos, -1));
+            if let Some((pos, total)) = hot.pop.remove(offset, opts, now_ms) {
+                self.live.push((pos, -(total as i64)));
             }
             self.cool(id);
         }
@@ -433,8 +489,8 @@ impl QueueTable {
                 if opts.kind != QueueKind::Stream || (opts.retention_ms.is_none() && opts.retention_bytes.is_none()) {
                     continue;
                 }
-                for pos in hot.stream.apply_retention(opts, now_ms) {
-                    self.live.push((pos, -1));
+                for (pos, total) in hot.stream.apply_retention(opts, now_ms) {
+                    self.live.push((pos, -(total as i64)));
                     dropped += 1;
                 }
             }

@@ -76,7 +76,7 @@ pub enum NackAction {
 pub enum NackOutcome {
     Requeued { deliveries: u32, visible_at_ms: u64 },
     DeadLettered(DeadLetter),
-    Dropped { pos: u64 },
+    Dropped { pos: u64, total: u32 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,8 +137,65 @@ impl PopState {
     pub fn lowest_offset(&self) -> Option<u64> {
         self.entries.keys().next().copied()
     }
-    pub fn positions(&self) -> impl Iterator<Item = u64> + '_ {
-        self.entries.values().map(|e| e.pos)
+    /// (position, bytes) of every entry: what this queue keeps alive in the log.
+    pub fn positions(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.entries.values().map(|e| (e.pos, e.total))
+    }
+
+    pub fn contains(&self, offset: u64) -> bool {
+        self.entries.contains_key(&offset)
+    }
+
+    pub fn pos_of(&self, offset: u64) -> Option<u64> {
+        self.entries.get(&offset).map(|e| e.pos)
+    }
+
+    /// Entries stored in `[from, to)` of the log: (offset, position, bytes).
+    pub fn entries_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.entries.iter().filter(move |(_, e)| e.pos >= from && e.pos < to).map(|(o, e)| (*o, e.pos, e.total))
+    }
+
+    /// The message at `offset` was copied to `new_pos`: point the entry there
+    /// if it is still the copy's original. Returns the old (position, bytes).
+    pub fn relocate(&mut self, offset: u64, old_pos: Option<u64>, new_pos: u64, new_total: u32) -> Option<(u64, u32)> {
+        let e = self.entries.get_mut(&offset).filter(|e| old_pos.is_none_or(|p| e.pos == p))?;
+        let old = (e.pos, e.total);
+        self.bytes = self.bytes - e.total as u64 + new_total as u64;
+        e.pos = new_pos;
+        e.total = new_total;
+        Some(old)
+    }
+
+    /// After replay: derive ready / delayed / blocked and the FIFO group
+    /// queues again from the entries in offset order (relocated copies can
+    /// arrive out of order, and nothing is in flight after a restart).
+    pub fn rebuild(&mut self, opts: &QueueOptions, now_ms: u64) {
+        self.ready.clear();
+        self.timers.clear();
+        self.groups.clear();
+        self.inflight = 0;
+        self.delayed = 0;
+        let offsets: Vec<u64> = self.entries.keys().copied().collect();
+        for offset in offsets {
+            let Some(e) = self.entries.get(&offset) else { continue };
+            let (priority, group) = (e.priority, e.group.clone());
+            let at = match e.state {
+                State::Delayed { until } => until.max(e.deliver_at),
+                _ => e.deliver_at,
+            };
+            let blocked = match group {
+                Some(g) => {
+                    let q = self.groups.entry(g).or_default();
+                    q.push_back(offset);
+                    q.len() > 1
+                }
+                None => false,
+            };
+            let st = if blocked { State::Blocked } else { self.arrive(offset, priority, at, opts, now_ms) };
+            if let Some(e) = self.entries.get_mut(&offset) {
+                e.state = st;
+            }
+        }
     }
     pub fn next_due(&self) -> Option<u64> {
         self.timers.iter().next().map(|t| t.0)
@@ -275,14 +332,15 @@ impl PopState {
         }
     }
 
-    pub fn ack(&mut self, r: &Receipt, opts: &QueueOptions, now_ms: u64) -> Result<u64, StoreError> {
+    pub fn ack(&mut self, r: &Receipt, opts: &QueueOptions, now_ms: u64) -> Result<(u64, u32), StoreError> {
         Self::check(&mut self.entries, r, now_ms)?;
         self.land(r.offset);
         self.remove(r.offset, opts, now_ms).ok_or(StoreError::InvalidReceipt)
     }
 
     /// Removes an entry in any state; releases the next message of its group.
-    pub fn remove(&mut self, offset: u64, opts: &QueueOptions, now_ms: u64) -> Option<u64> {
+    /// Returns its (position, bytes).
+    pub fn remove(&mut self, offset: u64, opts: &QueueOptions, now_ms: u64) -> Option<(u64, u32)> {
         let e = self.entries.remove(&offset)?;
         self.bytes -= e.total as u64;
         match e.state {
@@ -323,12 +381,12 @@ impl PopState {
                 }
             }
         }
-        Some(e.pos)
+        Some((e.pos, e.total))
     }
 
     fn take_dead(&mut self, id: QueueId, offset: u64, opts: &QueueOptions, now_ms: u64) -> Option<DeadLetter> {
-        let (total, deliveries) = self.entries.get(&offset).map(|e| (e.total, e.deliveries))?;
-        let pos = self.remove(offset, opts, now_ms)?;
+        let deliveries = self.entries.get(&offset).map(|e| e.deliveries)?;
+        let (pos, total) = self.remove(offset, opts, now_ms)?;
         Some(DeadLetter { from: id, offset, pos, total, deliveries, to: opts.dead_letter.clone() })
     }
 
@@ -350,7 +408,7 @@ impl PopState {
                 Ok(NackOutcome::Requeued { deliveries, visible_at_ms })
             }
             NackAction::DeadLetter => self.take_dead(r.queue, r.offset, opts, now_ms).map(NackOutcome::DeadLettered).ok_or(StoreError::InvalidReceipt),
-            NackAction::Drop => self.remove(r.offset, opts, now_ms).map(|pos| NackOutcome::Dropped { pos }).ok_or(StoreError::InvalidReceipt),
+            NackAction::Drop => self.remove(r.offset, opts, now_ms).map(|(pos, total)| NackOutcome::Dropped { pos, total }).ok_or(StoreError::InvalidReceipt),
         }
     }
 

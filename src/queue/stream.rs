@@ -40,14 +40,59 @@ impl StreamIndex {
     pub fn start_offset(&self, next: u64) -> u64 {
         self.batches.front().map(|b| b.offset).unwrap_or(next)
     }
-    pub fn positions(&self) -> impl Iterator<Item = u64> + '_ {
-        self.batches.iter().map(|b| b.pos)
+    pub fn positions(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        self.batches.iter().map(|b| (b.pos, b.total))
+    }
+
+    pub fn entries_in(&self, from: u64, to: u64) -> impl Iterator<Item = (u64, u64, u32)> + '_ {
+        self.batches.iter().filter(move |b| b.pos >= from && b.pos < to).map(|b| (b.offset, b.pos, b.total))
     }
 
     pub fn push(&mut self, e: &IndexEntry<'_>) {
         let max_ts = self.batches.back().map(|b| b.max_ts.max(e.timestamp_ms)).unwrap_or(e.timestamp_ms);
         self.bytes += e.total as u64;
-        self.batches.push_back(StreamBatch { offset: e.offset, span: e.span.max(1), total: e.total, pos: e.pos, max_ts });
+        let b = StreamBatch { offset: e.offset, span: e.span.max(1), total: e.total, pos: e.pos, max_ts };
+        match self.batches.back() {
+            Some(last) if last.offset >= e.offset => {
+                // A relocated copy replayed after newer batches: keep offset order
+                // (rebuild() fixes the running timestamps afterwards).
+                let i = self.batches.partition_point(|x| x.offset < e.offset);
+                if self.batches.get(i).is_some_and(|x| x.offset == e.offset) {
+                    self.bytes -= e.total as u64;
+                    return;
+                }
+                self.batches.insert(i, b);
+            }
+            _ => self.batches.push_back(b),
+        }
+    }
+
+    pub fn contains(&self, offset: u64) -> bool {
+        self.pos_of(offset).is_some()
+    }
+
+    pub fn pos_of(&self, offset: u64) -> Option<u64> {
+        let i = self.batches.partition_point(|x| x.offset < offset);
+        self.batches.get(i).filter(|b| b.offset == offset).map(|b| b.pos)
+    }
+
+    pub fn relocate(&mut self, offset: u64, old_pos: Option<u64>, new_pos: u64, new_total: u32) -> Option<(u64, u32)> {
+        let i = self.batches.partition_point(|x| x.offset < offset);
+        let b = self.batches.get_mut(i).filter(|b| b.offset == offset && old_pos.is_none_or(|p| b.pos == p))?;
+        let old = (b.pos, b.total);
+        self.bytes = self.bytes - b.total as u64 + new_total as u64;
+        b.pos = new_pos;
+        b.total = new_total;
+        Some(old)
+    }
+
+    /// After replay: the running maximum timestamps, recomputed in order.
+    pub fn rebuild(&mut self) {
+        let mut max = 0;
+        for b in self.batches.iter_mut() {
+            max = max.max(b.max_ts);
+            b.max_ts = max;
+        }
     }
 
     /// Batches from the one holding `from`, up to the limits (always at least
@@ -73,8 +118,8 @@ impl StreamIndex {
         self.batches.get(i).map(|b| b.offset)
     }
 
-    /// Drops whole batches past the time or size limit; returns their positions.
-    pub fn apply_retention(&mut self, opts: &QueueOptions, now_ms: u64) -> Vec<u64> {
+    /// Drops whole batches past the time or size limit; returns their (position, bytes).
+    pub fn apply_retention(&mut self, opts: &QueueOptions, now_ms: u64) -> Vec<(u64, u32)> {
         let mut out = Vec::new();
         while let Some(front) = self.batches.front() {
             let too_big = opts.retention_bytes.is_some_and(|m| self.bytes > m);
@@ -83,7 +128,7 @@ impl StreamIndex {
                 break;
             }
             self.bytes -= front.total as u64;
-            out.push(front.pos);
+            out.push((front.pos, front.total));
             self.batches.pop_front();
         }
         out
