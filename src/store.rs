@@ -970,19 +970,35 @@ impl Inner {
         Ok(report)
     }
 
-    /// If the oldest sealed segment is mostly dead, copies its live messages
-    /// forward (same queues, same offsets) so the next reclaim can delete it:
-    /// one unconsumed message must not pin the whole log.
+    /// Copies the live messages of the oldest sealed segments forward (same
+    /// queues, same offsets) while each is mostly dead, up to a copy budget,
+    /// so the next reclaim can delete them: one unconsumed message must not
+    /// pin the whole log. Stops at the first segment that is mostly live.
     fn compact_oldest(&self, bases: &[u64]) -> Result<usize, StoreError> {
-        let [from, to, ..] = bases else { return Ok(0) };
-        let (from, to) = (*from, *to);
-        let live = {
-            let st = lock(&self.state)?;
-            st.live.get(&from).copied().unwrap_or(0).max(0) as u64
-        };
-        if live == 0 || live.saturating_mul(COMPACT_LIVE_RATIO_INV) >= to - from {
-            return Ok(0);
+        let mut copies = 0;
+        let mut budget = COMPACT_BYTES_PER_RUN;
+        for w in bases.windows(2) {
+            let (from, to) = (w[0], w[1]);
+            let live = {
+                let st = lock(&self.state)?;
+                st.live.get(&from).copied().unwrap_or(0).max(0) as u64
+            };
+            if live == 0 {
+                continue;
+            }
+            if live.saturating_mul(COMPACT_LIVE_RATIO_INV) >= to - from || live > budget {
+                break;
+            }
+            budget -= live;
+            copies += self.compact_segment(from, to, live)?;
         }
+        if copies > 0 {
+            writer_msg::sync_blocking(&self.tx)?;
+        }
+        Ok(copies)
+    }
+
+    fn compact_segment(&self, from: u64, to: u64, live: u64) -> Result<usize, StoreError> {
         let entries = lock(&self.state)?.table.entries_in(from, to);
         let mut by_pos: BTreeMap<u64, (u32, Vec<(QueueId, u64)>)> = BTreeMap::new();
         for (q, offset, pos, total) in entries {
@@ -1014,8 +1030,7 @@ impl Inner {
             permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: Op::Relocate { moves, old_pos: pos }, done: None }));
             drop(st);
         }
-        writer_msg::sync_blocking(&self.tx)?;
-        tracing::info!(segment = from, live_bytes = live, copies, "compacted the oldest segment");
+        tracing::debug!(segment = from, live_bytes = live, copies, "compacted a segment");
         Ok(copies)
     }
 
@@ -1064,6 +1079,8 @@ impl Inner {
 /// Compact the oldest segment when less than 1/4 of it is live: copying
 /// costs at most a quarter of a segment's writes to free a whole segment.
 const COMPACT_LIVE_RATIO_INV: u64 = 4;
+/// Bytes one maintenance run may copy forward, so compaction cannot starve appends.
+const COMPACT_BYTES_PER_RUN: u64 = 64 * 1024 * 1024;
 
 /// Applies one record found in the log at start-up.
 fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: u64) {

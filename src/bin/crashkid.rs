@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use polymq::queue::NackAction;
 use polymq::queue::{QueueId, QueueOptions};
 use polymq::record::Message;
 use polymq::{FsyncPolicy, Store, StoreConfig};
@@ -63,17 +64,25 @@ enum Mode {
     Append,
     /// Appenders and poppers that ack what they pop.
     Mixed,
+    /// Queue-only traffic on small segments with maintenance every 20 ms;
+    /// every 20th message is parked (requeued with a 1 h delay) so old
+    /// segments stay partly live and must be compacted to be reclaimed.
+    Churn,
 }
+
+/// Churn mode parks every PARK_EVERY-th message of a task.
+const PARK_EVERY: u64 = 20;
 
 fn run() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 3 || args.len() > 4 {
-        return Err("usage: polymq-crashkid <data_dir> <append|mixed> [run-id]".into());
+        return Err("usage: polymq-crashkid <data_dir> <append|mixed|churn> [run-id]".into());
     }
     let mode = match args[2].as_str() {
         "append" => Mode::Append,
         "mixed" => Mode::Mixed,
-        other => return Err(format!("unknown mode {other:?}: expected append or mixed").into()),
+        "churn" => Mode::Churn,
+        other => return Err(format!("unknown mode {other:?}: expected append, mixed or churn").into()),
     };
     let seed = seed();
     let run_id = match args.get(3) {
@@ -89,19 +98,29 @@ async fn serve(data_dir: String, mode: Mode, run_id: String, seed: u64) -> Resul
     let mut cfg = StoreConfig::new(&data_dir);
     cfg.fsync = FsyncPolicy::Always;
     cfg.segment_bytes = SEGMENT_BYTES;
+    if mode == Mode::Churn {
+        cfg.segment_bytes = 64 * 1024;
+        cfg.maintenance_interval = Duration::from_millis(20);
+    }
     let store = Store::open(cfg).map_err(|e| format!("open {data_dir}: {e}"))?;
-    let q = store.declare_queue("q", QueueOptions::default()).await?.id;
-    let s = store.declare_queue("s", QueueOptions::stream()).await?.id;
+    let targets: Vec<QueueId> = if mode == Mode::Churn {
+        vec![store.declare_queue("c", QueueOptions::default()).await?.id]
+    } else {
+        let q = store.declare_queue("q", QueueOptions::default()).await?.id;
+        let s = store.declare_queue("s", QueueOptions::stream()).await?.id;
+        vec![q, s]
+    };
+    let q = targets[0];
     say("READY")?;
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..APPENDERS {
         let task = format!("{run_id}.{i}");
         let rng = Rng::new(seed ^ (i + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        tasks.spawn(append_forever(store.clone(), task, [q, s], rng));
+        tasks.spawn(append_forever(store.clone(), task, targets.clone(), rng));
     }
-    if mode == Mode::Mixed {
+    if mode != Mode::Append {
         for _ in 0..POPPERS {
-            tasks.spawn(pop_forever(store.clone(), q));
+            tasks.spawn(pop_forever(store.clone(), q, mode == Mode::Churn));
         }
     }
     // The tasks only end by failing; the first failure ends the process.
@@ -112,7 +131,7 @@ async fn serve(data_dir: String, mode: Mode, run_id: String, seed: u64) -> Resul
     }
 }
 
-async fn append_forever(store: Arc<Store>, task: String, targets: [QueueId; 2], mut rng: Rng) -> Result<()> {
+async fn append_forever(store: Arc<Store>, task: String, targets: Vec<QueueId>, mut rng: Rng) -> Result<()> {
     for n in 0u64.. {
         let len = rng.below(FILLER_MAX + 1) as usize;
         store.append(Message::new(payload(&task, n, len)), &targets).await.map_err(|e| format!("append {task}:{n}: {e}"))?;
@@ -128,13 +147,18 @@ async fn append_forever(store: Arc<Store>, task: String, targets: [QueueId; 2], 
     Ok(())
 }
 
-async fn pop_forever(store: Arc<Store>, q: QueueId) -> Result<()> {
+async fn pop_forever(store: Arc<Store>, q: QueueId, park: bool) -> Result<()> {
     loop {
         // Long invisibility: within one run nothing is redelivered, so each
         // POPACK is the one delivery of that message in this process.
         let batch = store.pop(q, 16, Duration::from_secs(600), Duration::from_millis(100)).await.map_err(|e| format!("pop: {e}"))?;
         for d in batch {
             let (task, n) = parse(&d.message.payload).ok_or_else(|| format!("popped a malformed message at offset {}", d.offset))?;
+            if park && n % PARK_EVERY == 0 {
+                // Stays in the queue (delayed), pinning its segment until compaction copies it.
+                store.nack(d.receipt, NackAction::Requeue { delay_ms: 3_600_000 }).await.map_err(|e| format!("park {task}:{n}: {e}"))?;
+                continue;
+            }
             // Said before the ack is sent: the ack record can become durable
             // before ack() returns, so from here on the message may be gone
             // after a kill even though POPACK was never printed.
