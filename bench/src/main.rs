@@ -1,1 +1,208 @@
-fn main() {}
+//! polymq-bench: the project's benchmark tool.
+//!
+//! `polymq-bench <scenario> [options]`. The core scenarios open a
+//! `polymq::Store` in-process on a scratch directory (so they measure the
+//! store, not a wire protocol); protocol scenarios that drive real client
+//! libraries against polymq or a peer broker will sit beside them as more
+//! subcommands with a `--target` option. Every scenario prints the machine
+//! facts first, then a table (or JSON lines with `--json`), and a progress
+//! line on stderr while it runs.
+
+mod load;
+mod disk;
+mod hist;
+mod queues;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use report::Reporter;
+
+#[derive(Parser, Debug)]
+#[command(name = "polymq-bench", version, about = "polymq's benchmark tool", long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Where scratch data goes: a fresh temporary directory is made inside it
+    /// and removed afterwards. Default: the current directory, so the numbers
+    /// are for the filesystem you run from.
+    #[arg(long, global = true, env = "POLYMQ_BENCH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// JSON lines on stdout instead of tables (one object per fact block and result row).
+    #[arg(long, global = true)]
+    json: bool,
+    /// Keep the scratch directory (to inspect the log afterwards).
+    #[arg(long, global = true)]
+    keep: bool,
+    /// Before each measurement wait up to this many seconds for other work
+    /// on the machine to stop (CPU under 10 % busy). Each row reports `busy%`
+    /// either way.
+    #[arg(long, global = true, default_value_t = 0.0)]
+    wait_idle: f64,
+    /// Tokio worker threads for the load generator and the store's async
+    /// side (default: one per core). The log writer is a thread of its own
+    /// on top, so on a small machine this decides whether it has a core.
+    #[arg(long, global = true)]
+    workers: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Scenario {
+    /// Raw sequential write bandwidth and fdatasync latency of the data dir's filesystem (the baseline).
+    Disk(disk::DiskArgs),
+    /// Closed-loop appends by many concurrent appenders to one stream: throughput and latency per fsync policy and size.
+    Append(load::AppendArgs),
+    /// Finds peak append throughput, then appends at a fraction of it (default half) and reports latency percentiles.
+    AppendLatency(load::LatencyArgs),
+    /// Pop + ack consumption from a pre-filled queue, and produce + consume at once.
+    PopAck(load::PopAckArgs),
+    /// Declares many idle queues: declares/s, memory per queue, and the restart (replay) cost.
+    Queues(queues::QueuesArgs),
+    /// Every scenario for about a second with tiny sizes (CI runs this so the tool cannot rot).
+    Smoke,
+    /// (internal) Reopens a store and reports replay time and memory, in a fresh process.
+    #[command(hide = true)]
+    QueuesReopen {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+/// The scratch directory of one invocation.
+pub struct Scratch {
+    dir: Option<tempfile::TempDir>,
+    path: PathBuf,
+    runs: std::cell::Cell<u32>,
+}
+
+impl Scratch {
+    fn new(c: &Common) -> Result<Scratch> {
+        let base = match &c.data_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_dir().context("current directory")?,
+        };
+        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        let dir = tempfile::Builder::new().prefix("polymq-bench-").tempdir_in(&base).with_context(|| format!("making a scratch dir in {}", base.display()))?;
+        let path = dir.path().to_path_buf();
+        let dir = if c.keep {
+            let _ = dir.keep();
+            None
+        } else {
+            Some(dir)
+        };
+        Ok(Scratch { dir, path, runs: std::cell::Cell::new(0) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A fresh, empty directory for one store (every run starts from an empty log).
+    pub fn fresh(&self, label: &str) -> Result<PathBuf> {
+        let n = self.runs.get();
+        self.runs.set(n + 1);
+        let p = self.path.join(format!("{n:02}-{}", label.replace(['/', ' ', '='], "_")));
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(p)
+    }
+
+    /// Deletes a finished run's data now, so a long matrix never holds
+    /// every run's log on disk at once.
+    pub fn discard(&self, p: &Path) {
+        if self.dir.is_some() {
+            let _ = std::fs::remove_dir_all(p);
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> Result<tokio::runtime::Runtime> {
+    // By default one worker per core, as a broker would run; the store's
+    // writer and maintenance threads come on top and compete for the same cores.
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build().context("tokio runtime")
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Scenario::QueuesReopen { dir } = &cli.scenario {
+        return queues::reopen_child(dir);
+    }
+    let rep = Reporter::new(cli.common.json);
+    report::set_wait_idle(Duration::from_secs_f64(cli.common.wait_idle));
+    let scratch = Scratch::new(&cli.common)?;
+    let mut facts = report::machine(scratch.path());
+    let workers = cli.common.workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    facts = facts.put("tokio_workers", workers);
+    rep.facts("machine", &facts);
+    let rt = runtime(cli.common.workers)?;
+    match cli.scenario {
+        Scenario::Disk(a) => disk::run(&rep, &scratch, &a),
+        Scenario::Append(a) => load::append(&rt, &rep, &scratch, &a).map(drop),
+        Scenario::AppendLatency(a) => load::latency(&rt, &rep, &scratch, &a),
+        Scenario::PopAck(a) => load::pop_ack(&rt, &rep, &scratch, &a),
+        Scenario::Queues(a) => queues::run(&rt, &rep, &scratch, &a),
+        Scenario::Smoke => smoke(&rt, &rep, &scratch),
+        Scenario::QueuesReopen { .. } => Ok(()),
+    }
+}
+
+/// Tiny versions of every scenario, with sanity checks on what they report,
+/// so CI notices when the tool (or the API it drives) breaks.
+fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Result<()> {
+    let started = std::time::Instant::now();
+    report::set_sample_busy(false);
+    disk::run(rep, scratch, &disk::DiskArgs { mib: 8, block_kib: 1024, sync_seconds: 0.2, no_dd: false })?;
+    let a = load::AppendArgs {
+        size: vec![100],
+        fsync: vec!["always".parse().map_err(anyhow::Error::msg)?, "never".parse().map_err(anyhow::Error::msg)?],
+        appenders: 8,
+        seconds: 0.3,
+        messages: None,
+        disk_mbps: None,
+        segment_mib: 1,
+    };
+    let res = load::append(rt, rep, scratch, &a)?;
+    if res.iter().any(|r| r.msgs == 0) {
+        bail!("smoke: an append run completed no message");
+    }
+    load::latency(
+        rt,
+        rep,
+        scratch,
+        &load::LatencyArgs { size: vec![100], fsync: vec!["interval=50".parse().map_err(anyhow::Error::msg)?], appenders: 8, seconds: 0.5, peak_seconds: 0.3, peak: None, rate: None, fraction: 0.5, segment_mib: 128, null: false },
+    )?;
+    load::pop_ack(
+        rt,
+        rep,
+        scratch,
+        &load::PopAckArgs {
+            prefill: 2_000,
+            consumers: 4,
+            batch: 32,
+            size: 100,
+            fsync: "interval=50".parse().map_err(anyhow::Error::msg)?,
+            ack: vec![load::AckMode::Each, load::AckMode::Batch],
+            mode: vec![load::PopMode::Drain, load::PopMode::Concurrent],
+            producers: 4,
+            seconds: 0.5,
+        },
+    )?;
+    queues::run(rt, rep, scratch, &queues::QueuesArgs { count: vec![20_000], tasks: 64, fsync: "never".parse().map_err(anyhow::Error::msg)?, no_reopen: false })?;
+    rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
+    // Give the tick/maintenance threads of the last store a moment to exit cleanly.
+    std::thread::sleep(Duration::from_millis(10));
+    Ok(())
+}
