@@ -7,6 +7,8 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod limits;
 pub mod log;
 pub mod server;
