@@ -1,0 +1,1 @@
+//! MQTT for polymq (codec being written).
