@@ -25,6 +25,8 @@ pub enum StoreError {
     InvalidReceipt,
     #[error("queue {0} was redeclared with different settings")]
     Inequivalent(String),
+    #[error("memory for transient messages is full ({0} bytes); retry later")]
+    MemoryLimit(u64),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 }

@@ -43,6 +43,9 @@ pub const GROUP_KEY_BYTES_MAX: usize = 1024;
 /// Default number of deliveries before a message is dead-lettered (RocketMQ uses 16).
 pub const DELIVERY_COUNT_MAX_DEFAULT: u32 = 16;
 
+/// Memory for messages that went only to transient queues (never logged).
+pub const TRANSIENT_BYTES_MAX_DEFAULT: u64 = 512 * 1024 * 1024;
+
 /// Server: concurrent connections across all listeners.
 pub const CONNECTION_COUNT_MAX_DEFAULT: usize = 100_000;
 

@@ -36,6 +36,9 @@ pub struct StoreConfig {
     /// How often retention, idle expiry and segment reclaim run (0: never,
     /// for tests that call [`Store::run_maintenance`] themselves).
     pub maintenance_interval: Duration,
+    /// Memory for messages that went only to transient queues; past it such
+    /// appends fail with [`StoreError::MemoryLimit`] (protocols push back).
+    pub transient_bytes_max: u64,
 }
 
 impl StoreConfig {
@@ -46,6 +49,7 @@ impl StoreConfig {
             segment_bytes: limits::SEGMENT_BYTES_DEFAULT,
             queue_count_max: limits::QUEUE_COUNT_MAX_DEFAULT,
             maintenance_interval: Duration::from_secs(1),
+            transient_bytes_max: limits::TRANSIENT_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -154,9 +158,38 @@ pub(crate) struct State {
     /// Bytes of live queue entries per segment (keyed by segment base).
     live: BTreeMap<u64, i64>,
     bases: Vec<u64>,
+    /// Bodies of messages that went only to transient queues (never in the
+    /// log), keyed by a position with [`MEM_POS`] set.
+    mem: HashMap<u64, MemBody>,
+    mem_next: u64,
+    mem_bytes: u64,
+}
+
+/// Positions with this bit name a memory-only body, not a log position.
+const MEM_POS: u64 = 1 << 63;
+
+struct MemBody {
+    msg: Message,
+    size: u64,
+    /// Queue entries pointing at it.
+    refs: u32,
 }
 
 impl State {
+    fn mem_ref(&mut self, pos: u64, up: bool) {
+        let Some(b) = self.mem.get_mut(&pos) else { return };
+        if up {
+            b.refs += 1;
+        } else {
+            b.refs = b.refs.saturating_sub(1);
+            if b.refs == 0 {
+                let size = b.size;
+                self.mem.remove(&pos);
+                self.mem_bytes -= size;
+            }
+        }
+    }
+
     pub(crate) fn bind(&mut self, space: &str, p: &Pattern, id: QueueId) -> bool {
         let space: Arc<str> = match self.spaces.get_key_value(space) {
             Some((k, _)) => k.clone(),
@@ -216,6 +249,10 @@ impl State {
             self.bases = log_bases();
         }
         for (pos, d) in deltas {
+            if pos & MEM_POS != 0 {
+                self.mem_ref(pos, d > 0);
+                continue;
+            }
             let i = self.bases.partition_point(|&b| b <= pos);
             let base = if i == 0 { 0 } else { self.bases[i - 1] };
             *self.live.entry(base).or_insert(0) += d;
@@ -263,7 +300,7 @@ impl Store {
         let snap = snapshot::load(&cfg.data_dir, &mut table, &mut group_offsets, &mut bindings, now)?;
         let covered = snap.map(|s| s.covers).unwrap_or(0);
         let log_cfg = LogConfig { dir: cfg.data_dir.join("log"), fsync: cfg.fsync, segment_bytes: cfg.segment_bytes };
-        let mut st = State { table, group_offsets, spaces: HashMap::new(), bindings_of: HashMap::new(), live: BTreeMap::new(), bases: Vec::new() };
+        let mut st = State { table, group_offsets, spaces: HashMap::new(), bindings_of: HashMap::new(), live: BTreeMap::new(), bases: Vec::new(), mem: HashMap::new(), mem_next: 0, mem_bytes: 0 };
         for (space, p, id) in bindings {
             st.bind(&space, &p, id);
         }
@@ -494,6 +531,9 @@ impl Store {
         let (done, rx) = oneshot::channel();
         let mut st = lock(&self.inner.state)?;
         self.inner.check_open()?;
+        if !targets.is_empty() && targets.iter().all(|q| q.is_transient()) {
+            return self.inner.append_in_memory(&mut st, msg, targets, timestamp_ms, size as u64, done, rx);
+        }
         let mut dispatch = Vec::with_capacity(targets.len());
         for &q in targets {
             let span = if st.table.options(q).map(|o| o.kind) == Some(QueueKind::Stream) { msg.span } else { 1 };
@@ -723,6 +763,9 @@ impl Inner {
     /// Applies `apply` to the state and queues `rec` for the log under one
     /// lock, so the record's place in the log matches the state change.
     async fn submit_control(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        if !needs_log(&rec) {
+            return self.apply_in_memory(apply);
+        }
         let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
         let mut head = Vec::with_capacity(64);
         record::encode(&rec, &mut head);
@@ -737,6 +780,9 @@ impl Inner {
     /// Like `submit_control` from a plain thread (maintenance): never blocks
     /// while holding the state lock.
     fn submit_control_blocking(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        if !needs_log(&rec) {
+            return self.apply_in_memory(apply);
+        }
         let permit = loop {
             match self.tx.try_reserve() {
                 Ok(p) => break p,
@@ -754,9 +800,66 @@ impl Inner {
         Ok(rx)
     }
 
+    /// A change that concerns only transient queues: applied, never logged.
+    fn apply_in_memory(&self, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+        let mut st = lock(&self.state)?;
+        self.check_open()?;
+        apply(&mut st)?;
+        let log = &self.log;
+        st.apply_live(&|| log.segment_bases());
+        let (done, rx) = oneshot::channel();
+        let _ = done.send(Ok(0));
+        Ok(rx)
+    }
+
+    /// An append whose targets are all transient: indexed at once with its
+    /// body kept in memory; the log never sees it.
+    #[allow(clippy::too_many_arguments)]
+    fn append_in_memory(&self, st: &mut State, mut msg: Message, targets: &[QueueId], timestamp_ms: u64, size: u64, done: oneshot::Sender<Result<u64, StoreError>>, rx: oneshot::Receiver<Result<u64, StoreError>>) -> Result<Ticket, StoreError> {
+        if st.mem_bytes + size > self.cfg.transient_bytes_max {
+            return Err(StoreError::MemoryLimit(self.cfg.transient_bytes_max));
+        }
+        let now = self.clock.now_ms();
+        let pos = MEM_POS | st.mem_next;
+        st.mem_next += 1;
+        msg.timestamp_ms = timestamp_ms;
+        let total = size.min(u32::MAX as u64) as u32;
+        let mut offsets = Vec::with_capacity(targets.len());
+        for &q in targets {
+            let span = if st.table.options(q).map(|o| o.kind) == Some(QueueKind::Stream) { msg.span } else { 1 };
+            let offset = st.table.reserve_offsets(q, span)?;
+            offsets.push((q, offset));
+        }
+        let group = msg.group.clone();
+        for &(q, offset) in &offsets {
+            let e = IndexEntry { offset, span: msg.span, pos, total, timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, group: group.as_deref() };
+            st.table.index(q, e, now)?;
+        }
+        st.mem.insert(pos, MemBody { msg, size, refs: 0 });
+        st.mem_bytes += size;
+        let log = &self.log;
+        st.apply_live(&|| log.segment_bases());
+        if let Ok(w) = self.waiters.lock() {
+            for (q, _) in &offsets {
+                if let Some(n) = w.get(q) {
+                    n.notify_waiters();
+                }
+            }
+        }
+        let _ = done.send(Ok(pos));
+        Ok(Ticket { rx, offsets })
+    }
+
     async fn declare_queue(&self, name: &str, opts: QueueOptions) -> Result<QueueInfo, StoreError> {
         if opts.dead_letter.as_deref() == Some(name) {
             return Err(StoreError::InvalidArgument("a queue cannot be its own dead-letter queue".into()));
+        }
+        if opts.transient {
+            let now = self.clock.now_ms();
+            let mut st = lock(&self.state)?;
+            self.check_open()?;
+            let (id, _) = st.table.declare(name, &opts, now)?;
+            return st.table.info(id).ok_or_else(|| StoreError::QueueNotFound(name.into()));
         }
         let now = self.clock.now_ms();
         let mut created = None;
@@ -799,6 +902,10 @@ impl Inner {
     }
 
     fn read_message(&self, pos: u64, total: u32) -> Result<Message, StoreError> {
+        if pos & MEM_POS != 0 {
+            let st = lock(&self.state)?;
+            return st.mem.get(&pos).map(|b| b.msg.clone()).ok_or_else(|| StoreError::InvalidArgument(format!("memory body {:#x} is gone", pos & !MEM_POS)));
+        }
         let body = self.log.read(pos, total)?;
         match record::decode(body)? {
             Record::Message { msg, .. } => Ok(msg),
@@ -822,6 +929,26 @@ impl Inner {
                 None => None,
             };
             let rx = match dlq {
+                // A body that only lives in memory must be written out to reach a
+                // durable DLQ; into a transient DLQ anything is just indexed.
+                Some(q) if d.pos & MEM_POS != 0 || q.is_transient() => {
+                    let msg = self.read_message(d.pos, d.total)?;
+                    if q.is_transient() && d.pos & MEM_POS == 0 {
+                        let now = self.clock.now_ms();
+                        let mut st = lock(&self.state)?;
+                        let offset = st.table.reserve_offsets(q, 1)?;
+                        let e = IndexEntry { offset, span: 1, pos: d.pos, total: d.total, timestamp_ms: msg.timestamp_ms, deliver_at_ms: 0, priority: msg.priority, group: msg.group.as_deref() };
+                        st.table.index(q, e, now)?;
+                        let log = &self.log;
+                        st.apply_live(&|| log.segment_bases());
+                    } else {
+                        self.append_for_dead_letter(msg, q).await?.wait().await?;
+                    }
+                    // Into the DLQ first, then out of the source: a crash in
+                    // between leaves a copy in both, never in neither.
+                    self.forget_source(&d).await?;
+                    continue;
+                }
                 Some(q) => {
                     let meta = self.read_meta(d.pos, d.total)?;
                     let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
@@ -835,11 +962,42 @@ impl Inner {
                     permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
                     rx
                 }
-                None => self.submit_control(Record::Ack { id: d.from, offsets: vec![d.offset] }, Op::Durable, |_| Ok(())).await?,
+                None => {
+                    self.forget_source(&d).await?;
+                    continue;
+                }
             };
             rx.await.map_err(|_| StoreError::Closed)??;
         }
         Ok(())
+    }
+
+    /// Records that a dead letter left its source queue (already removed in memory).
+    async fn forget_source(&self, d: &DeadLetter) -> Result<(), StoreError> {
+        let rx = self.submit_control(Record::Ack { id: d.from, offsets: vec![d.offset] }, Op::Durable, |_| Ok(())).await?;
+        rx.await.map_err(|_| StoreError::Closed)?.map(|_| ())
+    }
+
+    /// Appends a copy of a memory-only message to a (durable or transient) queue.
+    async fn append_for_dead_letter(&self, mut msg: Message, q: QueueId) -> Result<Ticket, StoreError> {
+        let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
+        let (done, rx) = oneshot::channel();
+        let mut st = lock(&self.state)?;
+        self.check_open()?;
+        msg.deliver_at_ms = 0;
+        let ts = msg.timestamp_ms;
+        if q.is_transient() {
+            let size = (msg.payload.len() + msg.key.len()) as u64;
+            drop(permit);
+            return self.append_in_memory(&mut st, msg, &[q], ts, size, done, rx);
+        }
+        let offset = st.table.reserve_offsets(q, 1)?;
+        let dispatch = vec![(q, offset)];
+        let mut head = Vec::with_capacity(64 + msg.key.len());
+        record::encode_message_head(&MessageHead { relocated: false, timestamp_ms: ts, dispatch: &dispatch, msg: &msg }, &mut head);
+        let op = Op::Message { dispatch: dispatch.clone(), timestamp_ms: ts, deliver_at_ms: 0, priority: msg.priority, span: 1, group: msg.group.clone() };
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        Ok(Ticket { rx, offsets: dispatch })
     }
 
     /// Finds a queue by name or declares it with default options.
@@ -1073,6 +1231,15 @@ impl Inner {
         let deleted = bases.iter().filter(|&&b| b < cut).count();
         let _ = before;
         Ok((deleted, freed))
+    }
+}
+
+/// Whether a control record changes durable state: records about transient
+/// queues only are applied in memory and never written.
+fn needs_log(rec: &Record) -> bool {
+    match rec {
+        Record::Ack { id, .. } | Record::Requeue { id, .. } | Record::GroupOffset { id, .. } | Record::Delete { id } | Record::Bind { id, .. } | Record::Unbind { id, .. } => !id.is_transient(),
+        _ => true,
     }
 }
 

@@ -500,3 +500,78 @@ async fn one_unconsumed_message_does_not_pin_the_log() {
     assert_eq!(r.next_offset, 1000);
     assert!(r.messages.iter().all(|m| m.message.payload == payload));
 }
+
+#[tokio::test]
+async fn transient_queues_never_touch_the_disk_and_vanish_on_restart() {
+    use polymq::route::Pattern;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mqtt = |s: &str| Pattern::parse(s, '/', "+", "#").expect("pattern");
+    {
+        let (s, _) = open(dir.path());
+        let t = s.declare_queue("clean-session", QueueOptions::transient()).await.expect("t").id;
+        let d = s.declare_queue("durable", QueueOptions::default()).await.expect("d").id;
+        s.bind("amq.topic", &mqtt("live/#"), t).await.expect("bind t");
+        s.bind("amq.topic", &mqtt("both/#"), t).await.expect("bind t");
+        s.bind("amq.topic", &mqtt("both/#"), d).await.expect("bind d");
+        let before = s.metrics().log_bytes;
+        for i in 0..100 {
+            s.publish("amq.topic", &["live", "x"], true, msg(&format!("qos0-{i}"))).await.expect("publish").expect("routed");
+        }
+        let d1 = s.pop(t, 1, INVIS, NOW).await.expect("pop");
+        s.ack(d1[0].receipt).await.expect("ack");
+        assert_eq!(s.metrics().log_bytes, before, "a message only transient queues want is not written, nor are its acks");
+        s.publish("amq.topic", &["both", "y"], true, msg("shared")).await.expect("publish").expect("routed");
+        let grown = s.metrics().log_bytes - before;
+        assert!(grown > 0 && grown < 150, "one durable target: stored once ({grown} bytes)");
+        assert_eq!(s.pop(t, 1000, INVIS, NOW).await.expect("pop").len(), 100, "99 live ones + the shared one");
+        assert_eq!(payloads(&s.pop(d, 10, INVIS, NOW).await.expect("pop")), ["shared"]);
+        s.close().expect("close");
+    }
+    let (s, _) = open(dir.path());
+    assert!(s.queue_id("clean-session").is_none(), "transient queues are gone after a restart");
+    assert_eq!(s.route("amq.topic", &["both", "y"], true).len(), 1, "and so are their bindings");
+    assert!(s.route("amq.topic", &["live", "x"], true).is_empty());
+    // A new queue may take the transient queue's slot; it must not inherit the
+    // old transient entries that the log still names.
+    let n = s.declare_queue("newcomer", QueueOptions::default()).await.expect("n").id;
+    s.close().expect("close");
+    drop(s);
+    let (s, _) = open(dir.path());
+    assert_eq!(s.queue_id("newcomer"), Some(n));
+    assert!(s.pop(n, 10, INVIS, NOW).await.expect("pop").is_empty(), "nothing of the transient queue comes back through a reused slot");
+}
+
+#[tokio::test]
+async fn transient_memory_is_bounded_and_released_on_ack() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.transient_bytes_max = 10_000;
+    let s = Store::open_with_clock(c, Arc::new(ManualClock::new(T0))).expect("open");
+    let t = s.declare_queue("t", QueueOptions::transient()).await.expect("t").id;
+    let big = Message::new(Bytes::from(vec![1u8; 4000]));
+    s.append(big.clone(), &[t]).await.expect("1st");
+    s.append(big.clone(), &[t]).await.expect("2nd");
+    assert!(matches!(s.append(big.clone(), &[t]).await, Err(polymq::StoreError::MemoryLimit(_))), "the third would pass the limit");
+    let d = s.pop(t, 1, INVIS, NOW).await.expect("pop");
+    s.ack(d[0].receipt).await.expect("ack");
+    s.append(big, &[t]).await.expect("memory came back with the ack");
+}
+
+#[tokio::test]
+async fn a_memory_only_message_dead_lettered_into_a_durable_queue_is_written_out() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (s, _) = open(dir.path());
+        let opts = QueueOptions { transient: true, dead_letter: Some("dlq".into()), ..QueueOptions::default() };
+        let t = s.declare_queue("t", opts).await.expect("t").id;
+        s.declare_queue("dlq", QueueOptions::default()).await.expect("dlq");
+        s.append(msg("rejected"), &[t]).await.expect("append");
+        let d = s.pop(t, 1, INVIS, NOW).await.expect("pop");
+        s.nack(d[0].receipt, NackAction::DeadLetter).await.expect("dead-letter");
+        assert!(s.pop(t, 1, INVIS, NOW).await.expect("pop").is_empty());
+        s.close().expect("close");
+    }
+    let (s, _) = open(dir.path());
+    let dlq = s.queue_id("dlq").expect("dlq");
+    assert_eq!(payloads(&s.pop(dlq, 10, INVIS, NOW).await.expect("pop")), ["rejected"], "durable in the DLQ after a restart");
+}

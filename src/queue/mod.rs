@@ -40,7 +40,15 @@ impl QueueId {
     pub const fn generation(self) -> u32 {
         (self.0 >> 32) as u32
     }
+    /// Transient queues carry a flag in their generation, so no id of a
+    /// memory-only queue can ever equal the id of a durable queue, even
+    /// after a restart reuses its slot (old log records name old ids).
+    pub const fn is_transient(self) -> bool {
+        self.generation() & TRANSIENT_GENERATION != 0
+    }
 }
+
+const TRANSIENT_GENERATION: u32 = 1 << 31;
 
 /// Slots are allocated in fixed chunks so growth never doubles a huge vector
 /// (a doubling `Vec` of 10 M slots would waste up to half of it).
@@ -189,7 +197,8 @@ impl QueueTable {
                 s
             }
         };
-        let generation = self.slot(slot).map(|s| s.generation).unwrap_or(0);
+        let counter = self.slot(slot).map(|s| s.generation & !TRANSIENT_GENERATION).unwrap_or(0);
+        let generation = if opts.transient { counter | TRANSIENT_GENERATION } else { counter };
         let id = QueueId::new(slot, generation);
         self.install(id, name, opts, now_ms, 0);
         Ok((id, true))
@@ -292,12 +301,12 @@ impl QueueTable {
         self.live_slot(id).and_then(|s| s.hot.as_ref()).is_some_and(|h| h.pop.contains(offset) || h.stream.contains(offset))
     }
 
-    /// Every queue's durable identity, for the metadata snapshot.
+    /// Every durable queue's identity, for the metadata snapshot.
     pub fn snapshot_queues(&self) -> Vec<QueueInfo> {
         let mut out = Vec::with_capacity(self.count);
         for (c, chunk) in self.chunks.iter().enumerate() {
             for (i, s) in chunk.iter().enumerate() {
-                if let Some(n) = &s.name {
+                if let Some(n) = s.name.as_ref().filter(|_| s.generation & TRANSIENT_GENERATION == 0) {
                     out.push(QueueInfo { id: QueueId::new((c * CHUNK + i) as u32, s.generation), name: n.to_string(), options: self.options[s.opts as usize].clone(), next_offset: s.next_offset, start_offset: 0, ready: 0, inflight: 0, delayed: 0, stored_bytes: 0 });
                 }
             }
@@ -324,7 +333,7 @@ impl QueueTable {
         }
         let name = s.name.take().unwrap_or_default();
         let hot = s.hot.take();
-        s.generation = s.generation.wrapping_add(1);
+        s.generation = (s.generation & !TRANSIENT_GENERATION).wrapping_add(1) & !TRANSIENT_GENERATION;
         s.next_offset = 0;
         let hash = self.hasher.hash_one(&*name);
         if let Ok(e) = self.names.find_entry(hash, |&x| x == id.slot()) {
@@ -613,6 +622,19 @@ mod tests {
         assert!(t.name(a).is_none());
         assert!(t.reserve_offsets(a, 1).is_err());
         assert_eq!(t.name(b), Some("b"));
+    }
+
+    #[test]
+    fn transient_ids_never_equal_durable_ids() {
+        let mut t = QueueTable::new(10);
+        let (tr, _) = t.declare("t", &QueueOptions::transient(), 0).expect("t");
+        assert!(tr.is_transient());
+        assert!(t.delete(tr));
+        let (d, _) = t.declare("d", &QueueOptions::default(), 0).expect("d");
+        assert_eq!(d.slot(), tr.slot());
+        assert!(!d.is_transient());
+        assert_ne!(d, tr);
+        assert!(t.snapshot_queues().iter().all(|q| !q.id.is_transient()));
     }
 
     #[test]

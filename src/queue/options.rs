@@ -34,6 +34,10 @@ pub struct QueueOptions {
     pub retention_ms: Option<u64>,
     /// Streams: keep at most this many bytes (whole batches are dropped).
     pub retention_bytes: Option<u64>,
+    /// Memory only: not declared in the log, gone after a restart (AMQP
+    /// non-durable queues, MQTT clean sessions). A message whose targets are
+    /// all transient is not written to the log at all.
+    pub transient: bool,
 }
 
 const HAS_TTL: u16 = 1;
@@ -44,10 +48,16 @@ const HAS_RATE: u16 = 16;
 const HAS_RET_MS: u16 = 32;
 const HAS_RET_BYTES: u16 = 64;
 const STREAM: u16 = 128;
+const TRANSIENT: u16 = 256;
 
 impl QueueOptions {
     pub fn stream() -> QueueOptions {
         QueueOptions { kind: QueueKind::Stream, ..QueueOptions::default() }
+    }
+
+    /// A memory-only pop queue.
+    pub fn transient() -> QueueOptions {
+        QueueOptions { transient: true, ..QueueOptions::default() }
     }
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
@@ -60,6 +70,7 @@ impl QueueOptions {
         if self.retention_ms.is_some() { flags |= HAS_RET_MS }
         if self.retention_bytes.is_some() { flags |= HAS_RET_BYTES }
         if self.kind == QueueKind::Stream { flags |= STREAM }
+        if self.transient { flags |= TRANSIENT }
         out.put_u16_le(flags);
         out.put_u8(self.max_priority);
         if let Some(v) = self.idle_ttl_ms { out.put_u64_le(v) }
@@ -84,6 +95,7 @@ impl QueueOptions {
             o.dead_letter = Some(r.string(n)?);
         }
         o.fifo = flags & FIFO != 0;
+        o.transient = flags & TRANSIENT != 0;
         if flags & HAS_RATE != 0 { o.rate_per_sec = Some(r.u32()?) }
         if flags & HAS_RET_MS != 0 { o.retention_ms = Some(r.u64()?) }
         if flags & HAS_RET_BYTES != 0 { o.retention_bytes = Some(r.u64()?) }

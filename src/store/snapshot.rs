@@ -52,7 +52,7 @@ pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
         out.extend_from_slice(&body);
         count += 1;
     }
-    for ((group, id), offset) in &st.group_offsets {
+    for ((group, id), offset) in st.group_offsets.iter().filter(|((_, id), _)| !id.is_transient()) {
         body.clear();
         body.put_u8(GROUP);
         body.put_u64_le(id.0);
@@ -65,6 +65,9 @@ pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
     }
     for (space, trie) in &st.spaces {
         trie.for_each(&mut |p, id| {
+            if id.is_transient() {
+                return;
+            }
             body.clear();
             body.put_u8(BIND);
             body.put_u64_le(id.0);
