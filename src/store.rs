@@ -278,6 +278,9 @@ pub struct Store {
     recovery: RecoveryReport,
 }
 
+/// The answer to a record handed to the writer: its position once written.
+type Pending = oneshot::Receiver<Result<u64, StoreError>>;
+
 fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>, StoreError> {
     m.lock().map_err(|_| StoreError::Poisoned)
 }
@@ -762,36 +765,27 @@ impl Inner {
 
     /// Applies `apply` to the state and queues `rec` for the log under one
     /// lock, so the record's place in the log matches the state change.
-    async fn submit_control(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+    async fn submit_control(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
         if !needs_log(&rec) {
             return self.apply_in_memory(apply);
         }
         let permit = self.tx.reserve().await.map_err(|_| StoreError::Closed)?;
-        let mut head = Vec::with_capacity(64);
-        record::encode(&rec, &mut head);
-        let (done, rx) = oneshot::channel();
-        let mut st = lock(&self.state)?;
-        self.check_open()?;
-        apply(&mut st)?;
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
-        Ok(rx)
+        self.send_control(permit, &rec, op, apply)
     }
 
     /// Like `submit_control` from a plain thread (maintenance): never blocks
     /// while holding the state lock.
-    fn submit_control_blocking(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+    fn submit_control_blocking(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
         if !needs_log(&rec) {
             return self.apply_in_memory(apply);
         }
-        let permit = loop {
-            match self.tx.try_reserve() {
-                Ok(p) => break p,
-                Err(mpsc::error::TrySendError::Full(())) => std::thread::sleep(Duration::from_millis(1)),
-                Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
-            }
-        };
+        let permit = self.reserve_blocking()?;
+        self.send_control(permit, &rec, op, apply)
+    }
+
+    fn send_control(&self, permit: mpsc::Permit<'_, writer_msg::Msg<Op>>, rec: &Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
         let mut head = Vec::with_capacity(64);
-        record::encode(&rec, &mut head);
+        record::encode(rec, &mut head);
         let (done, rx) = oneshot::channel();
         let mut st = lock(&self.state)?;
         self.check_open()?;
@@ -800,8 +794,19 @@ impl Inner {
         Ok(rx)
     }
 
+    /// A place in the writer's channel, waited for without an async runtime.
+    fn reserve_blocking(&self) -> Result<mpsc::Permit<'_, writer_msg::Msg<Op>>, StoreError> {
+        loop {
+            match self.tx.try_reserve() {
+                Ok(p) => return Ok(p),
+                Err(mpsc::error::TrySendError::Full(())) => std::thread::sleep(Duration::from_millis(1)),
+                Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
+            }
+        }
+    }
+
     /// A change that concerns only transient queues: applied, never logged.
-    fn apply_in_memory(&self, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<oneshot::Receiver<Result<u64, StoreError>>, StoreError> {
+    fn apply_in_memory(&self, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
         let mut st = lock(&self.state)?;
         self.check_open()?;
         apply(&mut st)?;
@@ -1168,13 +1173,7 @@ impl Inner {
                 Record::Message { timestamp_ms, msg, .. } => (timestamp_ms, msg),
                 _ => continue,
             };
-            let permit = loop {
-                match self.tx.try_reserve() {
-                    Ok(p) => break p,
-                    Err(mpsc::error::TrySendError::Full(())) => std::thread::sleep(Duration::from_millis(1)),
-                    Err(mpsc::error::TrySendError::Closed(())) => return Err(StoreError::Closed),
-                }
-            };
+            let permit = self.reserve_blocking()?;
             // Under the lock, so an ack cannot fall between the check and the
             // copy: a copy of an already acked message would come back on replay.
             let st = lock(&self.state)?;

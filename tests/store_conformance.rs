@@ -323,13 +323,7 @@ async fn idle_queues_expire_but_busy_ones_do_not() {
     clock.advance(50_000);
     s.touch(used);
     clock.advance(20_000);
-    let rep = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || s.run_maintenance()
-    })
-    .await
-    .expect("join")
-    .expect("maintenance");
+    let rep = maintain(&s);
     assert_eq!(rep.queues_expired, 1);
     assert!(s.queue_id("idle").is_none());
     assert!(s.queue_id("used").is_some());
@@ -353,25 +347,13 @@ async fn retention_and_reclaim_free_segments_but_never_live_messages() {
         s.append(Message::new(payload.clone()), &[st]).await.expect("append");
     }
     let segs_before = s.metrics().segments;
-    let rep = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || s.run_maintenance()
-    })
-    .await
-    .expect("join")
-    .expect("maintenance");
+    let rep = maintain(&s);
     assert!(rep.batches_dropped > 800, "retention dropped {}", rep.batches_dropped);
     assert_eq!(rep.segments_deleted, 0, "the live message in the first segment pins it");
     assert!(segs_before > 10);
     let d = s.pop(q, 1, INVIS, NOW).await.expect("pop");
     s.ack(d[0].receipt).await.expect("ack");
-    let rep = tokio::task::spawn_blocking({
-        let s = s.clone();
-        move || s.run_maintenance()
-    })
-    .await
-    .expect("join")
-    .expect("maintenance");
+    let rep = maintain(&s);
     assert!(rep.segments_deleted > 5, "after the ack the dead prefix goes: {rep:?}");
     let r = s.read(st, 0, 10_000, u64::MAX).expect("read");
     let kept = r.messages.len();
