@@ -22,7 +22,9 @@ use crate::wire::{read_vbi, Reader};
 ///   consume the packet.
 ///
 /// `version` is the connection's version, or `None` before CONNECT: then only CONNECT
-/// is accepted and read with the version it announces (see `Connect::version`).
+/// is accepted and read with the version it announces (see `Connect::version`). After
+/// CONNECT every packet type decodes, whichever direction it normally travels: refusing
+/// a second CONNECT, or a CONNACK from a client, is the session's decision.
 ///
 /// Bounded: the total packet size (fixed header included, as MQTT 5's Maximum Packet
 /// Size counts it) is checked against `max_packet_bytes` as soon as the remaining
@@ -245,7 +247,8 @@ fn decode_connack(mut reader: Reader, version: ProtocolVersion) -> Result<ConnAc
     if flags & 0xFE != 0 {
         return Err(DecodeError::InvalidConnAckFlags(flags));
     }
-    let session_present = flags & 1 != 0;
+    // MQTT 3.1 reserves the whole byte; its bit 0 is not a session flag there.
+    let session_present = flags & 1 != 0 && version != ProtocolVersion::V3_1;
     let code = reader.u8()?;
     let reason_code = if version.is_v5() {
         reason(code, PacketType::ConnAck, allowed::CONNACK)?

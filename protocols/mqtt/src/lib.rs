@@ -16,6 +16,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+/// The `bytes` crate this API is built on, so callers use the same `Bytes`.
+pub use bytes;
+
 mod decode;
 mod encode;
 mod error;

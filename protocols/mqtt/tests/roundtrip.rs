@@ -473,6 +473,21 @@ fn expected(packet: &Packet, version: ProtocolVersion) -> Option<Packet> {
     Some(packet)
 }
 
+/// Whatever the decoder accepts, the encoder can write back, and that decodes to the
+/// same packet: no accepted input is lost in translation.
+fn assert_reencodes(packet: &Packet, connected: Option<ProtocolVersion>, version: ProtocolVersion) {
+    let version = match (packet, connected) {
+        (Packet::Connect(connect), _) => connect.version,
+        (_, Some(version)) => version,
+        (_, None) => version,
+    };
+    let mut wire = BytesMut::new();
+    encode(packet, version, &mut wire).expect("a decoded packet encodes");
+    assert_eq!(wire.len(), encoded_len(packet, version));
+    let again = decode(&mut wire, connected, MAX).expect("re-encoded packet decodes");
+    assert_eq!(again.as_ref(), Some(packet));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -531,7 +546,9 @@ proptest! {
     fn arbitrary_bytes_never_panic(data in vec(any::<u8>(), 0..200), max in 0usize..300) {
         for version in [None, Some(ProtocolVersion::V3_1), Some(ProtocolVersion::V3_1_1), Some(ProtocolVersion::V5)] {
             let mut buf = BytesMut::from(&data[..]);
-            while let Ok(Some(_)) = decode(&mut buf, version, max) {}
+            while let Ok(Some(packet)) = decode(&mut buf, version, max) {
+                assert_reencodes(&packet, version, ProtocolVersion::V5);
+            }
         }
     }
 
@@ -548,7 +565,9 @@ proptest! {
         }
         let connected = match packet { Packet::Connect(_) => None, _ => Some(version) };
         let mut buf = wire.clone();
-        while let Ok(Some(_)) = decode(&mut buf, connected, MAX) {}
+        while let Ok(Some(packet)) = decode(&mut buf, connected, MAX) {
+            assert_reencodes(&packet, connected, version);
+        }
         let mut buf = wire;
         while let Ok(Some(_)) = decode(&mut buf, Some(version), 64) {}
     }
