@@ -42,6 +42,9 @@ pub struct DiskArgs {
     /// Do not run `dd` for the cross-check.
     #[arg(long)]
     pub no_dd: bool,
+    /// Repeat the sequential tests this many times (a virtual disk varies from run to run).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
 }
 
 /// MB/s with MB = 10^6 bytes, as dd reports it.
@@ -64,38 +67,64 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
     let buf = &mut raw[skew..skew + block];
     buf.iter_mut().enumerate().for_each(|(i, b)| *b = (i * 31 % 251) as u8);
 
-    let pre = before_run();
-    let f1 = dir.join("direct.dat");
-    let direct = sequential(&f1, buf, blocks, true);
-    let _ = std::fs::remove_file(&f1);
-    match direct {
-        Ok(d) => rep.row(&mut table, Row::new().put("method", "O_DIRECT + final fdatasync").put("bytes", blocks * block as u64).num("seconds", d.as_secs_f64(), 2).num("MB/s", mbps(blocks * block as u64, d), 0).pre(pre)),
-        Err(e) => rep.row(&mut table, Row::new().put("method", format!("O_DIRECT unavailable: {e:#}"))),
-    }
-
-    let pre2 = before_run();
-    let f2 = dir.join("buffered.dat");
-    let d = sequential(&f2, buf, blocks, false)?;
-    let _ = std::fs::remove_file(&f2);
-    rep.row(&mut table, Row::new().put("method", "buffered + final fdatasync").put("bytes", blocks * block as u64).num("seconds", d.as_secs_f64(), 2).num("MB/s", mbps(blocks * block as u64, d), 0).pre(pre2));
-
-    if !a.no_dd {
-        for (label, flag) in [("dd oflag=direct", "oflag=direct"), ("dd conv=fdatasync", "conv=fdatasync")] {
-            let f = dir.join("dd.dat");
-            let pre = before_run();
-            let cmd = format!("dd if=/dev/zero of={} bs={}K count={} {flag}", f.display(), a.block_kib, blocks);
-            match dd(&f, a.block_kib, blocks, flag) {
-                Ok(Some((b, secs))) => rep.row(&mut table, Row::new().put("method", label).put("bytes", b).num("seconds", secs, 2).num("MB/s", b as f64 / 1e6 / secs, 0).pre(pre)),
-                Ok(None) => rep.row(&mut table, Row::new().put("method", format!("{label}: dd not found or failed"))),
-                Err(e) => rep.row(&mut table, Row::new().put("method", format!("{label}: {e:#}"))),
+    // MB/s per method across repetitions, for the medians.
+    let mut seen: Vec<(String, Vec<f64>)> = Vec::new();
+    let mut note = |method: &str, v: f64| match seen.iter_mut().find(|(m, _)| m == method) {
+        Some((_, xs)) => xs.push(v),
+        None => seen.push((method.to_owned(), vec![v])),
+    };
+    for r in 1..=a.repeat.max(1) {
+        let pre = before_run();
+        let f1 = dir.join("direct.dat");
+        let direct = sequential(&f1, buf, blocks, true);
+        let _ = std::fs::remove_file(&f1);
+        match direct {
+            Ok(d) => {
+                note("O_DIRECT + final fdatasync", mbps(blocks * block as u64, d));
+                rep.row(&mut table, Row::new().put("run", r).put("method", "O_DIRECT + final fdatasync").put("bytes", blocks * block as u64).num("seconds", d.as_secs_f64(), 2).num("MB/s", mbps(blocks * block as u64, d), 0).pre(pre))
             }
-            let _ = std::fs::remove_file(&f);
-            rep.note(&format!("cross-check: {cmd}"));
+            Err(e) => rep.row(&mut table, Row::new().put("run", r).put("method", format!("O_DIRECT unavailable: {e:#}"))),
         }
-    } else {
-        rep.note(&format!("cross-check: dd if=/dev/zero of={}/dd.dat bs={}K count={} oflag=direct   (and conv=fdatasync)", dir.display(), a.block_kib, blocks));
+
+        let pre2 = before_run();
+        let f2 = dir.join("buffered.dat");
+        let d = sequential(&f2, buf, blocks, false)?;
+        let _ = std::fs::remove_file(&f2);
+        note("buffered + final fdatasync", mbps(blocks * block as u64, d));
+        rep.row(&mut table, Row::new().put("run", r).put("method", "buffered + final fdatasync").put("bytes", blocks * block as u64).num("seconds", d.as_secs_f64(), 2).num("MB/s", mbps(blocks * block as u64, d), 0).pre(pre2));
+
+        if !a.no_dd {
+            for (label, flag) in [("dd oflag=direct", "oflag=direct"), ("dd conv=fdatasync", "conv=fdatasync")] {
+                let f = dir.join("dd.dat");
+                let pre = before_run();
+                let cmd = format!("dd if=/dev/zero of={} bs={}K count={} {flag}", f.display(), a.block_kib, blocks);
+                match dd(&f, a.block_kib, blocks, flag) {
+                    Ok(Some((b, secs))) => {
+                        note(label, b as f64 / 1e6 / secs);
+                        rep.row(&mut table, Row::new().put("run", r).put("method", label).put("bytes", b).num("seconds", secs, 2).num("MB/s", b as f64 / 1e6 / secs, 0).pre(pre))
+                    }
+                    Ok(None) => rep.row(&mut table, Row::new().put("run", r).put("method", format!("{label}: dd not found or failed"))),
+                    Err(e) => rep.row(&mut table, Row::new().put("run", r).put("method", format!("{label}: {e:#}"))),
+                }
+                let _ = std::fs::remove_file(&f);
+                if r == 1 {
+                    rep.note(&format!("cross-check: {cmd}"));
+                }
+            }
+        } else if r == 1 {
+            rep.note(&format!("cross-check: dd if=/dev/zero of={}/dd.dat bs={}K count={} oflag=direct   (and conv=fdatasync)", dir.display(), a.block_kib, blocks));
+        }
     }
     rep.flush_table(&mut table);
+    if a.repeat > 1 {
+        let mut med = Table::new("disk: median of the repetitions");
+        for (m, mut xs) in seen {
+            xs.sort_by(f64::total_cmp);
+            let (lo, hi) = (xs[0], xs[xs.len() - 1]);
+            rep.row(&mut med, Row::new().put("method", m).num("median_MB/s", xs[xs.len() / 2], 0).num("min_MB/s", lo, 0).num("max_MB/s", hi, 0));
+        }
+        rep.flush_table(&mut med);
+    }
 
     // fdatasync latency: what one `fsync=always` batch costs at the least.
     if a.sync_seconds > 0.0 {

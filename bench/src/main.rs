@@ -8,6 +8,9 @@
 //! facts first, then a table (or JSON lines with `--json`), and a progress
 //! line on stderr while it runs.
 
+// `is_multiple_of` is newer (1.87) than the workspace's minimum Rust (1.80).
+#![allow(clippy::manual_is_multiple_of)]
+
 mod load;
 mod disk;
 mod hist;
@@ -164,7 +167,7 @@ fn main() -> Result<()> {
 fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Result<()> {
     let started = std::time::Instant::now();
     report::set_sample_busy(false);
-    disk::run(rep, scratch, &disk::DiskArgs { mib: 8, block_kib: 1024, sync_seconds: 0.2, no_dd: false })?;
+    disk::run(rep, scratch, &disk::DiskArgs { mib: 8, block_kib: 1024, sync_seconds: 0.2, no_dd: false, repeat: 1 })?;
     let a = load::AppendArgs {
         size: vec![100],
         fsync: vec!["always".parse().map_err(anyhow::Error::msg)?, "never".parse().map_err(anyhow::Error::msg)?],
@@ -182,7 +185,7 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
         rt,
         rep,
         scratch,
-        &load::LatencyArgs { size: vec![100], fsync: vec!["interval=50".parse().map_err(anyhow::Error::msg)?], appenders: 8, seconds: 0.5, peak_seconds: 0.3, peak: None, rate: None, fraction: 0.5, segment_mib: 128, null: false },
+        &load::LatencyArgs { size: vec![100], fsync: vec!["interval=50".parse().map_err(anyhow::Error::msg)?], appenders: 8, paced_appenders: 16, seconds: 0.5, tick_us: 100, peak_seconds: 0.3, peak: None, rate: None, fraction: 0.5, segment_mib: 128, null: false },
     )?;
     load::pop_ack(
         rt,
@@ -200,7 +203,7 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
             seconds: 0.5,
         },
     )?;
-    queues::run(rt, rep, scratch, &queues::QueuesArgs { count: vec![20_000], tasks: 64, fsync: "never".parse().map_err(anyhow::Error::msg)?, no_reopen: false })?;
+    queues::run(rt, rep, scratch, &queues::QueuesArgs { count: vec![20_000], tasks: 64, fsync: "never".parse().map_err(anyhow::Error::msg)?, no_reopen: false, probe_seconds: 0.3, probe_rate: 2_000.0, segment_mib: None })?;
     rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
     // Give the tick/maintenance threads of the last store a moment to exit cleanly.
     std::thread::sleep(Duration::from_millis(10));

@@ -31,6 +31,47 @@ pub struct QueuesArgs {
     /// Skip the restart measurement.
     #[arg(long)]
     pub no_reopen: bool,
+    /// Seconds of paced appends to a stream while the idle queues exist (and
+    /// once on an empty store, for comparison): shows what the queues cost
+    /// live traffic, e.g. maintenance passes over every queue. 0: skip.
+    #[arg(long, default_value_t = 3.0)]
+    pub probe_seconds: f64,
+    /// Log segment size, MiB (default: the store's, 128). With segments
+    /// larger than all the declare records, no segment is reclaimed during
+    /// the run, so no metadata snapshot is written.
+    #[arg(long)]
+    pub segment_mib: Option<u64>,
+    /// Rate of the probe appends, msg/s.
+    #[arg(long, default_value_t = 20_000.0)]
+    pub probe_rate: f64,
+}
+
+/// Paced appends to a new stream on `store`: latency, and how long one
+/// `metrics()` call (what /metrics does) takes with this many queues.
+fn probe(rt: &Runtime, store: &Arc<polymq::Store>, a: &QueuesArgs, label: String) -> Result<(crate::hist::Hist, f64)> {
+    let done = Arc::new(AtomicU64::new(0));
+    rt.block_on(async {
+        let q = store.declare_queue("probe-stream", QueueOptions::stream()).await?.id;
+        let _p = Progress::start(label, "msg", done.clone());
+        let t = Instant::now();
+        let _ = store.metrics();
+        let metrics_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let p = crate::load::paced(crate::load::Target::Store(store.clone(), q), 100, 16, a.probe_rate, std::time::Duration::from_secs_f64(a.probe_seconds), std::time::Duration::from_micros(100), done).await?;
+        anyhow::Ok((p.scheduled, metrics_ms))
+    })
+}
+
+fn probe_row(n: u64, h: &crate::hist::Hist, metrics_ms: f64, rate: f64, pre: crate::report::Pre) -> Row {
+    Row::new()
+        .put("idle_queues", n)
+        .num("rate_msg/s", rate, 0)
+        .us("p50_us", h.quantile(0.5))
+        .us("p99_us", h.quantile(0.99))
+        .us("p99.9_us", h.quantile(0.999))
+        .us("p99.99_us", h.quantile(0.9999))
+        .us("max_us", h.max())
+        .num("metrics()_ms", metrics_ms, 1)
+        .pre(pre)
 }
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -48,10 +89,20 @@ pub fn run(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &QueuesArgs) -> R
     );
     let mut table = Table::new("queues: idle lightweight queues");
     let mut restart = Table::new("queues: restart (replay) cost");
+    let mut probes = Table::new("queues: 100 B appends to one stream while the idle queues exist (fsync as above, 16 paced appenders; latency from each message's scheduled time)");
+    if a.probe_seconds > 0.0 {
+        let pre = before_run();
+        let dir = scratch.fresh("queues-probe-empty")?;
+        let store = open_store(&dir, a.fsync, None)?;
+        let (h, ms) = probe(rt, &store, a, "probe, no idle queues".into())?;
+        close_store(store)?;
+        scratch.discard(&dir);
+        rep.row(&mut probes, probe_row(0, &h, ms, a.probe_rate, pre));
+    }
     for &n in &a.count {
         let pre = before_run();
         let dir = scratch.fresh(&format!("queues-{n}"))?;
-        let store = open_store(&dir, a.fsync, None)?;
+        let store = open_store(&dir, a.fsync, a.segment_mib)?;
         let done = Arc::new(AtomicU64::new(0));
         let (rss0, rss1, elapsed, m) = rt.block_on(async {
             // Warm the runtime's threads and the store's first declare path so
@@ -91,6 +142,11 @@ pub fn run(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &QueuesArgs) -> R
         if m.queues != n + 1 {
             bail!("expected {} queues, the store has {}", n + 1, m.queues);
         }
+        if a.probe_seconds > 0.0 {
+            let pre = before_run();
+            let (h, ms) = probe(rt, &store, a, format!("probe, {n} idle queues"))?;
+            rep.row(&mut probes, probe_row(n, &h, ms, a.probe_rate, pre));
+        }
         close_store(store)?;
         let delta = rss1.saturating_sub(rss0);
         rep.row(
@@ -122,14 +178,17 @@ pub fn run(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &QueuesArgs) -> R
                     .num("peak_rss_MiB", get("rss_peak") / MIB, 1)
                     .pre(pre),
             );
-            if get("queues") as u64 != n + 1 {
-                bail!("after restart the store has {} queues, expected {}", get("queues"), n + 1);
+            // The warm-up queue, and the probe's stream if it ran.
+            let expect = n + 1 + u64::from(a.probe_seconds > 0.0);
+            if get("queues") as u64 != expect {
+                bail!("after restart the store has {} queues, expected {expect}", get("queues"));
             }
         }
         scratch.discard(&dir);
     }
     rep.flush_table(&mut table);
     rep.flush_table(&mut restart);
+    rep.flush_table(&mut probes);
     Ok(())
 }
 

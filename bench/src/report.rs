@@ -51,6 +51,11 @@ impl From<u64> for Val {
         Val::Int(n)
     }
 }
+impl From<u32> for Val {
+    fn from(n: u32) -> Val {
+        Val::Int(n as u64)
+    }
+}
 impl From<usize> for Val {
     fn from(n: usize) -> Val {
         Val::Int(n as u64)
@@ -72,9 +77,10 @@ impl Row {
     pub fn num(self, k: &'static str, x: f64, decimals: usize) -> Row {
         self.put(k, Val::Num(x, decimals))
     }
-    /// How busy the machine was before the measurement.
+    /// How busy the machine was before the measurement (busy%) and how
+    /// much CPU other processes took during it (others%).
     pub fn pre(self, p: Pre) -> Row {
-        self.num("busy%", p.busy, 0).num("load1", p.load1, 2)
+        self.num("busy%", p.busy, 0).num("others%", p.others_pct(), 0).num("load1", p.load1, 2)
     }
     /// Microseconds from nanoseconds, one decimal (latency columns).
     pub fn us(self, k: &'static str, ns: u64) -> Row {
@@ -303,12 +309,44 @@ pub fn cpu_busy(over: Duration) -> f64 {
     100.0 * (1.0 - b.1.saturating_sub(a.1) as f64 / total as f64)
 }
 
-/// The state of the machine just before a measurement.
+/// The state of the machine just before a measurement, and the CPU
+/// counters to tell afterwards how much other work ran during it.
 #[derive(Clone, Copy, Debug)]
 pub struct Pre {
     /// CPU % busy (all cores) over 300 ms, with nothing of ours running.
     pub busy: f64,
     pub load1: f64,
+    /// (total, idle) jiffies of the machine and this process's own CPU
+    /// jiffies when the measurement started.
+    start: ((u64, u64), u64),
+}
+
+/// This process's CPU time (all threads, user + system), in jiffies.
+fn self_jiffies() -> u64 {
+    let stat = read("/proc/self/stat");
+    // The command name may hold spaces; fields are counted after its ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after ')'.
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+}
+
+impl Pre {
+    /// Share of the machine's CPU that something other than this process
+    /// used since the measurement started (0..=100). Kernel threads doing
+    /// our writeback count as "other" too, so a few % is normal for disk-heavy
+    /// runs; tens of % mean another job competed and the row is suspect.
+    pub fn others_pct(&self) -> f64 {
+        let ((t0, i0), s0) = self.start;
+        let (t1, i1) = cpu_jiffies();
+        let s1 = self_jiffies();
+        let total = t1.saturating_sub(t0);
+        if total == 0 {
+            return 0.0;
+        }
+        let busy = total.saturating_sub(i1.saturating_sub(i0));
+        100.0 * busy.saturating_sub(s1.saturating_sub(s0)) as f64 / total as f64
+    }
 }
 
 static WAIT_IDLE_MS: AtomicU64 = AtomicU64::new(0);
@@ -330,7 +368,7 @@ pub fn set_wait_idle(d: Duration) {
 /// rows carry `busy%` so a skewed number can be told from a real one.
 pub fn before_run() -> Pre {
     if !SAMPLE_BUSY.load(Ordering::Relaxed) {
-        return Pre { busy: f64::NAN, load1: load1() };
+        return Pre { busy: f64::NAN, load1: load1(), start: (cpu_jiffies(), self_jiffies()) };
     }
     let limit = Duration::from_millis(WAIT_IDLE_MS.load(Ordering::Relaxed));
     let start = Instant::now();
@@ -341,7 +379,7 @@ pub fn before_run() -> Pre {
             if busy >= 10.0 {
                 eprintln!("warning: the machine is {busy:.0}% busy with other work (load {}); numbers will be skewed", loadavg());
             }
-            return Pre { busy, load1: load1() };
+            return Pre { busy, load1: load1(), start: (cpu_jiffies(), self_jiffies()) };
         }
         if !warned {
             eprintln!("waiting up to {:.0} s for the machine to go idle ({busy:.0}% busy, load {})", limit.as_secs_f64(), loadavg());
