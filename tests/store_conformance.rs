@@ -557,3 +557,31 @@ async fn a_memory_only_message_dead_lettered_into_a_durable_queue_is_written_out
     let dlq = s.queue_id("dlq").expect("dlq");
     assert_eq!(payloads(&s.pop(dlq, 10, INVIS, NOW).await.expect("pop")), ["rejected"], "durable in the DLQ after a restart");
 }
+
+#[tokio::test]
+async fn interval_fsync_runs_in_the_background_and_close_syncs_the_rest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = cfg(dir.path());
+    c.fsync = FsyncPolicy::Interval(Duration::from_millis(10));
+    let s = Store::open(c.clone()).expect("open");
+    let st = s.declare_queue("s", QueueOptions::stream()).await.expect("s").id;
+    let base = s.metrics().fsyncs_total;
+    for i in 0..200 {
+        s.append(msg(&format!("{i}")), &[st]).await.expect("append");
+    }
+    // Appends were acknowledged after their write; the fsyncs come on their own.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while s.metrics().fsyncs_total == base && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(s.metrics().fsyncs_total > base, "no background fsync within 5 s at a 10 ms interval");
+    for i in 200..250 {
+        s.append(msg(&format!("{i}")), &[st]).await.expect("append");
+    }
+    s.close().expect("close");
+    drop(s);
+    let s = Store::open(c).expect("reopen");
+    assert_eq!(s.recovery().truncated_bytes, 0);
+    let r = s.read(st, 0, 1000, u64::MAX).expect("read");
+    assert_eq!(r.messages.len(), 250, "close fsynced what the background had not");
+}

@@ -145,10 +145,33 @@ pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_c
     let checkpoint = open_checkpoint(&cfg.dir).map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
     // Recovery fsynced what it found, so the whole log is synced now.
     write_checkpoint(&checkpoint, shared.synced_end.load(Ordering::Acquire), true).map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
-    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, checkpoint };
+    let checkpoint = Arc::new(std::sync::Mutex::new(checkpoint));
+    // Under `interval`, fsyncs run on their own thread so appends never queue
+    // behind one: the writer hands over (segment, end) and keeps writing.
+    let (syncer, syncer_thread) = match cfg.fsync {
+        FsyncPolicy::Interval(_) => {
+            let (tx, rx) = std::sync::mpsc::channel::<(Arc<Segment>, u64)>();
+            let shared = shared.clone();
+            let checkpoint = checkpoint.clone();
+            let h = std::thread::Builder::new()
+                .name("polymq-log-sync".into())
+                .spawn(move || background_sync(rx, shared, checkpoint))
+                .map_err(|e| StoreError::io(&cfg.dir, e))?;
+            (Some(tx), Some(h))
+        }
+        _ => (None, None),
+    };
+    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, checkpoint, syncer };
     let thread = std::thread::Builder::new()
         .name("polymq-log-writer".into())
-        .spawn(move || w.run(rx))
+        .spawn(move || {
+            w.run(rx);
+            // Dropping the writer closes the syncer's channel; wait for it.
+            drop(w);
+            if let Some(h) = syncer_thread {
+                let _ = h.join();
+            }
+        })
         .map_err(|e| StoreError::io("polymq-log-writer", e))?;
     Ok(WriterHandle { tx, thread: Some(thread), ticker, stop_ticker })
 }
@@ -163,7 +186,9 @@ struct Writer<T> {
     /// Written but not yet fsynced.
     dirty: bool,
     /// Where the last fsynced position is hinted for recovery.
-    checkpoint: std::fs::File,
+    checkpoint: Arc<std::sync::Mutex<std::fs::File>>,
+    /// The background fsync thread (interval policy only).
+    syncer: Option<std::sync::mpsc::Sender<(Arc<Segment>, u64)>>,
 }
 
 /// Payloads at least this big are written from the caller's buffer; smaller
@@ -195,8 +220,16 @@ impl<T: Send + 'static> Writer<T> {
                     Err(_) => break,
                 }
             }
-            let force_sync = !syncs.is_empty() || tick || stop;
-            let result = self.write_batch(&mut batch, force_sync);
+            let explicit_sync = !syncs.is_empty() || stop;
+            let result = self.write_batch(&mut batch, explicit_sync);
+            if tick && result.is_ok() && self.dirty {
+                if let Some(syncer) = &self.syncer {
+                    let end = self.shared.written_end.load(Ordering::Acquire);
+                    if syncer.send((self.active.clone(), end)).is_ok() {
+                        self.dirty = false;
+                    }
+                }
+            }
             for tx in syncs.drain(..) {
                 let r = match &result {
                     Ok(()) => Ok(self.shared.synced_end.load(Ordering::Acquire)),
@@ -210,13 +243,15 @@ impl<T: Send + 'static> Writer<T> {
         }
         // Best effort: a final checkpoint lets the next start tell torn from corrupt precisely.
         if !self.shared.poisoned.load(Ordering::Acquire) {
-            let _ = write_checkpoint(&self.checkpoint, self.shared.synced_end.load(Ordering::Acquire), true);
+            if let Ok(f) = self.checkpoint.lock() {
+                let _ = write_checkpoint(&f, self.shared.synced_end.load(Ordering::Acquire), true);
+            }
         }
     }
 
     /// Writes the batch (rolling segments as needed), fsyncs per policy, runs
     /// the commit hook and completes every appender.
-    fn write_batch(&mut self, batch: &mut Vec<Submit<T>>, force_sync: bool) -> Result<(), StoreError> {
+    fn write_batch(&mut self, batch: &mut Vec<Submit<T>>, explicit_sync: bool) -> Result<(), StoreError> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             for s in batch.drain(..) {
                 if let Some(done) = s.done {
@@ -230,7 +265,11 @@ impl<T: Send + 'static> Writer<T> {
         let outcome = self.write_records(batch, &mut committed, &mut dones).and_then(|()| {
             let sync_now = match self.cfg.fsync {
                 FsyncPolicy::Always => self.dirty,
-                FsyncPolicy::Interval(_) | FsyncPolicy::Never => force_sync && self.dirty,
+                // An explicit request (close, flush) must cover everything
+                // written, including what a background sync may still be on.
+                FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
+                    explicit_sync && (self.dirty || self.shared.synced_end.load(Ordering::Acquire) < self.shared.written_end.load(Ordering::Acquire))
+                }
             };
             if sync_now { self.sync() } else { Ok(()) }
         });
@@ -321,14 +360,10 @@ impl<T: Send + 'static> Writer<T> {
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
+        let end = self.shared.written_end.load(Ordering::Acquire);
         self.active.file.sync_data().map_err(|e| StoreError::io(&self.active.path, e))?;
         self.dirty = false;
-        let end = self.shared.written_end.load(Ordering::Acquire);
-        self.shared.synced_end.store(end, Ordering::Release);
-        self.shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
-        // A hint only, so no fsync of its own: after a power loss it may be
-        // older than the data, which only widens what counts as torn.
-        let _ = write_checkpoint(&self.checkpoint, end, false);
+        mark_synced(&self.shared, &self.checkpoint, end);
         Ok(())
     }
 
@@ -343,8 +378,40 @@ impl<T: Send + 'static> Writer<T> {
         self.shared.segments.write().map_err(|_| StoreError::Poisoned)?.insert(pos, seg.clone());
         self.active = seg;
         self.shared.written_end.store(header_end, Ordering::Release);
-        self.shared.synced_end.store(header_end, Ordering::Release);
+        self.shared.synced_end.fetch_max(header_end, Ordering::AcqRel);
         Ok(())
+    }
+}
+
+/// Records that everything before `end` is on stable storage. Two threads
+/// sync (the writer at rolls and on request, the syncer on ticks), so the
+/// position only moves forward and the checkpoint names the maximum.
+fn mark_synced(shared: &Shared, checkpoint: &std::sync::Mutex<std::fs::File>, end: u64) {
+    shared.synced_end.fetch_max(end, Ordering::AcqRel);
+    shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+    if let Ok(f) = checkpoint.lock() {
+        // A hint only, so no fsync of its own: after a power loss it may be
+        // older than the data, which only widens what counts as torn.
+        let _ = write_checkpoint(&f, shared.synced_end.load(Ordering::Acquire), false);
+    }
+}
+
+/// The interval policy's fsync thread: syncs the newest (segment, end) it
+/// was handed. An older segment needs nothing: the writer synced it when it
+/// rolled. A failed fsync poisons the log like a failed write.
+fn background_sync(rx: std::sync::mpsc::Receiver<(Arc<Segment>, u64)>, shared: Arc<Shared>, checkpoint: Arc<std::sync::Mutex<std::fs::File>>) {
+    while let Ok(mut job) = rx.recv() {
+        while let Ok(newer) = rx.try_recv() {
+            job = newer;
+        }
+        let (seg, end) = job;
+        match seg.file.sync_data() {
+            Ok(()) => mark_synced(&shared, &checkpoint, end),
+            Err(e) => {
+                tracing::error!(error = %e, file = %seg.path.display(), "background fsync failed; the store is now poisoned and refuses appends");
+                shared.poisoned.store(true, Ordering::Release);
+            }
+        }
     }
 }
 
