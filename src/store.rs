@@ -158,6 +158,7 @@ pub(crate) struct State {
     /// Bytes of live queue entries per segment (keyed by segment base).
     live: BTreeMap<u64, i64>,
     bases: Vec<u64>,
+    bases_version: u64,
     /// Bodies of messages that went only to transient queues (never in the
     /// log), keyed by a position with [`MEM_POS`] set.
     mem: HashMap<u64, MemBody>,
@@ -241,12 +242,15 @@ impl State {
         out
     }
 
-    fn apply_live(&mut self, log_bases: &dyn Fn() -> Vec<u64>) {
+    fn apply_live(&mut self, log: &Log<Op>) {
         let deltas: Vec<_> = self.table.drain_live().collect();
-        // A roll since the last look shows up as a position in or past the
-        // last known segment: refresh the segment list once per batch.
-        if deltas.iter().any(|&(pos, _)| self.bases.last().is_none_or(|&b| pos >= b)) {
-            self.bases = log_bases();
+        if deltas.is_empty() {
+            return;
+        }
+        let version = log.segments_version();
+        if version != self.bases_version || self.bases.is_empty() {
+            self.bases = log.segment_bases();
+            self.bases_version = version;
         }
         for (pos, d) in deltas {
             if pos & MEM_POS != 0 {
@@ -303,7 +307,7 @@ impl Store {
         let snap = snapshot::load(&cfg.data_dir, &mut table, &mut group_offsets, &mut bindings, now)?;
         let covered = snap.map(|s| s.covers).unwrap_or(0);
         let log_cfg = LogConfig { dir: cfg.data_dir.join("log"), fsync: cfg.fsync, segment_bytes: cfg.segment_bytes };
-        let mut st = State { table, group_offsets, spaces: HashMap::new(), bindings_of: HashMap::new(), live: BTreeMap::new(), bases: Vec::new(), mem: HashMap::new(), mem_next: 0, mem_bytes: 0 };
+        let mut st = State { table, group_offsets, spaces: HashMap::new(), bindings_of: HashMap::new(), live: BTreeMap::new(), bases: Vec::new(), bases_version: u64::MAX, mem: HashMap::new(), mem_next: 0, mem_bytes: 0 };
         for (space, p, id) in bindings {
             st.bind(&space, &p, id);
         }
@@ -389,10 +393,17 @@ impl Store {
 
     pub fn metrics(&self) -> StoreMetrics {
         let c = self.inner.log.counters();
-        let (queues, (ready, inflight)) = match self.inner.state.lock() {
-            Ok(st) => (st.table.len() as u64, st.table.totals()),
-            Err(_) => (0, (0, 0)),
-        };
+        // One chunk of queues per lock hold: a scrape must not stall appends.
+        let (mut queues, mut ready, mut inflight) = (0, 0, 0);
+        let chunks = self.inner.state.lock().map(|st| st.table.chunk_count()).unwrap_or(0);
+        for c in 0..chunks {
+            if let Ok(st) = self.inner.state.lock() {
+                let (r, i) = st.table.totals_chunk(c);
+                ready += r;
+                inflight += i;
+                queues = st.table.len() as u64;
+            }
+        }
         StoreMetrics {
             appends_total: c.appends.load(Ordering::Relaxed),
             append_bytes_total: c.append_bytes.load(Ordering::Relaxed),
@@ -810,8 +821,7 @@ impl Inner {
         let mut st = lock(&self.state)?;
         self.check_open()?;
         apply(&mut st)?;
-        let log = &self.log;
-        st.apply_live(&|| log.segment_bases());
+        st.apply_live(&self.log);
         let (done, rx) = oneshot::channel();
         let _ = done.send(Ok(0));
         Ok(rx)
@@ -842,8 +852,7 @@ impl Inner {
         }
         st.mem.insert(pos, MemBody { msg, size, refs: 0 });
         st.mem_bytes += size;
-        let log = &self.log;
-        st.apply_live(&|| log.segment_bases());
+        st.apply_live(&self.log);
         if let Ok(w) = self.waiters.lock() {
             for (q, _) in &offsets {
                 if let Some(n) = w.get(q) {
@@ -944,8 +953,7 @@ impl Inner {
                         let offset = st.table.reserve_offsets(q, 1)?;
                         let e = IndexEntry { offset, span: 1, pos: d.pos, total: d.total, timestamp_ms: msg.timestamp_ms, deliver_at_ms: 0, priority: msg.priority, group: msg.group.as_deref() };
                         st.table.index(q, e, now)?;
-                        let log = &self.log;
-                        st.apply_live(&|| log.segment_bases());
+                        st.apply_live(&self.log);
                     } else {
                         self.append_for_dead_letter(msg, q).await?.wait().await?;
                     }
@@ -1054,8 +1062,7 @@ impl Inner {
                     Op::Durable => {}
                 }
             }
-            let log = &self.log;
-            st.apply_live(&|| log.segment_bases());
+            st.apply_live(&self.log);
         }
         touched.sort_unstable();
         touched.dedup();
@@ -1103,16 +1110,18 @@ impl Inner {
         let _one_at_a_time = lock(&self.maintenance)?;
         let now = self.clock.now_ms();
         let mut report = MaintenanceReport::default();
-        let expired = {
+        // One chunk of queues per lock hold, so 10 M queues do not stall appends.
+        let waiting: Vec<QueueId> = lock(&self.waiters)?.keys().copied().collect();
+        let mut expired = Vec::new();
+        let chunks = lock(&self.state)?.table.chunk_count();
+        for c in 0..chunks {
             let mut st = lock(&self.state)?;
-            report.batches_dropped = st.table.apply_retention(now);
-            let log = &self.log;
-            st.apply_live(&|| log.segment_bases());
-            let waiting: Vec<QueueId> = lock(&self.waiters)?.keys().copied().collect();
-            let mut ex = st.table.idle_expired(now);
+            report.batches_dropped += st.table.apply_retention_chunk(c, now);
+            st.apply_live(&self.log);
+            let mut ex = st.table.idle_expired_chunk(c, now);
             ex.retain(|q| !waiting.contains(q));
-            ex
-        };
+            expired.extend(ex);
+        }
         let any = !expired.is_empty();
         for id in expired {
             let rx = self.submit_control_blocking(Record::Delete { id }, Op::Durable, |st| {
@@ -1218,10 +1227,7 @@ impl Inner {
         // Everything before `cut` is written; the snapshot must cover at
         // least that far so no declaration or group offset below it is lost.
         let snap_at = writer_msg::sync_blocking(&self.tx)?;
-        {
-            let st = lock(&self.state)?;
-            snapshot::write(&self.cfg.data_dir, &st, snap_at.max(cut))?;
-        }
+        snapshot::write(&self.cfg.data_dir, &self.state, snap_at.max(cut))?;
         let freed = self.log.delete_segments_before(cut)?;
         let mut st = lock(&self.state)?;
         let before = st.live.len();

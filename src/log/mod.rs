@@ -102,6 +102,9 @@ pub(crate) struct Shared {
     /// may hold data the disk lost, so nothing more may be acknowledged.
     pub poisoned: AtomicBool,
     pub counters: LogCounters,
+    /// Bumped whenever a segment is added or removed, so readers of the
+    /// segment list know when their copy is stale without taking the lock.
+    pub segments_version: AtomicU64,
 }
 
 /// Where the last known fsynced position is hinted, so recovery can tell a
@@ -234,6 +237,7 @@ impl<T: Send + 'static> Log<T> {
             synced_end: AtomicU64::new(end),
             poisoned: AtomicBool::new(false),
             counters: LogCounters::default(),
+            segments_version: AtomicU64::new(0),
         });
         Ok((Log { shared, cfg, writer: Mutex::new(None) }, report))
     }
@@ -288,7 +292,12 @@ impl<T: Send + 'static> Log<T> {
             .ok_or_else(|| StoreError::InvalidArgument(format!("position {pos} is before the log start")))
     }
 
-    /// Base positions of all segments, oldest first, and the end position.
+    /// Changes whenever the segment list does.
+    pub fn segments_version(&self) -> u64 {
+        self.shared.segments_version.load(Ordering::Acquire)
+    }
+
+    /// Base positions of all segments, oldest first.
     pub fn segment_bases(&self) -> Vec<u64> {
         self.shared.segments.read().map(|s| s.keys().copied().collect()).unwrap_or_default()
     }
@@ -310,6 +319,9 @@ impl<T: Send + 'static> Log<T> {
             }
             out
         };
+        if !doomed.is_empty() {
+            self.shared.segments_version.fetch_add(1, Ordering::AcqRel);
+        }
         let mut freed = 0;
         for s in &doomed {
             freed += s.file.metadata().map(|m| m.len()).unwrap_or(0);

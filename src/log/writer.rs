@@ -376,6 +376,7 @@ impl<T: Send + 'static> Writer<T> {
         let seg = Arc::new(Segment::create(&self.shared.dir, pos)?);
         let header_end = pos + super::segment::HEADER_BYTES;
         self.shared.segments.write().map_err(|_| StoreError::Poisoned)?.insert(pos, seg.clone());
+        self.shared.segments_version.fetch_add(1, Ordering::AcqRel);
         self.active = seg;
         self.shared.written_end.store(header_end, Ordering::Release);
         self.shared.synced_end.fetch_max(header_end, Ordering::AcqRel);

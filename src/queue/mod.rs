@@ -301,15 +301,24 @@ impl QueueTable {
         self.live_slot(id).and_then(|s| s.hot.as_ref()).is_some_and(|h| h.pop.contains(offset) || h.stream.contains(offset))
     }
 
-    /// Every durable queue's identity, for the metadata snapshot.
+    /// Calls `f(id, name, options, next_offset)` for every durable queue of
+    /// chunk `c` (the metadata snapshot), borrowing instead of copying.
+    pub fn for_each_durable_in_chunk(&self, c: usize, mut f: impl FnMut(QueueId, &str, &QueueOptions, u64)) {
+        let Some(chunk) = self.chunks.get(c) else { return };
+        for (i, s) in chunk.iter().enumerate() {
+            if let Some(n) = s.name.as_deref().filter(|_| s.generation & TRANSIENT_GENERATION == 0) {
+                f(QueueId::new((c * CHUNK + i) as u32, s.generation), n, &self.options[s.opts as usize], s.next_offset);
+            }
+        }
+    }
+
+    /// Every durable queue's identity (tests and admin; the snapshot streams instead).
     pub fn snapshot_queues(&self) -> Vec<QueueInfo> {
         let mut out = Vec::with_capacity(self.count);
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            for (i, s) in chunk.iter().enumerate() {
-                if let Some(n) = s.name.as_ref().filter(|_| s.generation & TRANSIENT_GENERATION == 0) {
-                    out.push(QueueInfo { id: QueueId::new((c * CHUNK + i) as u32, s.generation), name: n.to_string(), options: self.options[s.opts as usize].clone(), next_offset: s.next_offset, start_offset: 0, ready: 0, inflight: 0, delayed: 0, stored_bytes: 0 });
-                }
-            }
+        for c in 0..self.chunks.len() {
+            self.for_each_durable_in_chunk(c, |id, name, opts, next| {
+                out.push(QueueInfo { id, name: name.to_owned(), options: opts.clone(), next_offset: next, start_offset: 0, ready: 0, inflight: 0, delayed: 0, stored_bytes: 0 });
+            });
         }
         out
     }
@@ -487,40 +496,47 @@ impl QueueTable {
         Ok(s.hot.as_ref().and_then(|h| h.stream.offset_for_timestamp(ts_ms)).unwrap_or(s.next_offset))
     }
 
+    /// Chunks of slots: maintenance and metrics walk the table one chunk per
+    /// lock hold, so no single hold grows with the number of queues.
+    pub fn chunk_count(&self) -> usize {
+        self.chunks.len()
+    }
+
     /// Applies stream retention; returns how many batches were dropped.
     pub fn apply_retention(&mut self, now_ms: u64) -> usize {
+        (0..self.chunks.len()).map(|c| self.apply_retention_chunk(c, now_ms)).sum()
+    }
+
+    pub fn apply_retention_chunk(&mut self, c: usize, now_ms: u64) -> usize {
         let mut dropped = 0;
-        for c in 0..self.chunks.len() {
-            for i in 0..CHUNK {
-                let s = &mut self.chunks[c][i];
-                let (Some(_), Some(hot)) = (&s.name, s.hot.as_mut()) else { continue };
-                let opts = &self.options[s.opts as usize];
-                if opts.kind != QueueKind::Stream || (opts.retention_ms.is_none() && opts.retention_bytes.is_none()) {
-                    continue;
-                }
-                for (pos, total) in hot.stream.apply_retention(opts, now_ms) {
-                    self.live.push((pos, -(total as i64)));
-                    dropped += 1;
-                }
+        let Some(chunk) = self.chunks.get_mut(c) else { return 0 };
+        for s in chunk.iter_mut() {
+            let (Some(_), Some(hot)) = (&s.name, s.hot.as_mut()) else { continue };
+            let opts = &self.options[s.opts as usize];
+            if opts.kind != QueueKind::Stream || (opts.retention_ms.is_none() && opts.retention_bytes.is_none()) {
+                continue;
+            }
+            for (pos, total) in hot.stream.apply_retention(opts, now_ms) {
+                self.live.push((pos, -(total as i64)));
+                dropped += 1;
             }
         }
         dropped
     }
 
-    /// Queues idle longer than their TTL, with nothing in flight.
-    pub fn idle_expired(&self, now_ms: u64) -> Vec<QueueId> {
+    /// Queues of chunk `c` idle longer than their TTL, with nothing in flight.
+    pub fn idle_expired_chunk(&self, c: usize, now_ms: u64) -> Vec<QueueId> {
         let now_s = now_ms / 1000;
         let mut out = Vec::new();
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            for (i, s) in chunk.iter().enumerate() {
-                if s.name.is_none() {
-                    continue;
-                }
-                let Some(ttl) = self.options[s.opts as usize].idle_ttl_ms else { continue };
-                let busy = s.hot.as_ref().is_some_and(|h| h.pop.inflight() > 0);
-                if !busy && (s.last_active_s as u64) * 1000 + ttl <= now_s * 1000 {
-                    out.push(QueueId::new((c * CHUNK + i) as u32, s.generation));
-                }
+        let Some(chunk) = self.chunks.get(c) else { return out };
+        for (i, s) in chunk.iter().enumerate() {
+            if s.name.is_none() {
+                continue;
+            }
+            let Some(ttl) = self.options[s.opts as usize].idle_ttl_ms else { continue };
+            let busy = s.hot.as_ref().is_some_and(|h| h.pop.inflight() > 0);
+            if !busy && (s.last_active_s as u64) * 1000 + ttl <= now_s * 1000 {
+                out.push(QueueId::new((c * CHUNK + i) as u32, s.generation));
             }
         }
         out
@@ -555,17 +571,15 @@ impl QueueTable {
         out
     }
 
-    /// Totals for metrics: (ready, inflight) across all queues.
-    pub fn totals(&self) -> (u64, u64) {
+    /// Totals for metrics over chunk `c`: (ready, inflight).
+    pub fn totals_chunk(&self, c: usize) -> (u64, u64) {
         let mut ready = 0;
         let mut inflight = 0;
-        for chunk in &self.chunks {
-            for s in chunk.iter() {
-                if let Some(h) = &s.hot {
-                    let (r, i, d) = h.pop.counts();
-                    ready += r + d;
-                    inflight += i;
-                }
+        for s in self.chunks.get(c).map(|c| &c[..]).unwrap_or(&[]) {
+            if let Some(h) = &s.hot {
+                let (r, i, d) = h.pop.counts();
+                ready += r + d;
+                inflight += i;
             }
         }
         (ready, inflight)

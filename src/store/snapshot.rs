@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes};
 
@@ -30,8 +30,13 @@ pub struct Loaded {
     pub covers: u64,
 }
 
-pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
-    let mut out = Vec::with_capacity(64 + st.table.len() * 48);
+/// Writes the snapshot, taking the state lock one chunk of queues at a time
+/// so a store with millions of queues does not stall appends while it runs.
+/// Every change after `covers` is also in the log past `covers`, and
+/// replaying it over a snapshot that already reflects it is harmless.
+pub fn write(dir: &Path, state: &Mutex<State>, covers: u64) -> Result<(), StoreError> {
+    let lock = || state.lock().map_err(|_| StoreError::Poisoned);
+    let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.extend_from_slice(&[0u8; 7]);
@@ -40,18 +45,23 @@ pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
     out.put_u64_le(0);
     let mut count = 0u64;
     let mut body = Vec::with_capacity(512);
-    for q in st.table.snapshot_queues() {
-        body.clear();
-        body.put_u8(QUEUE);
-        body.put_u64_le(q.id.0);
-        body.put_u64_le(q.next_offset);
-        body.put_u16_le(q.name.len() as u16);
-        body.put_slice(q.name.as_bytes());
-        q.options.encode(&mut body);
-        out.extend_from_slice(&frame_prefix(&[&body]));
-        out.extend_from_slice(&body);
-        count += 1;
+    let chunks = lock()?.table.chunk_count();
+    for c in 0..chunks {
+        let st = lock()?;
+        st.table.for_each_durable_in_chunk(c, |id, name, opts, next| {
+            body.clear();
+            body.put_u8(QUEUE);
+            body.put_u64_le(id.0);
+            body.put_u64_le(next);
+            body.put_u16_le(name.len() as u16);
+            body.put_slice(name.as_bytes());
+            opts.encode(&mut body);
+            out.extend_from_slice(&frame_prefix(&[&body]));
+            out.extend_from_slice(&body);
+            count += 1;
+        });
     }
+    let st = lock()?;
     for ((group, id), offset) in st.group_offsets.iter().filter(|((_, id), _)| !id.is_transient()) {
         body.clear();
         body.put_u8(GROUP);
@@ -81,6 +91,7 @@ pub fn write(dir: &Path, st: &State, covers: u64) -> Result<(), StoreError> {
             count += 1;
         });
     }
+    drop(st);
     out[count_at..count_at + 8].copy_from_slice(&count.to_le_bytes());
     let tmp = dir.join("meta.snapshot.tmp");
     let path = dir.join(FILE);
