@@ -394,14 +394,14 @@ impl Store {
     pub fn metrics(&self) -> StoreMetrics {
         let c = self.inner.log.counters();
         // One chunk of queues per lock hold: a scrape must not stall appends.
-        let (mut queues, mut ready, mut inflight) = (0, 0, 0);
-        let chunks = self.inner.state.lock().map(|st| st.table.chunk_count()).unwrap_or(0);
-        for c in 0..chunks {
+        let (mut ready, mut inflight) = (0, 0);
+        let chunks = self.inner.state.lock().map(|st| st.table.hot_chunks()).unwrap_or_default();
+        let queues = self.inner.state.lock().map(|st| st.table.len() as u64).unwrap_or(0);
+        for c in chunks {
             if let Ok(st) = self.inner.state.lock() {
                 let (r, i) = st.table.totals_chunk(c);
                 ready += r;
                 inflight += i;
-                queues = st.table.len() as u64;
             }
         }
         StoreMetrics {
@@ -1113,8 +1113,8 @@ impl Inner {
         // One chunk of queues per lock hold, so 10 M queues do not stall appends.
         let waiting: Vec<QueueId> = lock(&self.waiters)?.keys().copied().collect();
         let mut expired = Vec::new();
-        let chunks = lock(&self.state)?.table.chunk_count();
-        for c in 0..chunks {
+        let chunks = lock(&self.state)?.table.maintained_chunks();
+        for c in chunks {
             let mut st = lock(&self.state)?;
             report.batches_dropped += st.table.apply_retention_chunk(c, now);
             st.apply_live(&self.log);
