@@ -662,3 +662,39 @@ proptest! {
         assert_appends_survive_restart(dir.path(), &kept);
     }
 }
+
+/// Under fsync=interval/never a sealed segment's fsync runs in the background
+/// after the roll, so after a power loss its tail can be torn while later
+/// segments hold data. Past the fsynced position that is a torn tail: cut it
+/// and drop everything after (never promised durable). Below it, damage.
+#[test]
+fn a_sealed_segment_torn_past_the_fsynced_position_is_cut_with_everything_after_it() {
+    let pristine = tempfile::tempdir().expect("tempdir");
+    let msgs = populate(pristine.path(), &default_sizes());
+    let bases = segment_bases(pristine.path());
+    assert!(bases.len() >= 3, "the fixture must have at least two sealed segments");
+    let sealed = bases[bases.len() - 2];
+    let in_sealed: Vec<&Written> = msgs.iter().filter(|w| w.pos >= sealed && w.pos < bases[bases.len() - 1]).collect();
+    let victim = in_sealed[in_sealed.len() / 2];
+    let kept: Vec<Written> = msgs.iter().filter(|w| w.pos < victim.pos).map(|w| Written { payload: w.payload.clone(), pos: w.pos }).collect();
+
+    // Synced only up to the victim: the damage is past it, so torn.
+    let dir = clone_dir(pristine.path());
+    xor_byte(&seg_path(dir.path(), sealed), victim.pos - sealed + 10, 0x40);
+    write_checkpoint(dir.path(), victim.pos);
+    let store = open(dir.path()).expect("a torn unsynced sealed segment must not stop the store");
+    assert!(store.recovery().truncated_bytes > 0);
+    assert_eq!(store.recovery().segments, bases.len() - 1, "the segment after the torn one is removed");
+    assert_holds(&store, &kept);
+    store.close().expect("close");
+    drop(store);
+    assert!(!seg_path(dir.path(), bases[bases.len() - 1]).exists());
+    assert_appends_survive_restart(dir.path(), &kept);
+
+    // Synced past the victim: the same damage is corruption, refused untouched.
+    let dir = clone_dir(pristine.path());
+    xor_byte(&seg_path(dir.path(), sealed), victim.pos - sealed + 10, 0x40);
+    write_checkpoint(dir.path(), victim.pos + record_total(pristine.path(), victim.pos));
+    let err = expect_refused(dir.path());
+    assert_corrupt_at(&err, &seg_path(dir.path(), sealed), victim.pos - sealed);
+}

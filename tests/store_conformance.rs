@@ -563,12 +563,16 @@ async fn interval_fsync_runs_in_the_background_and_close_syncs_the_rest() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut c = cfg(dir.path());
     c.fsync = FsyncPolicy::Interval(Duration::from_millis(10));
+    // Small segments: rolls hand sealed segments to the background syncer too.
+    c.segment_bytes = 64 * 1024;
     let s = Store::open(c.clone()).expect("open");
     let st = s.declare_queue("s", QueueOptions::stream()).await.expect("s").id;
     let base = s.metrics().fsyncs_total;
+    let filler = "x".repeat(1000);
     for i in 0..200 {
-        s.append(msg(&format!("{i}")), &[st]).await.expect("append");
+        s.append(msg(&format!("{i}{filler}")), &[st]).await.expect("append");
     }
+    assert!(s.metrics().segments >= 3, "the appends rolled segments");
     // Appends were acknowledged after their write; the fsyncs come on their own.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while s.metrics().fsyncs_total == base && std::time::Instant::now() < deadline {
@@ -576,7 +580,7 @@ async fn interval_fsync_runs_in_the_background_and_close_syncs_the_rest() {
     }
     assert!(s.metrics().fsyncs_total > base, "no background fsync within 5 s at a 10 ms interval");
     for i in 200..250 {
-        s.append(msg(&format!("{i}")), &[st]).await.expect("append");
+        s.append(msg(&format!("{i}{filler}")), &[st]).await.expect("append");
     }
     s.close().expect("close");
     drop(s);

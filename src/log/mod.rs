@@ -186,9 +186,11 @@ impl<T: Send + 'static> Log<T> {
                         // cut short. The writer writes the hint at every start
                         // and fsync, so a missing one means outside damage: then
                         // it is torn only if nothing valid follows it.
-                        let torn = is_last && match synced_hint {
+                        // A sealed segment can be torn too: under interval/never
+                        // its fsync runs in the background after the roll.
+                        let torn = match synced_hint {
                             Some(synced) => pos >= synced,
-                            None => !valid_record_after(&buf, off + 1),
+                            None => is_last && !valid_record_after(&buf, off + 1),
                         };
                         if !torn {
                             return Err(StoreError::Corrupt { path, offset: off as u64, reason: reason.to_owned() });
@@ -208,6 +210,19 @@ impl<T: Send + 'static> Log<T> {
             }
             expect_base = Some(base + off as u64);
             segments.insert(base, Arc::new(seg));
+            if cut.is_some() && !is_last {
+                // Everything after a torn sealed segment lies past the fsynced
+                // position too: unsynced writes the crash lost, never
+                // promised durable. Keeping them would leave a hole in the log.
+                for &later in &bases[i + 1..] {
+                    let p = cfg.dir.join(segment::file_name(later));
+                    report.truncated_bytes += std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+                    tracing::warn!(file = %p.display(), "removing a segment written after a torn, unsynced one");
+                    std::fs::remove_file(&p).map_err(|e| StoreError::io(&p, e))?;
+                }
+                segment::sync_dir(&cfg.dir)?;
+                break;
+            }
         }
         if let (Some(synced), Some(end)) = (synced_hint, expect_base) {
             if end < synced {

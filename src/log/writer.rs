@@ -149,7 +149,8 @@ pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_c
     // Under `interval`, fsyncs run on their own thread so appends never queue
     // behind one: the writer hands over (segment, end) and keeps writing.
     let (syncer, syncer_thread) = match cfg.fsync {
-        FsyncPolicy::Interval(_) => {
+        // `never` uses it only for sealed segments at a roll.
+        FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
             let (tx, rx) = std::sync::mpsc::channel::<(Arc<Segment>, u64)>();
             let shared = shared.clone();
             let checkpoint = checkpoint.clone();
@@ -161,7 +162,7 @@ pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_c
         }
         _ => (None, None),
     };
-    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, checkpoint, syncer };
+    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, checkpoint, syncer, sealed_unsynced: Vec::new() };
     let thread = std::thread::Builder::new()
         .name("polymq-log-writer".into())
         .spawn(move || {
@@ -187,8 +188,11 @@ struct Writer<T> {
     dirty: bool,
     /// Where the last fsynced position is hinted for recovery.
     checkpoint: Arc<std::sync::Mutex<std::fs::File>>,
-    /// The background fsync thread (interval policy only).
+    /// The background fsync thread (interval and never policies).
     syncer: Option<std::sync::mpsc::Sender<(Arc<Segment>, u64)>>,
+    /// Segments sealed at a roll whose fsync was left to the syncer: an
+    /// explicit sync covers them too before it names everything synced.
+    sealed_unsynced: Vec<Arc<Segment>>,
 }
 
 /// Payloads at least this big are written from the caller's buffer; smaller
@@ -361,6 +365,9 @@ impl<T: Send + 'static> Writer<T> {
 
     fn sync(&mut self) -> Result<(), StoreError> {
         let end = self.shared.written_end.load(Ordering::Acquire);
+        for seg in self.sealed_unsynced.drain(..) {
+            seg.file.sync_data().map_err(|e| StoreError::io(&seg.path, e))?;
+        }
         self.active.file.sync_data().map_err(|e| StoreError::io(&self.active.path, e))?;
         self.dirty = false;
         mark_synced(&self.shared, &self.checkpoint, end);
@@ -369,8 +376,24 @@ impl<T: Send + 'static> Writer<T> {
 
     /// Seals the active segment (fsynced, so only the last segment can ever
     /// hold a torn tail) and starts a new one at `pos`.
+    ///
+    /// Under `always` the sealed segment is fsynced here (its acks wait for
+    /// it). Under `interval`/`never` its fsync goes to the syncer so appends
+    /// do not stall behind a segment's worth of writeback; recovery accepts a
+    /// torn tail in a sealed segment only past the fsynced position.
     fn roll(&mut self, pos: u64) -> Result<(), StoreError> {
-        if self.dirty {
+        let handed_off = match (&self.syncer, self.cfg.fsync) {
+            (Some(syncer), FsyncPolicy::Interval(_) | FsyncPolicy::Never) if self.dirty => {
+                let sent = syncer.send((self.active.clone(), pos)).is_ok();
+                if sent {
+                    self.sealed_unsynced.push(self.active.clone());
+                    self.dirty = false;
+                }
+                sent
+            }
+            _ => false,
+        };
+        if self.dirty && !handed_off {
             self.sync()?;
         }
         let seg = Arc::new(Segment::create(&self.shared.dir, pos)?);
@@ -379,7 +402,11 @@ impl<T: Send + 'static> Writer<T> {
         self.shared.segments_version.fetch_add(1, Ordering::AcqRel);
         self.active = seg;
         self.shared.written_end.store(header_end, Ordering::Release);
-        self.shared.synced_end.fetch_max(header_end, Ordering::AcqRel);
+        if self.sealed_unsynced.is_empty() {
+            // Everything before the new segment is synced and its header was
+            // fsynced when it was created.
+            self.shared.synced_end.fetch_max(header_end, Ordering::AcqRel);
+        }
         Ok(())
     }
 }
@@ -401,16 +428,24 @@ fn mark_synced(shared: &Shared, checkpoint: &std::sync::Mutex<std::fs::File>, en
 /// was handed. An older segment needs nothing: the writer synced it when it
 /// rolled. A failed fsync poisons the log like a failed write.
 fn background_sync(rx: std::sync::mpsc::Receiver<(Arc<Segment>, u64)>, shared: Arc<Shared>, checkpoint: Arc<std::sync::Mutex<std::fs::File>>) {
-    while let Ok(mut job) = rx.recv() {
-        while let Ok(newer) = rx.try_recv() {
-            job = newer;
+    while let Ok(first) = rx.recv() {
+        // In order, one fsync per segment: a sealed segment must be synced
+        // before the position can move past it into the next one.
+        let mut jobs: Vec<(Arc<Segment>, u64)> = vec![first];
+        while let Ok(next) = rx.try_recv() {
+            match jobs.last_mut() {
+                Some(last) if last.0.base == next.0.base => last.1 = last.1.max(next.1),
+                _ => jobs.push(next),
+            }
         }
-        let (seg, end) = job;
-        match seg.file.sync_data() {
-            Ok(()) => mark_synced(&shared, &checkpoint, end),
-            Err(e) => {
-                tracing::error!(error = %e, file = %seg.path.display(), "background fsync failed; the store is now poisoned and refuses appends");
-                shared.poisoned.store(true, Ordering::Release);
+        for (seg, end) in jobs {
+            match seg.file.sync_data() {
+                Ok(()) => mark_synced(&shared, &checkpoint, end),
+                Err(e) => {
+                    tracing::error!(error = %e, file = %seg.path.display(), "background fsync failed; the store is now poisoned and refuses appends");
+                    shared.poisoned.store(true, Ordering::Release);
+                    break;
+                }
             }
         }
     }
