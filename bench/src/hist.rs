@@ -108,7 +108,7 @@ mod tests {
         for v in [0u64, 1, 127, 128, 129, 255, 256, 1000, 123_456, 9_999_999, u64::MAX / 3] {
             let i = index(v);
             assert!(upper(i) >= v, "{v}");
-            assert!(upper(i) - v <= v / SUB as u64 + 1, "{v} -> {}", upper(i));
+            assert!(upper(i) - v <= v / SUB + 1, "{v} -> {}", upper(i));
             if i > 0 {
                 assert!(upper(i - 1) < v, "{v}");
             }
