@@ -585,6 +585,10 @@ impl Store {
 
     /// Like [`Store::read`], but waits up to `wait` for something at or after `from`.
     pub async fn read_wait(&self, id: QueueId, from: u64, max_records: usize, max_bytes: u64, wait: Duration) -> Result<ReadResult, StoreError> {
+        if wait.is_zero() {
+            // No waiting, so no waiter to register (a lock and a map entry).
+            return self.read(id, from, max_records, max_bytes);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.inner.waiter(id)?;
         let result = loop {
@@ -643,6 +647,10 @@ impl Store {
     /// Receives up to `max` visible messages, each invisible to other
     /// consumers for `invisible`; waits up to `wait` if there are none.
     pub async fn pop(&self, id: QueueId, max: usize, invisible: Duration, wait: Duration) -> Result<Vec<Delivery>, StoreError> {
+        if wait.is_zero() {
+            // No waiting, so no waiter to register (a lock and a map entry).
+            return self.pop_once(id, max, invisible).await.map(|(items, _)| items);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.inner.waiter(id)?;
         let result = loop {
@@ -650,24 +658,19 @@ impl Store {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = self.now_ms();
-            let out = match lock(&self.inner.state).and_then(|mut st| st.table.pop(id, max, invisible.as_millis() as u64, now)) {
-                Ok(o) => o,
+            let (items, next_at_ms) = match self.pop_once(id, max, invisible).await {
+                Ok(r) => r,
                 Err(e) => break Err(e),
             };
-            if !out.dead.is_empty() {
-                if let Err(e) = self.inner.dead_letter(out.dead).await {
-                    break Err(e);
-                }
-            }
-            if !out.items.is_empty() {
-                break self.inner.deliveries(out.items);
+            if !items.is_empty() {
+                break Ok(items);
             }
             let tnow = tokio::time::Instant::now();
             if tnow >= deadline || self.inner.closed.load(Ordering::Acquire) {
                 break Ok(Vec::new());
             }
             let mut until = deadline;
-            if let Some(at) = out.next_at_ms {
+            if let Some(at) = next_at_ms {
                 until = until.min(tnow + Duration::from_millis(at.saturating_sub(now).max(1)));
             }
             tokio::select! {
@@ -677,6 +680,17 @@ impl Store {
         };
         self.inner.release_waiter(id, notify);
         result
+    }
+
+    /// One attempt: the deliveries, and when something may next become
+    /// deliverable if there were none. Dead letters found on the way are moved.
+    async fn pop_once(&self, id: QueueId, max: usize, invisible: Duration) -> Result<(Vec<Delivery>, Option<u64>), StoreError> {
+        let now = self.now_ms();
+        let out = lock(&self.inner.state)?.table.pop(id, max, invisible.as_millis() as u64, now)?;
+        if !out.dead.is_empty() {
+            self.inner.dead_letter(out.dead).await?;
+        }
+        Ok((self.inner.deliveries(out.items)?, out.next_at_ms))
     }
 
     /// Acknowledges a delivery: the message leaves the queue for good.
