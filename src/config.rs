@@ -94,9 +94,17 @@ pub struct ConfigOverrides {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, #[source] source: std::io::Error },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, #[source] source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("environment variable {var}={value:?}: {reason}")]
     Env { var: String, value: String, reason: String },
     #[error("invalid setting {key}: {reason}")]
@@ -115,11 +123,7 @@ pub struct EnvReport {
 impl Config {
     /// All layers in order: defaults, `file` (if any), `env`, `flags`, then
     /// validation. Pass `std::env::vars()` as `env` in the binary.
-    pub fn load<I, K, V>(
-        file: Option<&Path>,
-        env: I,
-        flags: &ConfigOverrides,
-    ) -> Result<(Config, EnvReport), ConfigError>
+    pub fn load<I, K, V>(file: Option<&Path>, env: I, flags: &ConfigOverrides) -> Result<(Config, EnvReport), ConfigError>
     where
         I: IntoIterator<Item = (K, V)>,
         K: AsRef<str>,
@@ -137,10 +141,8 @@ impl Config {
 
     /// Defaults overlaid with the keys present in the TOML file at `path`.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::from_toml_str(&text)
-            .map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Config::from_toml_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source: Box::new(source) })
     }
 
     /// Defaults overlaid with the keys present in `text`.
@@ -163,11 +165,7 @@ impl Config {
             if var == ENV_CONFIG_FILE {
                 continue;
             }
-            let env_err = |reason: String| ConfigError::Env {
-                var: var.to_owned(),
-                value: value.to_owned(),
-                reason,
-            };
+            let env_err = |reason: String| ConfigError::Env { var: var.to_owned(), value: value.to_owned(), reason };
             match key {
                 "DATA_DIR" => self.data_dir = PathBuf::from(value),
                 "MQTT_LISTEN" => self.mqtt_listen = parse_socket_addr(value).map_err(env_err)?,
@@ -179,10 +177,7 @@ impl Config {
                 "HTTP_LISTEN" => self.http_listen = parse_socket_addr(value).map_err(env_err)?,
                 "FSYNC" => self.fsync = value.parse().map_err(env_err)?,
                 "CONNECTION_MAX" => {
-                    self.connection_max = value
-                        .trim()
-                        .parse()
-                        .map_err(|e| env_err(format!("not a connection count: {e}")))?
+                    self.connection_max = value.trim().parse().map_err(|e| env_err(format!("not a connection count: {e}")))?
                 }
                 "LOG" | "LOG_LEVEL" => self.log = value.to_owned(),
                 _ => report.unknown.push(var.to_owned()),
@@ -195,17 +190,8 @@ impl Config {
     /// Overwrites every setting the command line gave.
     pub fn apply_overrides(&mut self, flags: &ConfigOverrides) {
         // Destructured so that adding a field without handling it fails to compile.
-        let ConfigOverrides {
-            data_dir,
-            mqtt_listen,
-            amqp_listen,
-            kafka_listen,
-            kafka_advertised,
-            http_listen,
-            fsync,
-            connection_max,
-            log,
-        } = flags;
+        let ConfigOverrides { data_dir, mqtt_listen, amqp_listen, kafka_listen, kafka_advertised, http_listen, fsync, connection_max, log } =
+            flags;
         if let Some(v) = data_dir {
             self.data_dir = v.clone();
         }
@@ -292,9 +278,7 @@ fn invalid(key: &'static str, reason: String) -> ConfigError {
 }
 
 fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
-    text.trim()
-        .parse()
-        .map_err(|_| "expected an IP address and port, e.g. 0.0.0.0:1883 or [::]:1883".to_owned())
+    text.trim().parse().map_err(|_| "expected an IP address and port, e.g. 0.0.0.0:1883 or [::]:1883".to_owned())
 }
 
 /// `host:port` where host is a DNS name or an IP (IPv6 in brackets); the
@@ -309,9 +293,7 @@ fn validate_host_port(text: &str) -> Result<(), String> {
     if port == 0 {
         return Err("port 0 cannot be advertised".into());
     }
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let host_ok = !host.is_empty() && host.len() <= 253 && host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     if !host_ok {
         return Err(usage());
     }
@@ -377,16 +359,9 @@ mod tests {
     fn file_is_overridden_by_env_which_is_overridden_by_flags() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("polymq.toml");
-        std::fs::write(
-            &path,
-            "http_listen = \"127.0.0.1:1001\"\nmqtt_listen = \"127.0.0.1:2001\"\namqp_listen = \"127.0.0.1:3001\"\n",
-        )
-        .expect("write config");
-        let env = [
-            ("POLYMQ_HTTP_LISTEN", "127.0.0.1:1002"),
-            ("POLYMQ_MQTT_LISTEN", "127.0.0.1:2002"),
-            ("PATH", "/usr/bin"),
-        ];
+        std::fs::write(&path, "http_listen = \"127.0.0.1:1001\"\nmqtt_listen = \"127.0.0.1:2001\"\namqp_listen = \"127.0.0.1:3001\"\n")
+            .expect("write config");
+        let env = [("POLYMQ_HTTP_LISTEN", "127.0.0.1:1002"), ("POLYMQ_MQTT_LISTEN", "127.0.0.1:2002"), ("PATH", "/usr/bin")];
         let flags = ConfigOverrides { http_listen: Some(addr("127.0.0.1:1003")), ..Default::default() };
 
         let (c, _) = Config::load(Some(&path), env, &flags).expect("load");
@@ -445,10 +420,7 @@ mod tests {
         assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "connection_max", .. })));
         for bad in ["kafka", "kafka:", ":9092", "kafka:0", "ka fka:9092", "kafka:99999"] {
             let c = Config { kafka_advertised: Some(bad.into()), ..Config::default() };
-            assert!(
-                matches!(c.validate(), Err(ConfigError::Invalid { key: "kafka_advertised", .. })),
-                "{bad} should be rejected"
-            );
+            assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "kafka_advertised", .. })), "{bad} should be rejected");
         }
         for good in ["kafka-1.example.com:9092", "10.0.0.1:9092", "[::1]:9092"] {
             let c = Config { kafka_advertised: Some(good.into()), ..Config::default() };
@@ -470,8 +442,7 @@ mod tests {
 
     #[test]
     fn missing_file_is_a_clear_error() {
-        let err = Config::load(Some(Path::new("/nonexistent/polymq.toml")), NO_ENV, &ConfigOverrides::default())
-            .expect_err("missing file");
+        let err = Config::load(Some(Path::new("/nonexistent/polymq.toml")), NO_ENV, &ConfigOverrides::default()).expect_err("missing file");
         assert!(err.to_string().contains("/nonexistent/polymq.toml"), "{err}");
     }
 

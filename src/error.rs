@@ -4,7 +4,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("i/o error on {path}: {source}")]
-    Io { path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("corrupt log segment {path} at byte {offset}: {reason}; refusing to start (move the file away or restore it)")]
     Corrupt { path: PathBuf, offset: u64, reason: String },
     #[error("unsupported segment format version {version} in {path}")]

@@ -11,10 +11,10 @@ pub mod error;
 pub mod fuzz_api;
 pub mod limits;
 pub mod log;
-pub mod server;
 pub mod queue;
 pub mod record;
 pub mod route;
+pub mod server;
 pub mod store;
 
 pub use error::StoreError;

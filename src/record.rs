@@ -95,19 +95,56 @@ pub(crate) fn encode_message_head(h: &MessageHead<'_>, out: &mut Vec<u8>) {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Record {
     /// `relocated`: a compaction copy of a record that was stored earlier.
-    Message { relocated: bool, timestamp_ms: u64, dispatch: Vec<(QueueId, u64)>, msg: Message },
-    Declare { id: QueueId, name: String, opts: QueueOptions },
-    Delete { id: QueueId },
-    Ack { id: QueueId, offsets: Vec<u64> },
-    GroupOffset { id: QueueId, group: String, offset: u64 },
+    Message {
+        relocated: bool,
+        timestamp_ms: u64,
+        dispatch: Vec<(QueueId, u64)>,
+        msg: Message,
+    },
+    Declare {
+        id: QueueId,
+        name: String,
+        opts: QueueOptions,
+    },
+    Delete {
+        id: QueueId,
+    },
+    Ack {
+        id: QueueId,
+        offsets: Vec<u64>,
+    },
+    GroupOffset {
+        id: QueueId,
+        group: String,
+        offset: u64,
+    },
     /// Index an already stored message into another queue (dead-lettering):
     /// stored once, indexed twice. `from` is removed in the same record.
-    Dispatch { src_pos: u64, src_total: u32, id: QueueId, offset: u64, from: Option<(QueueId, u64)> },
+    Dispatch {
+        src_pos: u64,
+        src_total: u32,
+        id: QueueId,
+        offset: u64,
+        from: Option<(QueueId, u64)>,
+    },
     /// A nack that requeued: delivery count and when it is visible again.
-    Requeue { id: QueueId, offset: u64, deliveries: u32, visible_at_ms: u64 },
+    Requeue {
+        id: QueueId,
+        offset: u64,
+        deliveries: u32,
+        visible_at_ms: u64,
+    },
     /// A binding in a topic space; `pattern` is `Pattern::to_canonical`.
-    Bind { space: String, pattern: String, id: QueueId },
-    Unbind { space: String, pattern: String, id: QueueId },
+    Bind {
+        space: String,
+        pattern: String,
+        id: QueueId,
+    },
+    Unbind {
+        space: String,
+        pattern: String,
+        id: QueueId,
+    },
 }
 
 pub(crate) fn encode(rec: &Record, out: &mut Vec<u8>) {
@@ -189,7 +226,11 @@ impl Reader {
         Reader { buf }
     }
     fn need(&self, n: usize) -> Result<(), StoreError> {
-        if self.buf.remaining() < n { Err(short()) } else { Ok(()) }
+        if self.buf.remaining() < n {
+            Err(short())
+        } else {
+            Ok(())
+        }
     }
     pub fn u8(&mut self) -> Result<u8, StoreError> {
         self.need(1)?;
@@ -248,7 +289,12 @@ pub(crate) fn decode(body: Bytes) -> Result<Record, StoreError> {
             }
             let plen = r.u32()? as usize;
             let payload = r.bytes(plen)?;
-            Record::Message { relocated: kind == KIND_RELOCATED, timestamp_ms, dispatch, msg: Message { key, headers, payload, timestamp_ms, deliver_at_ms, priority, group, span, format } }
+            Record::Message {
+                relocated: kind == KIND_RELOCATED,
+                timestamp_ms,
+                dispatch,
+                msg: Message { key, headers, payload, timestamp_ms, deliver_at_ms, priority, group, span, format },
+            }
         }
         KIND_DECLARE => {
             let id = QueueId(r.u64()?);
@@ -289,7 +335,11 @@ pub(crate) fn decode(body: Bytes) -> Result<Record, StoreError> {
             let n = r.u16()? as usize;
             let pattern = r.string(n)?;
             let id = QueueId(r.u64()?);
-            if kind == KIND_BIND { Record::Bind { space, pattern, id } } else { Record::Unbind { space, pattern, id } }
+            if kind == KIND_BIND {
+                Record::Bind { space, pattern, id }
+            } else {
+                Record::Unbind { space, pattern, id }
+            }
         }
         other => return Err(StoreError::InvalidArgument(format!("unknown record kind {other}"))),
     };
@@ -315,7 +365,12 @@ mod tests {
         msg.group = Some(Bytes::from("g1"));
         msg.timestamp_ms = 42;
         msg.priority = 3;
-        roundtrip(Record::Message { relocated: false, timestamp_ms: 42, dispatch: vec![(q, 9), (QueueId::new(1, 1), 0)], msg: msg.clone() });
+        roundtrip(Record::Message {
+            relocated: false,
+            timestamp_ms: 42,
+            dispatch: vec![(q, 9), (QueueId::new(1, 1), 0)],
+            msg: msg.clone(),
+        });
         roundtrip(Record::Message { relocated: true, timestamp_ms: 42, dispatch: vec![(q, 9)], msg });
         roundtrip(Record::Declare { id: q, name: "orders".into(), opts: QueueOptions::default() });
         roundtrip(Record::Delete { id: q });

@@ -20,7 +20,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::limits::{self, DISPATCH_COUNT_MAX, RECORD_BYTES_MAX};
 use crate::log::writer as writer_msg;
 use crate::log::{Committed, FsyncPolicy, Log, LogConfig, RecoveryReport, Submit};
-use crate::queue::{DeadLetter, IndexEntry, NackAction, NackOutcome, PopItem, QueueId, QueueInfo, QueueKind, QueueOptions, QueueTable, Receipt};
+use crate::queue::{
+    DeadLetter, IndexEntry, NackAction, NackOutcome, PopItem, QueueId, QueueInfo, QueueKind, QueueOptions, QueueTable, Receipt,
+};
 use crate::record::{self, Message, MessageHead, Record};
 use crate::route::{Pattern, TopicTrie};
 use crate::StoreError;
@@ -307,7 +309,18 @@ impl Store {
         let snap = snapshot::load(&cfg.data_dir, &mut table, &mut group_offsets, &mut bindings, now)?;
         let covered = snap.map(|s| s.covers).unwrap_or(0);
         let log_cfg = LogConfig { dir: cfg.data_dir.join("log"), fsync: cfg.fsync, segment_bytes: cfg.segment_bytes };
-        let mut st = State { table, group_offsets, spaces: HashMap::new(), bindings_of: HashMap::new(), live: BTreeMap::new(), bases: Vec::new(), bases_version: u64::MAX, mem: HashMap::new(), mem_next: 0, mem_bytes: 0 };
+        let mut st = State {
+            table,
+            group_offsets,
+            spaces: HashMap::new(),
+            bindings_of: HashMap::new(),
+            live: BTreeMap::new(),
+            bases: Vec::new(),
+            bases_version: u64::MAX,
+            mem: HashMap::new(),
+            mem_next: 0,
+            mem_bytes: 0,
+        };
         for (space, p, id) in bindings {
             st.bind(&space, &p, id);
         }
@@ -325,7 +338,14 @@ impl Store {
         st.bases = log.segment_bases();
         let live = recount_live(&st);
         st.live = live;
-        tracing::info!(records = recovery.records, segments = recovery.segments, truncated = recovery.truncated_bytes, queues = st.table.len(), ms = started.elapsed().as_millis() as u64, "store recovered");
+        tracing::info!(
+            records = recovery.records,
+            segments = recovery.segments,
+            truncated = recovery.truncated_bytes,
+            queues = st.table.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "store recovered"
+        );
         let tx = {
             // The hook needs the Inner that owns the log; it gets a Weak after construction.
             let (hook_tx, hook_rx) = std::sync::mpsc::channel::<Weak<Inner>>();
@@ -339,7 +359,16 @@ impl Store {
                 }
             }))?;
             let tx = log.sender()?;
-            let inner = Arc::new(Inner { log, tx: tx.clone(), state: Mutex::new(st), waiters: Mutex::new(HashMap::new()), clock, cfg: cfg.clone(), closed: AtomicBool::new(false), maintenance: Mutex::new(()) });
+            let inner = Arc::new(Inner {
+                log,
+                tx: tx.clone(),
+                state: Mutex::new(st),
+                waiters: Mutex::new(HashMap::new()),
+                clock,
+                cfg: cfg.clone(),
+                closed: AtomicBool::new(false),
+                maintenance: Mutex::new(()),
+            });
             let _ = hook_tx.send(Arc::downgrade(&inner));
             (inner, tx)
         };
@@ -501,7 +530,11 @@ impl Store {
 
     /// Every binding of a queue (admin, AMQP unbind-on-delete bookkeeping).
     pub fn bindings_of(&self, id: QueueId) -> Vec<(String, Pattern)> {
-        self.inner.state.lock().map(|st| st.bindings_of.get(&id).map(|v| v.iter().map(|(s, p)| (s.to_string(), p.clone())).collect()).unwrap_or_default()).unwrap_or_default()
+        self.inner
+            .state
+            .lock()
+            .map(|st| st.bindings_of.get(&id).map(|v| v.iter().map(|(s, p)| (s.to_string(), p.clone())).collect()).unwrap_or_default())
+            .unwrap_or_default()
     }
 
     /// Routes and appends: stored once, indexed into every matching queue.
@@ -555,7 +588,14 @@ impl Store {
         }
         let mut head = Vec::with_capacity(64 + msg.key.len() + targets.len() * 16);
         record::encode_message_head(&MessageHead { relocated: false, timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
-        let op = Op::Message { dispatch: dispatch.clone(), timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, span: msg.span, group: msg.group.clone() };
+        let op = Op::Message {
+            dispatch: dispatch.clone(),
+            timestamp_ms,
+            deliver_at_ms: msg.deliver_at_ms,
+            priority: msg.priority,
+            span: msg.span,
+            group: msg.group.clone(),
+        };
         permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
         drop(st);
         Ok(Ticket { rx, offsets: dispatch })
@@ -584,7 +624,14 @@ impl Store {
     }
 
     /// Like [`Store::read`], but waits up to `wait` for something at or after `from`.
-    pub async fn read_wait(&self, id: QueueId, from: u64, max_records: usize, max_bytes: u64, wait: Duration) -> Result<ReadResult, StoreError> {
+    pub async fn read_wait(
+        &self,
+        id: QueueId,
+        from: u64,
+        max_records: usize,
+        max_bytes: u64,
+        wait: Duration,
+    ) -> Result<ReadResult, StoreError> {
         if wait.is_zero() {
             // No waiting, so no waiter to register (a lock and a map entry).
             return self.read(id, from, max_records, max_bytes);
@@ -790,7 +837,12 @@ impl Inner {
 
     /// Applies `apply` to the state and queues `rec` for the log under one
     /// lock, so the record's place in the log matches the state change.
-    async fn submit_control(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
+    async fn submit_control(
+        &self,
+        rec: Record,
+        op: Op,
+        apply: impl FnOnce(&mut State) -> Result<(), StoreError>,
+    ) -> Result<Pending, StoreError> {
         if !needs_log(&rec) {
             return self.apply_in_memory(apply);
         }
@@ -800,7 +852,12 @@ impl Inner {
 
     /// Like `submit_control` from a plain thread (maintenance): never blocks
     /// while holding the state lock.
-    fn submit_control_blocking(&self, rec: Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
+    fn submit_control_blocking(
+        &self,
+        rec: Record,
+        op: Op,
+        apply: impl FnOnce(&mut State) -> Result<(), StoreError>,
+    ) -> Result<Pending, StoreError> {
         if !needs_log(&rec) {
             return self.apply_in_memory(apply);
         }
@@ -808,7 +865,13 @@ impl Inner {
         self.send_control(permit, &rec, op, apply)
     }
 
-    fn send_control(&self, permit: mpsc::Permit<'_, writer_msg::Msg<Op>>, rec: &Record, op: Op, apply: impl FnOnce(&mut State) -> Result<(), StoreError>) -> Result<Pending, StoreError> {
+    fn send_control(
+        &self,
+        permit: mpsc::Permit<'_, writer_msg::Msg<Op>>,
+        rec: &Record,
+        op: Op,
+        apply: impl FnOnce(&mut State) -> Result<(), StoreError>,
+    ) -> Result<Pending, StoreError> {
         let mut head = Vec::with_capacity(64);
         record::encode(rec, &mut head);
         let (done, rx) = oneshot::channel();
@@ -844,7 +907,16 @@ impl Inner {
     /// An append whose targets are all transient: indexed at once with its
     /// body kept in memory; the log never sees it.
     #[allow(clippy::too_many_arguments)]
-    fn append_in_memory(&self, st: &mut State, mut msg: Message, targets: &[QueueId], timestamp_ms: u64, size: u64, done: oneshot::Sender<Result<u64, StoreError>>, rx: oneshot::Receiver<Result<u64, StoreError>>) -> Result<Ticket, StoreError> {
+    fn append_in_memory(
+        &self,
+        st: &mut State,
+        mut msg: Message,
+        targets: &[QueueId],
+        timestamp_ms: u64,
+        size: u64,
+        done: oneshot::Sender<Result<u64, StoreError>>,
+        rx: oneshot::Receiver<Result<u64, StoreError>>,
+    ) -> Result<Ticket, StoreError> {
         if st.mem_bytes + size > self.cfg.transient_bytes_max {
             return Err(StoreError::MemoryLimit(self.cfg.transient_bytes_max));
         }
@@ -861,7 +933,16 @@ impl Inner {
         }
         let group = msg.group.clone();
         for &(q, offset) in &offsets {
-            let e = IndexEntry { offset, span: msg.span, pos, total, timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, group: group.as_deref() };
+            let e = IndexEntry {
+                offset,
+                span: msg.span,
+                pos,
+                total,
+                timestamp_ms,
+                deliver_at_ms: msg.deliver_at_ms,
+                priority: msg.priority,
+                group: group.as_deref(),
+            };
             st.table.index(q, e, now)?;
         }
         st.mem.insert(pos, MemBody { msg, size, refs: 0 });
@@ -932,7 +1013,11 @@ impl Inner {
     fn read_message(&self, pos: u64, total: u32) -> Result<Message, StoreError> {
         if pos & MEM_POS != 0 {
             let st = lock(&self.state)?;
-            return st.mem.get(&pos).map(|b| b.msg.clone()).ok_or_else(|| StoreError::InvalidArgument(format!("memory body {:#x} is gone", pos & !MEM_POS)));
+            return st
+                .mem
+                .get(&pos)
+                .map(|b| b.msg.clone())
+                .ok_or_else(|| StoreError::InvalidArgument(format!("memory body {:#x} is gone", pos & !MEM_POS)));
         }
         let body = self.log.read(pos, total)?;
         match record::decode(body)? {
@@ -944,7 +1029,14 @@ impl Inner {
     fn deliveries(&self, items: Vec<PopItem>) -> Result<Vec<Delivery>, StoreError> {
         items
             .into_iter()
-            .map(|it| Ok(Delivery { receipt: it.receipt, deliveries: it.deliveries, offset: it.offset, message: self.read_message(it.pos, it.total)? }))
+            .map(|it| {
+                Ok(Delivery {
+                    receipt: it.receipt,
+                    deliveries: it.deliveries,
+                    offset: it.offset,
+                    message: self.read_message(it.pos, it.total)?,
+                })
+            })
             .collect()
     }
 
@@ -965,7 +1057,16 @@ impl Inner {
                         let now = self.clock.now_ms();
                         let mut st = lock(&self.state)?;
                         let offset = st.table.reserve_offsets(q, 1)?;
-                        let e = IndexEntry { offset, span: 1, pos: d.pos, total: d.total, timestamp_ms: msg.timestamp_ms, deliver_at_ms: 0, priority: msg.priority, group: msg.group.as_deref() };
+                        let e = IndexEntry {
+                            offset,
+                            span: 1,
+                            pos: d.pos,
+                            total: d.total,
+                            timestamp_ms: msg.timestamp_ms,
+                            deliver_at_ms: 0,
+                            priority: msg.priority,
+                            group: msg.group.as_deref(),
+                        };
                         st.table.index(q, e, now)?;
                         st.apply_live(&self.log);
                     } else {
@@ -983,7 +1084,10 @@ impl Inner {
                     self.check_open()?;
                     let offset = st.table.reserve_offsets(q, 1)?;
                     let mut head = Vec::with_capacity(64);
-                    record::encode(&Record::Dispatch { src_pos: d.pos, src_total: d.total, id: q, offset, from: Some((d.from, d.offset)) }, &mut head);
+                    record::encode(
+                        &Record::Dispatch { src_pos: d.pos, src_total: d.total, id: q, offset, from: Some((d.from, d.offset)) },
+                        &mut head,
+                    );
                     let (done, rx) = oneshot::channel();
                     let op = Op::Dispatch { id: q, offset, src_pos: d.pos, src_total: d.total, src: Some(Box::new(meta)) };
                     permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
@@ -1022,7 +1126,14 @@ impl Inner {
         let dispatch = vec![(q, offset)];
         let mut head = Vec::with_capacity(64 + msg.key.len());
         record::encode_message_head(&MessageHead { relocated: false, timestamp_ms: ts, dispatch: &dispatch, msg: &msg }, &mut head);
-        let op = Op::Message { dispatch: dispatch.clone(), timestamp_ms: ts, deliver_at_ms: 0, priority: msg.priority, span: 1, group: msg.group.clone() };
+        let op = Op::Message {
+            dispatch: dispatch.clone(),
+            timestamp_ms: ts,
+            deliver_at_ms: 0,
+            priority: msg.priority,
+            span: 1,
+            group: msg.group.clone(),
+        };
         permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
         Ok(Ticket { rx, offsets: dispatch })
     }
@@ -1054,7 +1165,16 @@ impl Inner {
                 match &c.meta {
                     Op::Message { dispatch, timestamp_ms, deliver_at_ms, priority, span, group } => {
                         for &(q, offset) in dispatch {
-                            let e = IndexEntry { offset, span: *span, pos: c.pos, total: c.total, timestamp_ms: *timestamp_ms, deliver_at_ms: *deliver_at_ms, priority: *priority, group: group.as_deref() };
+                            let e = IndexEntry {
+                                offset,
+                                span: *span,
+                                pos: c.pos,
+                                total: c.total,
+                                timestamp_ms: *timestamp_ms,
+                                deliver_at_ms: *deliver_at_ms,
+                                priority: *priority,
+                                group: group.as_deref(),
+                            };
                             // A queue deleted while the message was in flight to the log is fine to miss.
                             if st.table.index(q, e, now).is_ok() {
                                 touched.push(q);
@@ -1063,7 +1183,16 @@ impl Inner {
                     }
                     Op::Dispatch { id, offset, src_pos, src_total, src } => {
                         let (ts, prio, group) = src.as_ref().map(|m| (m.timestamp_ms, m.priority, m.group.clone())).unwrap_or((0, 0, None));
-                        let e = IndexEntry { offset: *offset, span: 1, pos: *src_pos, total: *src_total, timestamp_ms: ts, deliver_at_ms: 0, priority: prio, group: group.as_deref() };
+                        let e = IndexEntry {
+                            offset: *offset,
+                            span: 1,
+                            pos: *src_pos,
+                            total: *src_total,
+                            timestamp_ms: ts,
+                            deliver_at_ms: 0,
+                            priority: prio,
+                            group: group.as_deref(),
+                        };
                         if st.table.index(*id, e, now).is_ok() {
                             touched.push(*id);
                         }
@@ -1207,7 +1336,12 @@ impl Inner {
             }
             let mut head = Vec::with_capacity(64 + msg.key.len() + moves.len() * 16);
             record::encode_message_head(&MessageHead { relocated: true, timestamp_ms, dispatch: &moves, msg: &msg }, &mut head);
-            permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: Op::Relocate { moves, old_pos: pos }, done: None }));
+            permit.send(writer_msg::Msg::Append(Submit {
+                head,
+                tail: msg.payload,
+                meta: Op::Relocate { moves, old_pos: pos },
+                done: None,
+            }));
             drop(st);
         }
         tracing::debug!(segment = from, live_bytes = live, copies, "compacted a segment");
@@ -1257,7 +1391,12 @@ impl Inner {
 /// queues only are applied in memory and never written.
 fn needs_log(rec: &Record) -> bool {
     match rec {
-        Record::Ack { id, .. } | Record::Requeue { id, .. } | Record::GroupOffset { id, .. } | Record::Delete { id } | Record::Bind { id, .. } | Record::Unbind { id, .. } => !id.is_transient(),
+        Record::Ack { id, .. }
+        | Record::Requeue { id, .. }
+        | Record::GroupOffset { id, .. }
+        | Record::Delete { id }
+        | Record::Bind { id, .. }
+        | Record::Unbind { id, .. } => !id.is_transient(),
         _ => true,
     }
 }
@@ -1288,7 +1427,16 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
                     st.table.relocate(q, offset, None, pos, total);
                     continue;
                 }
-                let e = IndexEntry { offset, span: msg.span, pos, total, timestamp_ms, deliver_at_ms: msg.deliver_at_ms, priority: msg.priority, group: msg.group.as_deref() };
+                let e = IndexEntry {
+                    offset,
+                    span: msg.span,
+                    pos,
+                    total,
+                    timestamp_ms,
+                    deliver_at_ms: msg.deliver_at_ms,
+                    priority: msg.priority,
+                    group: msg.group.as_deref(),
+                };
                 let _ = st.table.index(q, e, now);
             }
         }
@@ -1322,7 +1470,8 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
             }
             // The original record precedes this one, so it is readable now
             // only through the log; the entry needs no more than its place.
-            let e = IndexEntry { offset, span: 1, pos: src_pos, total: src_total, timestamp_ms: 0, deliver_at_ms: 0, priority: 0, group: None };
+            let e =
+                IndexEntry { offset, span: 1, pos: src_pos, total: src_total, timestamp_ms: 0, deliver_at_ms: 0, priority: 0, group: None };
             let _ = st.table.index(id, e, now);
         }
     }

@@ -362,7 +362,8 @@ fn churn_contents(dir: &Path) -> (HashMap<Id, usize>, Vec<String>) {
     let mut c = cfg(dir);
     c.segment_bytes = 64 * 1024;
     let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as u64 + 10 * 3_600_000;
-    let store = Store::open_with_clock(c, Arc::new(ManualClock::new(later))).unwrap_or_else(|e| panic!("the store must open after kill -9: {e}"));
+    let store =
+        Store::open_with_clock(c, Arc::new(ManualClock::new(later))).unwrap_or_else(|e| panic!("the store must open after kill -9: {e}"));
     let q = store.queue_id("c").expect("queue c was declared before READY");
     let mut found: HashMap<Id, usize> = HashMap::new();
     let mut problems = Vec::new();
@@ -420,7 +421,10 @@ fn compaction_and_reclaim_under_kill_9_lose_nothing() {
         found = f;
     }
     let first_segment = data.join("log").join("00000000000000000000.log");
-    let segments = std::fs::read_dir(data.join("log")).expect("log dir").filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log"))).count();
+    let segments = std::fs::read_dir(data.join("log"))
+        .expect("log dir")
+        .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".log")))
+        .count();
     use std::io::Write;
     let _ = writeln!(
         std::io::stderr().lock(),

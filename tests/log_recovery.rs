@@ -172,7 +172,11 @@ fn expect_refused(dir: &Path) -> StoreError {
             let recovery = s.recovery().clone();
             drop(s);
             let after = files(dir);
-            let touched: Vec<String> = before.iter().filter(|(p, b)| after.get(*p) != Some(*b)).map(|(p, b)| format!("{} ({} bytes -> {:?})", p.display(), b.len(), after.get(p).map(Vec::len))).collect();
+            let touched: Vec<String> = before
+                .iter()
+                .filter(|(p, b)| after.get(*p) != Some(*b))
+                .map(|(p, b)| format!("{} ({} bytes -> {:?})", p.display(), b.len(), after.get(p).map(Vec::len)))
+                .collect();
             panic!("the store opened over damaged data (recovery: {recovery:?}); files deleted or changed: {touched:?}");
         }
         Err(e) => e,
@@ -274,7 +278,11 @@ fn damaged_last_record_without_a_checkpoint_is_a_torn_tail_and_truncated() {
         assert_eq!(store.recovery().truncated_bytes, total, "exactly the damaged record is cut");
         assert_holds(&store, &msgs[..msgs.len() - 1]);
     }
-    assert_eq!(std::fs::metadata(seg_path(dir.path(), base)).expect("segment").len(), last.pos - base, "the file is cut where the damaged record began");
+    assert_eq!(
+        std::fs::metadata(seg_path(dir.path(), base)).expect("segment").len(),
+        last.pos - base,
+        "the file is cut where the damaged record began"
+    );
     assert_appends_survive_restart(dir.path(), &msgs[..msgs.len() - 1]);
 }
 
@@ -323,7 +331,11 @@ fn partial_frames_on_the_tail_are_truncated_and_nothing_else_is_lost() {
                 assert_eq!(store.recovery().truncated_bytes, g.len() as u64, "{ctx}: exactly the garbage is cut");
                 assert_holds(&store, &msgs);
             }
-            assert_eq!(std::fs::metadata(&last).expect("segment").len(), len_before, "{ctx}: the file is back to its length before the garbage");
+            assert_eq!(
+                std::fs::metadata(&last).expect("segment").len(),
+                len_before,
+                "{ctx}: the file is back to its length before the garbage"
+            );
             assert_appends_survive_restart(dir.path(), &msgs);
         }
     }
@@ -342,7 +354,8 @@ fn zeroed_tail_is_truncated() {
             std::fs::remove_file(checkpoint(dir.path())).expect("remove checkpoint");
         }
         {
-            let store = open(dir.path()).unwrap_or_else(|e| panic!("checkpoint kept: {keep_checkpoint}: a zeroed tail must not stop the store: {e}"));
+            let store = open(dir.path())
+                .unwrap_or_else(|e| panic!("checkpoint kept: {keep_checkpoint}: a zeroed tail must not stop the store: {e}"));
             assert_eq!(store.recovery().truncated_bytes, 4096, "checkpoint kept: {keep_checkpoint}");
             assert_holds(&store, &msgs);
         }
@@ -416,7 +429,10 @@ fn damaged_segment_headers_are_refused() {
             xor_byte(&seg, at, mask);
             let err = expect_refused(dir.path());
             let shown = err.to_string();
-            assert!(matches!(&err, StoreError::Corrupt { path, offset: 0, .. } if *path == seg), "{what} of segment {base}: expected Corrupt at offset 0 of that file, got {shown}");
+            assert!(
+                matches!(&err, StoreError::Corrupt { path, offset: 0, .. } if *path == seg),
+                "{what} of segment {base}: expected Corrupt at offset 0 of that file, got {shown}"
+            );
             assert!(shown.contains(&seg_name(base)), "{what}: the error names the file: {shown}");
         }
     }
@@ -504,7 +520,10 @@ fn a_last_segment_cut_inside_its_header_by_a_crash_while_rolling_is_removed() {
             assert_eq!(store.recovery().truncated_bytes, 10);
             assert_holds(&store, &before_last);
         }
-        assert!(!seg.exists() || std::fs::metadata(&seg).expect("meta").len() >= HEADER_BYTES as u64, "the stub is gone (or replaced by a whole new segment)");
+        assert!(
+            !seg.exists() || std::fs::metadata(&seg).expect("meta").len() >= HEADER_BYTES as u64,
+            "the stub is gone (or replaced by a whole new segment)"
+        );
         assert_appends_survive_restart(dir.path(), &before_last);
     }
 }
@@ -602,7 +621,10 @@ enum Cut {
 fn cut_strategy() -> impl Strategy<Value = Cut> {
     // Exactly on a boundary, one byte either side, or a little further off.
     let delta = prop_oneof![Just(0i64), Just(-1i64), Just(1i64), -9i64..=9];
-    prop_oneof![any::<prop::sample::Index>().prop_map(Cut::Anywhere), (any::<prop::sample::Index>(), delta).prop_map(|(i, d)| Cut::NearBoundary(i, d)),]
+    prop_oneof![
+        any::<prop::sample::Index>().prop_map(Cut::Anywhere),
+        (any::<prop::sample::Index>(), delta).prop_map(|(i, d)| Cut::NearBoundary(i, d)),
+    ]
 }
 
 fn proptest_cases() -> u32 {
@@ -676,7 +698,8 @@ fn a_sealed_segment_torn_past_the_fsynced_position_is_cut_with_everything_after_
     let sealed = bases[bases.len() - 2];
     let in_sealed: Vec<&Written> = msgs.iter().filter(|w| w.pos >= sealed && w.pos < bases[bases.len() - 1]).collect();
     let victim = in_sealed[in_sealed.len() / 2];
-    let kept: Vec<Written> = msgs.iter().filter(|w| w.pos < victim.pos).map(|w| Written { payload: w.payload.clone(), pos: w.pos }).collect();
+    let kept: Vec<Written> =
+        msgs.iter().filter(|w| w.pos < victim.pos).map(|w| Written { payload: w.payload.clone(), pos: w.pos }).collect();
 
     // Synced only up to the victim: the damage is past it, so torn.
     let dir = clone_dir(pristine.path());

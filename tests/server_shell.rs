@@ -143,10 +143,7 @@ impl Broker {
     }
 
     fn send_sigterm(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("run kill");
         assert!(status.success(), "kill -TERM failed: {status}");
     }
 }
@@ -185,11 +182,7 @@ fn http(addr: SocketAddr, method: &str, path: &str) -> Result<HttpResponse> {
     stream.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").context("no end of head")?;
     let status = head.get(9..12).context("short status line")?.parse().context("status code")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .context("no Content-Length")?
-        .parse()?;
+    let length: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ")).context("no Content-Length")?.parse()?;
     if length != body.len() {
         bail!("Content-Length {length} but body has {} bytes", body.len());
     }
@@ -298,11 +291,7 @@ fn healthz_turns_200_and_metrics_are_prometheus_text() {
 
     let r = http(addrs["http"], "GET", "/metrics").expect("GET /metrics");
     assert_eq!(r.status, 200);
-    assert!(
-        r.head.contains("Content-Type: text/plain; version=0.0.4"),
-        "Prometheus needs the 0.0.4 content type:\n{}",
-        r.head
-    );
+    assert!(r.head.contains("Content-Type: text/plain; version=0.0.4"), "Prometheus needs the 0.0.4 content type:\n{}", r.head);
     let types = check_prometheus_text(&r.body).unwrap_or_else(|e| panic!("{e:#}\n{}", r.body));
     for name in REQUIRED_METRICS {
         assert!(types.contains_key(name), "missing {name} in:\n{}", r.body);
@@ -382,8 +371,7 @@ fn config_layers_file_then_env_then_flag() {
     let file = dir.path().join("polymq.toml");
     std::fs::write(&file, "http_listen = \"127.0.0.2:0\"\nconnection_max = 7\n").expect("write config");
     let file_arg = file.to_str().expect("utf-8 path");
-    let protocol_ports =
-        ["--mqtt-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"];
+    let protocol_ports = ["--mqtt-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0"];
 
     let http_ip = |args: &[&str], env: &[(&str, &str)]| -> (String, String) {
         let all: Vec<&str> = protocol_ports.iter().copied().chain(args.iter().copied()).collect();

@@ -393,7 +393,10 @@ async fn publish_routes_by_pattern_and_bindings_survive_restart() {
         assert_eq!(app.offsets.len(), 3, "three queues, each once even when two of its patterns match");
         assert!(s.metrics().log_bytes - before < 150, "stored once");
         assert!(s.publish("other.space", &["x"], true, msg("nobody")).await.expect("publish").is_none(), "unroutable");
-        assert!(s.publish("amq.topic", &["$SYS", "x"], true, msg("sys")).await.expect("publish").is_none(), "`#` skips $ topics under the MQTT rule");
+        assert!(
+            s.publish("amq.topic", &["$SYS", "x"], true, msg("sys")).await.expect("publish").is_none(),
+            "`#` skips $ topics under the MQTT rule"
+        );
         s.close().expect("close");
         (temps, all, dev42)
     };

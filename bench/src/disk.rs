@@ -81,7 +81,16 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
         match direct {
             Ok(d) => {
                 note("O_DIRECT + final fdatasync", mbps(blocks * block as u64, d));
-                rep.row(&mut table, Row::new().put("run", r).put("method", "O_DIRECT + final fdatasync").put("bytes", blocks * block as u64).num("seconds", d.as_secs_f64(), 2).num("MB/s", mbps(blocks * block as u64, d), 0).pre(pre))
+                rep.row(
+                    &mut table,
+                    Row::new()
+                        .put("run", r)
+                        .put("method", "O_DIRECT + final fdatasync")
+                        .put("bytes", blocks * block as u64)
+                        .num("seconds", d.as_secs_f64(), 2)
+                        .num("MB/s", mbps(blocks * block as u64, d), 0)
+                        .pre(pre),
+                )
             }
             Err(e) => rep.row(&mut table, Row::new().put("run", r).put("method", format!("O_DIRECT unavailable: {e:#}"))),
         }
@@ -91,7 +100,16 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
         let d = sequential(&f2, buf, blocks, false)?;
         let _ = std::fs::remove_file(&f2);
         note("buffered + final fdatasync", mbps(blocks * block as u64, d));
-        rep.row(&mut table, Row::new().put("run", r).put("method", "buffered + final fdatasync").put("bytes", blocks * block as u64).num("seconds", d.as_secs_f64(), 2).num("MB/s", mbps(blocks * block as u64, d), 0).pre(pre2));
+        rep.row(
+            &mut table,
+            Row::new()
+                .put("run", r)
+                .put("method", "buffered + final fdatasync")
+                .put("bytes", blocks * block as u64)
+                .num("seconds", d.as_secs_f64(), 2)
+                .num("MB/s", mbps(blocks * block as u64, d), 0)
+                .pre(pre2),
+        );
 
         if !a.no_dd {
             for (label, flag) in [("dd oflag=direct", "oflag=direct"), ("dd conv=fdatasync", "conv=fdatasync")] {
@@ -101,7 +119,16 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
                 match dd(&f, a.block_kib, blocks, flag) {
                     Ok(Some((b, secs))) => {
                         note(label, b as f64 / 1e6 / secs);
-                        rep.row(&mut table, Row::new().put("run", r).put("method", label).put("bytes", b).num("seconds", secs, 2).num("MB/s", b as f64 / 1e6 / secs, 0).pre(pre))
+                        rep.row(
+                            &mut table,
+                            Row::new()
+                                .put("run", r)
+                                .put("method", label)
+                                .put("bytes", b)
+                                .num("seconds", secs, 2)
+                                .num("MB/s", b as f64 / 1e6 / secs, 0)
+                                .pre(pre),
+                        )
                     }
                     Ok(None) => rep.row(&mut table, Row::new().put("run", r).put("method", format!("{label}: dd not found or failed"))),
                     Err(e) => rep.row(&mut table, Row::new().put("run", r).put("method", format!("{label}: {e:#}"))),
@@ -112,7 +139,12 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
                 }
             }
         } else if r == 1 {
-            rep.note(&format!("cross-check: dd if=/dev/zero of={}/dd.dat bs={}K count={} oflag=direct   (and conv=fdatasync)", dir.display(), a.block_kib, blocks));
+            rep.note(&format!(
+                "cross-check: dd if=/dev/zero of={}/dd.dat bs={}K count={} oflag=direct   (and conv=fdatasync)",
+                dir.display(),
+                a.block_kib,
+                blocks
+            ));
         }
     }
     rep.flush_table(&mut table);
@@ -121,7 +153,10 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
         for (m, mut xs) in seen {
             xs.sort_by(f64::total_cmp);
             let (lo, hi) = (xs[0], xs[xs.len() - 1]);
-            rep.row(&mut med, Row::new().put("method", m).num("median_MB/s", xs[xs.len() / 2], 0).num("min_MB/s", lo, 0).num("max_MB/s", hi, 0));
+            rep.row(
+                &mut med,
+                Row::new().put("method", m).num("median_MB/s", xs[xs.len() / 2], 0).num("min_MB/s", lo, 0).num("max_MB/s", hi, 0),
+            );
         }
         rep.flush_table(&mut med);
     }
@@ -167,7 +202,8 @@ fn sequential(path: &Path, buf: &[u8], blocks: u64, direct: bool) -> Result<Dura
 }
 
 fn sync_loop(path: &Path, for_: Duration) -> Result<(Hist, Duration)> {
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(path).with_context(|| format!("open {}", path.display()))?;
+    let mut f =
+        OpenOptions::new().write(true).create(true).truncate(true).open(path).with_context(|| format!("open {}", path.display()))?;
     let block = vec![0x3Cu8; 4096];
     let mut h = Hist::default();
     let start = Instant::now();

@@ -78,7 +78,11 @@ impl Hist {
     }
 
     pub fn mean(&self) -> u64 {
-        if self.total == 0 { 0 } else { (self.sum / self.total as u128) as u64 }
+        if self.total == 0 {
+            0
+        } else {
+            (self.sum / self.total as u128) as u64
+        }
     }
 
     /// The value at quantile `q` (0..=1): the smallest bucket edge with at

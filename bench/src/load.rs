@@ -203,7 +203,15 @@ fn stamp_of(payload: &[u8]) -> Option<u64> {
 
 /// `appenders` tasks each append, wait for the ack, record the latency, and
 /// go again, until `dur` passes or `messages` are sent.
-async fn closed_loop(store: Arc<Store>, q: QueueId, size: usize, appenders: usize, dur: Duration, messages: Option<u64>, done: Arc<AtomicU64>) -> Result<(Hist, Duration)> {
+async fn closed_loop(
+    store: Arc<Store>,
+    q: QueueId,
+    size: usize,
+    appenders: usize,
+    dur: Duration,
+    messages: Option<u64>,
+    done: Arc<AtomicU64>,
+) -> Result<(Hist, Duration)> {
     // One shared buffer: appends clone the Bytes handle, as a protocol
     // handler passing its frame's payload would (no per-message copy here;
     // the writer copies small payloads into its batch buffer).
@@ -239,7 +247,16 @@ async fn closed_loop(store: Arc<Store>, q: QueueId, size: usize, appenders: usiz
 
 /// One closed-loop run on a fresh store.
 #[allow(clippy::too_many_arguments)]
-fn append_run(rt: &Runtime, scratch: &Scratch, fsync: FsyncPolicy, size: usize, appenders: usize, dur: Duration, messages: Option<u64>, segment_mib: u64) -> Result<AppendResult> {
+fn append_run(
+    rt: &Runtime,
+    scratch: &Scratch,
+    fsync: FsyncPolicy,
+    size: usize,
+    appenders: usize,
+    dur: Duration,
+    messages: Option<u64>,
+    segment_mib: u64,
+) -> Result<AppendResult> {
     let label = format!("append fsync={fsync} size={size}");
     let dir = scratch.fresh(&label)?;
     let store = open_store(&dir, fsync, Some(segment_mib))?;
@@ -258,7 +275,12 @@ fn append_run(rt: &Runtime, scratch: &Scratch, fsync: FsyncPolicy, size: usize, 
 }
 
 fn latency_cols(row: Row, h: &Hist) -> Row {
-    row.us("mean_us", h.mean()).us("p50_us", h.quantile(0.5)).us("p99_us", h.quantile(0.99)).us("p99.9_us", h.quantile(0.999)).us("p99.99_us", h.quantile(0.9999)).us("max_us", h.max())
+    row.us("mean_us", h.mean())
+        .us("p50_us", h.quantile(0.5))
+        .us("p99_us", h.quantile(0.99))
+        .us("p99.9_us", h.quantile(0.999))
+        .us("p99.99_us", h.quantile(0.9999))
+        .us("max_us", h.max())
 }
 
 pub fn append(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &AppendArgs) -> Result<Vec<AppendResult>> {
@@ -361,7 +383,15 @@ pub struct Paced {
     pub elapsed: Duration,
 }
 
-pub async fn paced(target: Target, size: usize, appenders: usize, rate: f64, dur: Duration, tick: Duration, done: Arc<AtomicU64>) -> Result<Paced> {
+pub async fn paced(
+    target: Target,
+    size: usize,
+    appenders: usize,
+    rate: f64,
+    dur: Duration,
+    tick: Duration,
+    done: Arc<AtomicU64>,
+) -> Result<Paced> {
     let total = (rate * dur.as_secs_f64()).ceil() as u64;
     let payload = Bytes::from(vec![0x5Au8; size]);
     let permits = Arc::new(tokio::sync::Semaphore::new(0));
@@ -451,7 +481,10 @@ pub fn latency(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &LatencyArgs)
                 (None, Some(p)) => Some(p),
                 (None, None) => {
                     before_run();
-                    Some(append_run(rt, scratch, fsync, size, a.appenders, Duration::from_secs_f64(a.peak_seconds), None, a.segment_mib)?.rate())
+                    Some(
+                        append_run(rt, scratch, fsync, size, a.appenders, Duration::from_secs_f64(a.peak_seconds), None, a.segment_mib)?
+                            .rate(),
+                    )
                 }
             };
             let rate = a.rate.unwrap_or_else(|| peak.unwrap_or(0.0) * a.fraction).max(1.0);
@@ -469,7 +502,16 @@ pub fn latency(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &LatencyArgs)
                 let r = rt.block_on(async {
                     let q = store.declare_queue("bench-stream", QueueOptions::stream()).await?.id;
                     let _p = Progress::start(label.clone(), "msg", done.clone());
-                    paced(Target::Store(store.clone(), q), size, a.paced_appenders, rate, dur, Duration::from_micros(a.tick_us), done.clone()).await
+                    paced(
+                        Target::Store(store.clone(), q),
+                        size,
+                        a.paced_appenders,
+                        rate,
+                        dur,
+                        Duration::from_micros(a.tick_us),
+                        done.clone(),
+                    )
+                    .await
                 })?;
                 close_store(store)?;
                 scratch.discard(&dir);
@@ -482,7 +524,8 @@ pub fn latency(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &LatencyArgs)
                 Some(p) => row.num("peak_msg/s", p, 0),
                 None => row.put("peak_msg/s", "-"),
             };
-            row = row.num("target_msg/s", rate, 0).num("achieved_msg/s", h.count() as f64 / elapsed.as_secs_f64(), 0).put("msgs", h.count());
+            row =
+                row.num("target_msg/s", rate, 0).num("achieved_msg/s", h.count() as f64 / elapsed.as_secs_f64(), 0).put("msgs", h.count());
             row = latency_cols(row, h)
                 .us("sched_p99_us", p.scheduled.quantile(0.99))
                 .us("sched_p99.99_us", p9999)
@@ -507,7 +550,10 @@ pub fn pop_ack(rt: &Runtime, rep: &Reporter, scratch: &Scratch, a: &PopAckArgs) 
             .put("size", a.size)
             .put("fsync", a.fsync.to_string())
             .put("drain", format!("pre-fill {} messages, consumers pop with wait=0 until empty", a.prefill))
-            .put("concurrent", format!("{} producers (closed loop) + consumers (wait=50ms) for {} s; e2e = append start to pop", a.producers, a.seconds)),
+            .put(
+                "concurrent",
+                format!("{} producers (closed loop) + consumers (wait=50ms) for {} s; e2e = append start to pop", a.producers, a.seconds),
+            ),
     );
     let mut table = Table::new("pop-ack: consumption by message");
     for &mode in &a.mode {
@@ -586,7 +632,12 @@ fn drain(rt: &Runtime, scratch: &Scratch, a: &PopAckArgs, ack: AckMode) -> Resul
         let n = acked.load(Ordering::Relaxed);
         let m = store.metrics();
         anyhow::ensure!(n == a.prefill, "drained {n} of {} messages", a.prefill);
-        anyhow::ensure!(m.messages_ready == 0 && m.messages_inflight == 0, "queue not empty after drain: {} ready, {} in flight", m.messages_ready, m.messages_inflight);
+        anyhow::ensure!(
+            m.messages_ready == 0 && m.messages_inflight == 0,
+            "queue not empty after drain: {} ready, {} in flight",
+            m.messages_ready,
+            m.messages_inflight
+        );
         anyhow::Ok(
             Row::new()
                 .put("mode", "drain")

@@ -11,9 +11,9 @@
 // `is_multiple_of` is newer (1.87) than the workspace's minimum Rust (1.80).
 #![allow(clippy::manual_is_multiple_of)]
 
-mod load;
 mod disk;
 mod hist;
+mod load;
 mod queues;
 mod report;
 
@@ -95,7 +95,10 @@ impl Scratch {
             None => std::env::current_dir().context("current directory")?,
         };
         std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
-        let dir = tempfile::Builder::new().prefix("polymq-bench-").tempdir_in(&base).with_context(|| format!("making a scratch dir in {}", base.display()))?;
+        let dir = tempfile::Builder::new()
+            .prefix("polymq-bench-")
+            .tempdir_in(&base)
+            .with_context(|| format!("making a scratch dir in {}", base.display()))?;
         let path = dir.path().to_path_buf();
         let dir = if c.keep {
             let _ = dir.keep();
@@ -185,7 +188,20 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
         rt,
         rep,
         scratch,
-        &load::LatencyArgs { size: vec![100], fsync: vec!["interval=50".parse().map_err(anyhow::Error::msg)?], appenders: 8, paced_appenders: 16, seconds: 0.5, tick_us: 100, peak_seconds: 0.3, peak: None, rate: None, fraction: 0.5, segment_mib: 128, null: false },
+        &load::LatencyArgs {
+            size: vec![100],
+            fsync: vec!["interval=50".parse().map_err(anyhow::Error::msg)?],
+            appenders: 8,
+            paced_appenders: 16,
+            seconds: 0.5,
+            tick_us: 100,
+            peak_seconds: 0.3,
+            peak: None,
+            rate: None,
+            fraction: 0.5,
+            segment_mib: 128,
+            null: false,
+        },
     )?;
     load::pop_ack(
         rt,
@@ -203,7 +219,20 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
             seconds: 0.5,
         },
     )?;
-    queues::run(rt, rep, scratch, &queues::QueuesArgs { count: vec![20_000], tasks: 64, fsync: "never".parse().map_err(anyhow::Error::msg)?, no_reopen: false, probe_seconds: 0.3, probe_rate: 2_000.0, segment_mib: None })?;
+    queues::run(
+        rt,
+        rep,
+        scratch,
+        &queues::QueuesArgs {
+            count: vec![20_000],
+            tasks: 64,
+            fsync: "never".parse().map_err(anyhow::Error::msg)?,
+            no_reopen: false,
+            probe_seconds: 0.3,
+            probe_rate: 2_000.0,
+            segment_mib: None,
+        },
+    )?;
     rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
     // Give the tick/maintenance threads of the last store a moment to exit cleanly.
     std::thread::sleep(Duration::from_millis(10));

@@ -56,7 +56,16 @@ fn probe(rt: &Runtime, store: &Arc<polymq::Store>, a: &QueuesArgs, label: String
         let t = Instant::now();
         let _ = store.metrics();
         let metrics_ms = t.elapsed().as_secs_f64() * 1000.0;
-        let p = crate::load::paced(crate::load::Target::Store(store.clone(), q), 100, 16, a.probe_rate, std::time::Duration::from_secs_f64(a.probe_seconds), std::time::Duration::from_micros(100), done).await?;
+        let p = crate::load::paced(
+            crate::load::Target::Store(store.clone(), q),
+            100,
+            16,
+            a.probe_rate,
+            std::time::Duration::from_secs_f64(a.probe_seconds),
+            std::time::Duration::from_micros(100),
+            done,
+        )
+        .await?;
         anyhow::Ok((p.scheduled, metrics_ms))
     })
 }

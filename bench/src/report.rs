@@ -171,7 +171,8 @@ impl Reporter {
             .iter()
             .map(|r| cols.iter().map(|c| r.0.iter().find(|(k, _)| k == c).map(|(_, v)| v.table()).unwrap_or_else(|| "-".into())).collect())
             .collect();
-        let widths: Vec<usize> = cols.iter().enumerate().map(|(i, c)| cells.iter().map(|r| r[i].len()).max().unwrap_or(0).max(c.len())).collect();
+        let widths: Vec<usize> =
+            cols.iter().enumerate().map(|(i, c)| cells.iter().map(|r| r[i].len()).max().unwrap_or(0).max(c.len())).collect();
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "== {}", table.name);
         let head: Vec<String> = cols.iter().zip(&widths).map(|(c, w)| format!("{c:>w$}")).collect();
@@ -280,11 +281,17 @@ fn read(path: &str) -> String {
 }
 
 pub fn cpu_model() -> String {
-    read("/proc/cpuinfo").lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())).unwrap_or_else(|| "unknown".into())
+    read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
+        .unwrap_or_else(|| "unknown".into())
 }
 
 fn meminfo_kib(key: &str) -> u64 {
-    read("/proc/meminfo").lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start_matches(':').split_whitespace().next()?.parse().ok())).unwrap_or(0)
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.trim_start_matches(':').split_whitespace().next()?.parse().ok()))
+        .unwrap_or(0)
 }
 
 /// (total, idle) jiffies across all CPUs.
@@ -399,7 +406,10 @@ pub fn loadavg() -> String {
 }
 
 fn status_kib(key: &str) -> u64 {
-    read("/proc/self/status").lines().find_map(|l| l.strip_prefix(key).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok())).unwrap_or(0)
+    read("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()))
+        .unwrap_or(0)
 }
 
 /// This process's resident set, in bytes.
@@ -438,7 +448,9 @@ fn utc_now() -> String {
         .ok()
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| format!("unix {}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)))
+        .unwrap_or_else(|| {
+            format!("unix {}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0))
+        })
 }
 
 pub fn machine(data_dir: &Path) -> Row {

@@ -133,18 +133,14 @@ fn serve(args: &ServeArgs) -> Result<()> {
     // Non-UTF-8 variables cannot be ours (all our values are text); skipping
     // them beats std::env::vars(), which panics on them.
     let env = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
-    let (config, env_report) =
-        Config::load(args.config.as_deref(), env, &args.overrides()).context("invalid configuration")?;
+    let (config, env_report) = Config::load(args.config.as_deref(), env, &args.overrides()).context("invalid configuration")?;
     init_logging(&config.log)?;
     for var in &env_report.unknown {
         warn!(var = %var, "ignoring unknown environment variable (typo?)");
     }
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("polymq")
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("polymq").build().context("starting the async runtime")?;
     let result = runtime.block_on(run(config));
     // Connection tasks that outlived the grace period are dropped here; do
     // not let one stuck on a blocking call hold the exit.

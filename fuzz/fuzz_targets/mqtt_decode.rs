@@ -9,11 +9,7 @@ use polymq_mqtt::{decode, encode, encoded_len, Packet, ProtocolVersion};
 const MAX_PACKET_BYTES: usize = 512;
 
 fuzz_target!(|data: &[u8]| {
-    for connected in [
-        None,
-        Some(ProtocolVersion::V3_1_1),
-        Some(ProtocolVersion::V5),
-    ] {
+    for connected in [None, Some(ProtocolVersion::V3_1_1), Some(ProtocolVersion::V5)] {
         let mut buf = BytesMut::from(data);
         loop {
             let before = buf.len();

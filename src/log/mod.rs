@@ -132,7 +132,10 @@ impl<T: Send + 'static> Log<T> {
     /// with each valid record's position and body, in order. A torn tail of
     /// the last segment (bytes past the last fsync that fail their checksum)
     /// is truncated; any other damage is an error naming file and offset.
-    pub fn open(cfg: LogConfig, mut visit: impl FnMut(u64, u32, &[u8]) -> Result<(), StoreError>) -> Result<(Log<T>, RecoveryReport), StoreError> {
+    pub fn open(
+        cfg: LogConfig,
+        mut visit: impl FnMut(u64, u32, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(Log<T>, RecoveryReport), StoreError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|e| StoreError::io(&cfg.dir, e))?;
         let mut bases: Vec<u64> = Vec::new();
         for entry in std::fs::read_dir(&cfg.dir).map_err(|e| StoreError::io(&cfg.dir, e))? {
@@ -152,7 +155,11 @@ impl<T: Send + 'static> Log<T> {
             let path = cfg.dir.join(segment::file_name(base));
             if let Some(expect) = expect_base {
                 if base != expect {
-                    return Err(StoreError::Corrupt { path, offset: 0, reason: format!("gap in the log: expected a segment starting at {expect}") });
+                    return Err(StoreError::Corrupt {
+                        path,
+                        offset: 0,
+                        reason: format!("gap in the log: expected a segment starting at {expect}"),
+                    });
                 }
             }
             let buf = std::fs::read(&path).map_err(|e| StoreError::io(&path, e))?;
@@ -230,7 +237,11 @@ impl<T: Send + 'static> Log<T> {
                 // log (a cut file, a deleted segment). A crash cannot do
                 // this: the hint is only written after the fsync it names.
                 let (base, seg) = segments.iter().next_back().map(|(b, s)| (*b, s.path.clone())).unwrap_or((0, cfg.dir.clone()));
-                return Err(StoreError::Corrupt { path: seg, offset: end - base, reason: format!("the log ends at position {end} but data up to {synced} was fsynced; a segment was cut or removed") });
+                return Err(StoreError::Corrupt {
+                    path: seg,
+                    offset: end - base,
+                    reason: format!("the log ends at position {end} but data up to {synced} was fsynced; a segment was cut or removed"),
+                });
             }
         }
         if segments.is_empty() {
@@ -293,8 +304,14 @@ impl<T: Send + 'static> Log<T> {
                 let mut b = Bytes::from(buf);
                 Ok(b.split_off(FRAME_PREFIX))
             }
-            FrameRead::Record { .. } => Err(StoreError::Corrupt { path: seg.path.clone(), offset: pos - seg.base, reason: "record length differs from the index".into() }),
-            FrameRead::Truncated => Err(StoreError::Corrupt { path: seg.path.clone(), offset: pos - seg.base, reason: "record cut short".into() }),
+            FrameRead::Record { .. } => Err(StoreError::Corrupt {
+                path: seg.path.clone(),
+                offset: pos - seg.base,
+                reason: "record length differs from the index".into(),
+            }),
+            FrameRead::Truncated => {
+                Err(StoreError::Corrupt { path: seg.path.clone(), offset: pos - seg.base, reason: "record cut short".into() })
+            }
             FrameRead::Invalid(r) => Err(StoreError::Corrupt { path: seg.path.clone(), offset: pos - seg.base, reason: r.into() }),
         }
     }

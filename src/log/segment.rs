@@ -76,12 +76,7 @@ impl Segment {
     /// the directory so the new name survives a crash.
     pub fn create(dir: &Path, base: u64) -> Result<Segment, StoreError> {
         let path = dir.join(file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
+        let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
         use std::io::Write;
         (&file).write_all(&encode_header(base)).map_err(|e| StoreError::io(&path, e))?;
         file.sync_all().map_err(|e| StoreError::io(&path, e))?;
@@ -96,7 +91,9 @@ impl Segment {
 
     /// Reads exactly `len` bytes at global position `pos`.
     pub fn read_exact_at(&self, pos: u64, buf: &mut [u8]) -> Result<(), StoreError> {
-        let off = pos.checked_sub(self.base).ok_or_else(|| StoreError::InvalidArgument(format!("position {pos} before segment {}", self.base)))?;
+        let off = pos
+            .checked_sub(self.base)
+            .ok_or_else(|| StoreError::InvalidArgument(format!("position {pos} before segment {}", self.base)))?;
         self.file.read_exact_at(buf, off).map_err(|e| StoreError::io(&self.path, e))
     }
 }

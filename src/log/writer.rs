@@ -109,7 +109,11 @@ impl<T: Send + 'static> WriterHandle<T> {
     }
 }
 
-pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_commit: CommitHook<T>) -> Result<WriterHandle<T>, StoreError> {
+pub(super) fn spawn<T: Send + 'static>(
+    shared: Arc<Shared>,
+    cfg: LogConfig,
+    on_commit: CommitHook<T>,
+) -> Result<WriterHandle<T>, StoreError> {
     let (tx, rx) = mpsc::channel(WRITE_QUEUE_DEPTH_MAX);
     let active = {
         let segs = shared.segments.read().map_err(|_| StoreError::Poisoned)?;
@@ -144,7 +148,8 @@ pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_c
     };
     let checkpoint = open_checkpoint(&cfg.dir).map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
     // Recovery fsynced what it found, so the whole log is synced now.
-    write_checkpoint(&checkpoint, shared.synced_end.load(Ordering::Acquire), true).map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
+    write_checkpoint(&checkpoint, shared.synced_end.load(Ordering::Acquire), true)
+        .map_err(|e| StoreError::io(cfg.dir.join("synced.checkpoint"), e))?;
     let checkpoint = Arc::new(std::sync::Mutex::new(checkpoint));
     // Under `interval`, fsyncs run on their own thread so appends never queue
     // behind one: the writer hands over (segment, end) and keeps writing.
@@ -162,7 +167,17 @@ pub(super) fn spawn<T: Send + 'static>(shared: Arc<Shared>, cfg: LogConfig, on_c
         }
         _ => (None, None),
     };
-    let mut w = Writer { shared, cfg, active, on_commit, buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024), dirty: false, checkpoint, syncer, sealed_unsynced: Vec::new() };
+    let mut w = Writer {
+        shared,
+        cfg,
+        active,
+        on_commit,
+        buf: Vec::with_capacity(WRITE_BATCH_BYTES_MAX + 64 * 1024),
+        dirty: false,
+        checkpoint,
+        syncer,
+        sealed_unsynced: Vec::new(),
+    };
     let thread = std::thread::Builder::new()
         .name("polymq-log-writer".into())
         .spawn(move || {
@@ -272,10 +287,15 @@ impl<T: Send + 'static> Writer<T> {
                 // An explicit request (close, flush) must cover everything
                 // written, including what a background sync may still be on.
                 FsyncPolicy::Interval(_) | FsyncPolicy::Never => {
-                    explicit_sync && (self.dirty || self.shared.synced_end.load(Ordering::Acquire) < self.shared.written_end.load(Ordering::Acquire))
+                    explicit_sync
+                        && (self.dirty || self.shared.synced_end.load(Ordering::Acquire) < self.shared.written_end.load(Ordering::Acquire))
                 }
             };
-            if sync_now { self.sync() } else { Ok(()) }
+            if sync_now {
+                self.sync()
+            } else {
+                Ok(())
+            }
         });
         match outcome {
             Ok(()) => {
@@ -300,7 +320,12 @@ impl<T: Send + 'static> Writer<T> {
         }
     }
 
-    fn write_records(&mut self, batch: &mut Vec<Submit<T>>, committed: &mut Vec<Committed<T>>, dones: &mut Vec<Option<oneshot::Sender<Result<u64, StoreError>>>>) -> Result<(), StoreError> {
+    fn write_records(
+        &mut self,
+        batch: &mut Vec<Submit<T>>,
+        committed: &mut Vec<Committed<T>>,
+        dones: &mut Vec<Option<oneshot::Sender<Result<u64, StoreError>>>>,
+    ) -> Result<(), StoreError> {
         self.buf.clear();
         // (offset in buf where a zero-copy tail goes, the tail)
         let mut tails: Vec<(usize, Bytes)> = Vec::new();
@@ -427,7 +452,11 @@ fn mark_synced(shared: &Shared, checkpoint: &std::sync::Mutex<std::fs::File>, en
 /// The interval policy's fsync thread: syncs the newest (segment, end) it
 /// was handed. An older segment needs nothing: the writer synced it when it
 /// rolled. A failed fsync poisons the log like a failed write.
-fn background_sync(rx: std::sync::mpsc::Receiver<(Arc<Segment>, u64)>, shared: Arc<Shared>, checkpoint: Arc<std::sync::Mutex<std::fs::File>>) {
+fn background_sync(
+    rx: std::sync::mpsc::Receiver<(Arc<Segment>, u64)>,
+    shared: Arc<Shared>,
+    checkpoint: Arc<std::sync::Mutex<std::fs::File>>,
+) {
     while let Ok(first) = rx.recv() {
         // In order, one fsync per segment: a sealed segment must be synced
         // before the position can move past it into the next one.

@@ -108,9 +108,12 @@ impl SlotBits {
     /// The set slots of chunk `c`, as indexes within the chunk.
     fn in_chunk(&self, c: usize) -> impl Iterator<Item = usize> + '_ {
         let words = CHUNK / 64;
-        self.0.iter().enumerate().skip(c * words).take(words).flat_map(move |(wi, &w)| {
-            (0..64).filter(move |b| w & (1u64 << b) != 0).map(move |b| wi * 64 + b - c * CHUNK)
-        })
+        self.0
+            .iter()
+            .enumerate()
+            .skip(c * words)
+            .take(words)
+            .flat_map(move |(wi, &w)| (0..64).filter(move |b| w & (1u64 << b) != 0).map(move |b| wi * 64 + b - c * CHUNK))
     }
 }
 
@@ -247,7 +250,8 @@ impl QueueTable {
     }
 
     fn install(&mut self, id: QueueId, name: &str, opts: &QueueOptions, now_ms: u64, next_offset: u64) {
-        let maintained = opts.idle_ttl_ms.is_some() || (opts.kind == QueueKind::Stream && (opts.retention_ms.is_some() || opts.retention_bytes.is_some()));
+        let maintained = opts.idle_ttl_ms.is_some()
+            || (opts.kind == QueueKind::Stream && (opts.retention_ms.is_some() || opts.retention_bytes.is_some()));
         self.maintained.set(id.slot(), maintained);
         let opts = self.intern_options(opts);
         self.ensure_slot(id.slot());
@@ -260,7 +264,14 @@ impl QueueTable {
             });
         }
         if let Some(s) = self.slot_mut(id.slot()) {
-            *s = Slot { name: Some(name.into()), generation: id.generation(), opts, last_active_s: (now_ms / 1000) as u32, next_offset, hot: None };
+            *s = Slot {
+                name: Some(name.into()),
+                generation: id.generation(),
+                opts,
+                last_active_s: (now_ms / 1000) as u32,
+                next_offset,
+                hot: None,
+            };
         }
         self.count += 1;
     }
@@ -320,7 +331,8 @@ impl QueueTable {
     /// nothing, if the entry is gone or has moved on.
     pub fn relocate(&mut self, id: QueueId, offset: u64, old_pos: Option<u64>, new_pos: u64, new_total: u32) -> bool {
         let Ok((hot, _)) = self.hot_mut(id) else { return false };
-        let moved = hot.pop.relocate(offset, old_pos, new_pos, new_total).or_else(|| hot.stream.relocate(offset, old_pos, new_pos, new_total));
+        let moved =
+            hot.pop.relocate(offset, old_pos, new_pos, new_total).or_else(|| hot.stream.relocate(offset, old_pos, new_pos, new_total));
         match moved {
             Some((pos, total)) => {
                 self.live.push((pos, -(total as i64)));
@@ -361,7 +373,17 @@ impl QueueTable {
         let mut out = Vec::with_capacity(self.count);
         for c in 0..self.chunks.len() {
             self.for_each_durable_in_chunk(c, |id, name, opts, next| {
-                out.push(QueueInfo { id, name: name.to_owned(), options: opts.clone(), next_offset: next, start_offset: 0, ready: 0, inflight: 0, delayed: 0, stored_bytes: 0 });
+                out.push(QueueInfo {
+                    id,
+                    name: name.to_owned(),
+                    options: opts.clone(),
+                    next_offset: next,
+                    start_offset: 0,
+                    ready: 0,
+                    inflight: 0,
+                    delayed: 0,
+                    stored_bytes: 0,
+                });
             });
         }
         out
@@ -623,7 +645,17 @@ impl QueueTable {
             },
             None => (s.next_offset, 0, 0, 0, 0),
         };
-        Some(QueueInfo { id, name: s.name.as_deref().unwrap_or("").to_owned(), options: opts, next_offset: s.next_offset, start_offset: start, ready, inflight, delayed, stored_bytes: bytes })
+        Some(QueueInfo {
+            id,
+            name: s.name.as_deref().unwrap_or("").to_owned(),
+            options: opts,
+            next_offset: s.next_offset,
+            start_offset: start,
+            ready,
+            inflight,
+            delayed,
+            stored_bytes: bytes,
+        })
     }
 
     /// All queue names (admin listing; O(queues)).
@@ -869,4 +901,3 @@ mod tests {
         }
     }
 }
-

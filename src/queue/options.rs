@@ -62,43 +62,83 @@ impl QueueOptions {
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         let mut flags = 0u16;
-        if self.idle_ttl_ms.is_some() { flags |= HAS_TTL }
-        if self.max_deliveries.is_some() { flags |= HAS_MAX_DELIVERIES }
-        if self.dead_letter.is_some() { flags |= HAS_DLQ }
-        if self.fifo { flags |= FIFO }
-        if self.rate_per_sec.is_some() { flags |= HAS_RATE }
-        if self.retention_ms.is_some() { flags |= HAS_RET_MS }
-        if self.retention_bytes.is_some() { flags |= HAS_RET_BYTES }
-        if self.kind == QueueKind::Stream { flags |= STREAM }
-        if self.transient { flags |= TRANSIENT }
+        if self.idle_ttl_ms.is_some() {
+            flags |= HAS_TTL
+        }
+        if self.max_deliveries.is_some() {
+            flags |= HAS_MAX_DELIVERIES
+        }
+        if self.dead_letter.is_some() {
+            flags |= HAS_DLQ
+        }
+        if self.fifo {
+            flags |= FIFO
+        }
+        if self.rate_per_sec.is_some() {
+            flags |= HAS_RATE
+        }
+        if self.retention_ms.is_some() {
+            flags |= HAS_RET_MS
+        }
+        if self.retention_bytes.is_some() {
+            flags |= HAS_RET_BYTES
+        }
+        if self.kind == QueueKind::Stream {
+            flags |= STREAM
+        }
+        if self.transient {
+            flags |= TRANSIENT
+        }
         out.put_u16_le(flags);
         out.put_u8(self.max_priority);
-        if let Some(v) = self.idle_ttl_ms { out.put_u64_le(v) }
-        if let Some(v) = self.max_deliveries { out.put_u32_le(v) }
+        if let Some(v) = self.idle_ttl_ms {
+            out.put_u64_le(v)
+        }
+        if let Some(v) = self.max_deliveries {
+            out.put_u32_le(v)
+        }
         if let Some(v) = &self.dead_letter {
             out.put_u16_le(v.len() as u16);
             out.put_slice(v.as_bytes());
         }
-        if let Some(v) = self.rate_per_sec { out.put_u32_le(v) }
-        if let Some(v) = self.retention_ms { out.put_u64_le(v) }
-        if let Some(v) = self.retention_bytes { out.put_u64_le(v) }
+        if let Some(v) = self.rate_per_sec {
+            out.put_u32_le(v)
+        }
+        if let Some(v) = self.retention_ms {
+            out.put_u64_le(v)
+        }
+        if let Some(v) = self.retention_bytes {
+            out.put_u64_le(v)
+        }
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<QueueOptions, StoreError> {
         let flags = r.u16()?;
         let mut o = QueueOptions { max_priority: r.u8()?, ..QueueOptions::default() };
-        if flags & STREAM != 0 { o.kind = QueueKind::Stream }
-        if flags & HAS_TTL != 0 { o.idle_ttl_ms = Some(r.u64()?) }
-        if flags & HAS_MAX_DELIVERIES != 0 { o.max_deliveries = Some(r.u32()?) }
+        if flags & STREAM != 0 {
+            o.kind = QueueKind::Stream
+        }
+        if flags & HAS_TTL != 0 {
+            o.idle_ttl_ms = Some(r.u64()?)
+        }
+        if flags & HAS_MAX_DELIVERIES != 0 {
+            o.max_deliveries = Some(r.u32()?)
+        }
         if flags & HAS_DLQ != 0 {
             let n = r.u16()? as usize;
             o.dead_letter = Some(r.string(n)?);
         }
         o.fifo = flags & FIFO != 0;
         o.transient = flags & TRANSIENT != 0;
-        if flags & HAS_RATE != 0 { o.rate_per_sec = Some(r.u32()?) }
-        if flags & HAS_RET_MS != 0 { o.retention_ms = Some(r.u64()?) }
-        if flags & HAS_RET_BYTES != 0 { o.retention_bytes = Some(r.u64()?) }
+        if flags & HAS_RATE != 0 {
+            o.rate_per_sec = Some(r.u32()?)
+        }
+        if flags & HAS_RET_MS != 0 {
+            o.retention_ms = Some(r.u64()?)
+        }
+        if flags & HAS_RET_BYTES != 0 {
+            o.retention_bytes = Some(r.u64()?)
+        }
         Ok(o)
     }
 }

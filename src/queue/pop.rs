@@ -82,8 +82,12 @@ pub enum NackOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Ready,
-    Inflight { until: u64 },
-    Delayed { until: u64 },
+    Inflight {
+        until: u64,
+    },
+    Delayed {
+        until: u64,
+    },
     /// FIFO: waiting behind an earlier message of its group.
     Blocked,
 }
@@ -203,7 +207,15 @@ impl PopState {
 
     pub fn insert(&mut self, e: &IndexEntry<'_>, opts: &QueueOptions, now_ms: u64) {
         let group = if opts.fifo { e.group.map(Bytes::copy_from_slice) } else { None };
-        let mut entry = Entry { pos: e.pos, total: e.total, priority: e.priority, deliveries: 0, deliver_at: e.deliver_at_ms, state: State::Blocked, group: group.clone() };
+        let mut entry = Entry {
+            pos: e.pos,
+            total: e.total,
+            priority: e.priority,
+            deliveries: 0,
+            deliver_at: e.deliver_at_ms,
+            state: State::Blocked,
+            group: group.clone(),
+        };
         self.bytes += e.total as u64;
         let blocked = match &group {
             Some(g) => {
@@ -293,7 +305,13 @@ impl PopState {
             e.state = State::Inflight { until };
             self.timers.insert((until, offset));
             self.inflight += 1;
-            out.items.push(PopItem { offset, pos: e.pos, total: e.total, deliveries: e.deliveries, receipt: Receipt { queue: id, offset, attempt: e.deliveries } });
+            out.items.push(PopItem {
+                offset,
+                pos: e.pos,
+                total: e.total,
+                deliveries: e.deliveries,
+                receipt: Receipt { queue: id, offset, attempt: e.deliveries },
+            });
         }
         if let Some(rate) = rate {
             self.tokens -= out.items.len() as f64;
@@ -397,7 +415,10 @@ impl PopState {
         match action {
             NackAction::Requeue { delay_ms } => {
                 if opts.max_deliveries.is_some_and(|m| deliveries >= m) {
-                    return self.take_dead(r.queue, r.offset, opts, now_ms).map(NackOutcome::DeadLettered).ok_or(StoreError::InvalidReceipt);
+                    return self
+                        .take_dead(r.queue, r.offset, opts, now_ms)
+                        .map(NackOutcome::DeadLettered)
+                        .ok_or(StoreError::InvalidReceipt);
                 }
                 let visible_at_ms = now_ms + delay_ms.min(crate::limits::DELAY_MS_MAX);
                 let prio = self.entries.get(&r.offset).map(|e| e.priority).unwrap_or(0);
@@ -407,8 +428,13 @@ impl PopState {
                 }
                 Ok(NackOutcome::Requeued { deliveries, visible_at_ms })
             }
-            NackAction::DeadLetter => self.take_dead(r.queue, r.offset, opts, now_ms).map(NackOutcome::DeadLettered).ok_or(StoreError::InvalidReceipt),
-            NackAction::Drop => self.remove(r.offset, opts, now_ms).map(|(pos, total)| NackOutcome::Dropped { pos, total }).ok_or(StoreError::InvalidReceipt),
+            NackAction::DeadLetter => {
+                self.take_dead(r.queue, r.offset, opts, now_ms).map(NackOutcome::DeadLettered).ok_or(StoreError::InvalidReceipt)
+            }
+            NackAction::Drop => self
+                .remove(r.offset, opts, now_ms)
+                .map(|(pos, total)| NackOutcome::Dropped { pos, total })
+                .ok_or(StoreError::InvalidReceipt),
         }
     }
 

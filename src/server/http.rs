@@ -139,8 +139,7 @@ pub(crate) fn parse_head(head: &[u8]) -> Result<Request, HeadError> {
     let line_end = head.iter().position(|&b| b == b'\r').unwrap_or(head.len());
     let line = std::str::from_utf8(&head[..line_end]).map_err(|_| HeadError::Malformed)?;
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(HeadError::Malformed);
     };
     let method_ok = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
@@ -250,7 +249,9 @@ mod tests {
     fn parses_request_lines() {
         assert_eq!(parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"), Ok(get("/metrics")));
         assert_eq!(parse_head(b"GET /healthz HTTP/1.0"), Ok(get("/healthz")));
-        for bad in [&b"GET /healthz"[..], b"get /x HTTP/1.1", b"GET x HTTP/1.1", b"GET /x SPDY/3", b"GET /x HTTP/1.1 extra", b"\xff /x HTTP/1.1"] {
+        for bad in
+            [&b"GET /healthz"[..], b"get /x HTTP/1.1", b"GET x HTTP/1.1", b"GET /x SPDY/3", b"GET /x HTTP/1.1 extra", b"\xff /x HTTP/1.1"]
+        {
             assert_eq!(parse_head(bad), Err(HeadError::Malformed), "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -55,15 +55,8 @@ pub(crate) fn render(store: &StoreMetrics, protocols: &[Arc<ProtocolCounters>], 
     w.single("polymq_messages_ready", "gauge", "Messages waiting to be delivered.", store.messages_ready);
     w.single("polymq_messages_inflight", "gauge", "Messages delivered and not yet acked.", store.messages_inflight);
 
-    let per_protocol = |f: fn(&ProtocolCounters) -> u64| -> Vec<(&'static str, u64)> {
-        protocols.iter().map(|p| (p.name, f(p))).collect()
-    };
-    w.labelled(
-        "polymq_connections",
-        "gauge",
-        "Open client connections.",
-        &per_protocol(|p| p.open.load(Ordering::Relaxed)),
-    );
+    let per_protocol = |f: fn(&ProtocolCounters) -> u64| -> Vec<(&'static str, u64)> { protocols.iter().map(|p| (p.name, f(p))).collect() };
+    w.labelled("polymq_connections", "gauge", "Open client connections.", &per_protocol(|p| p.open.load(Ordering::Relaxed)));
     w.labelled(
         "polymq_connections_accepted_total",
         "counter",
@@ -76,12 +69,7 @@ pub(crate) fn render(store: &StoreMetrics, protocols: &[Arc<ProtocolCounters>], 
         "Client connections closed at once because connection_max was reached.",
         &per_protocol(|p| p.rejected.load(Ordering::Relaxed)),
     );
-    w.single(
-        "polymq_connections_max",
-        "gauge",
-        "Configured limit on open client connections across all protocols.",
-        connection_max as u64,
-    );
+    w.single("polymq_connections_max", "gauge", "Configured limit on open client connections across all protocols.", connection_max as u64);
     w.out
 }
 

@@ -48,18 +48,18 @@ pub trait ProtocolService: Send + Sync + 'static {
     /// Serves one connection until the peer leaves, the session ends, or
     /// `shutdown` fires (then the session should say its protocol's goodbye
     /// and return promptly: the shell waits at most its grace period).
-    fn serve_connection(
-        self: Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        shutdown: ShutdownSignal,
-    ) -> ConnectionFuture;
+    fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) -> ConnectionFuture;
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen for {protocol} on {addr}: {source}")]
-    Bind { protocol: &'static str, addr: SocketAddr, #[source] source: std::io::Error },
+    Bind {
+        protocol: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("invalid server setting: {0}")]
     Config(String),
     #[error("closing the store failed: {0}")]
@@ -108,9 +108,7 @@ impl Server {
         for (addr, service) in services {
             let protocol = service.name();
             let (listener, local_addr) = bind_one(protocol, addr).await?;
-            let counters = Arc::clone(
-                by_name.entry(protocol).or_insert_with(|| Arc::new(ProtocolCounters::new(protocol))),
-            );
+            let counters = Arc::clone(by_name.entry(protocol).or_insert_with(|| Arc::new(ProtocolCounters::new(protocol))));
             listeners.push(Listener { listener, local_addr, service, counters });
         }
         let (http_listener, http_addr) = bind_one(HTTP_PROTOCOL, config.http_listen).await?;
@@ -128,11 +126,7 @@ impl Server {
     /// The addresses actually bound (port 0 resolved), as (protocol, address)
     /// in the order given to [`bind`](Server::bind), HTTP last.
     pub fn local_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
-        self.listeners
-            .iter()
-            .map(|l| (l.service.name(), l.local_addr))
-            .chain(std::iter::once((HTTP_PROTOCOL, self.http_addr)))
-            .collect()
+        self.listeners.iter().map(|l| (l.service.name(), l.local_addr)).chain(std::iter::once((HTTP_PROTOCOL, self.http_addr))).collect()
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -158,12 +152,7 @@ impl Server {
         // HTTP has its own stop signal: it keeps answering (healthz 503,
         // metrics) while connections drain, and stops only after.
         let (http_stop, http_stop_signal) = shutdown_channel();
-        let http_state = Arc::new(http::HttpState {
-            store: Arc::clone(&store),
-            protocols,
-            ready: Arc::clone(&ready),
-            connection_max,
-        });
+        let http_state = Arc::new(http::HttpState { store: Arc::clone(&store), protocols, ready: Arc::clone(&ready), connection_max });
         let http_task = tokio::spawn(http::serve(http_listener, http_state, http_stop_signal));
         info!(protocol = %HTTP_PROTOCOL, addr = %http_addr, "listening");
 
@@ -193,7 +182,11 @@ impl Server {
             Ok(_) => info!("shutdown: all connections closed"),
             Err(_) => {
                 let open = connection_max.saturating_sub(permits.available_permits());
-                warn!(open, grace_ms = shutdown_grace.as_millis() as u64, "shutdown: connections still open after the grace period; closing the store anyway");
+                warn!(
+                    open,
+                    grace_ms = shutdown_grace.as_millis() as u64,
+                    "shutdown: connections still open after the grace period; closing the store anyway"
+                );
             }
         }
         http_stop.trigger();

@@ -51,10 +51,8 @@ async fn start(
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(StoreConfig::new(dir.path())).expect("open store");
     let service: Arc<dyn ProtocolService> = Arc::new(HoldService { ignore_shutdown });
-    let server = Server::bind(&test_config(connection_max), store, vec![(local(), service)])
-        .await
-        .expect("bind")
-        .with_shutdown_grace(grace);
+    let server =
+        Server::bind(&test_config(connection_max), store, vec![(local(), service)]).await.expect("bind").with_shutdown_grace(grace);
     let addrs = server.local_addrs();
     assert_eq!(addrs.len(), 2);
     assert_eq!(addrs[0].0, "hold");

@@ -15,8 +15,8 @@ use bytes::{BufMut, Bytes};
 use super::State;
 use crate::log::frame::{frame_prefix, read_frame, FrameRead};
 use crate::queue::{QueueId, QueueOptions, QueueTable};
-use crate::route::Pattern;
 use crate::record::Reader;
+use crate::route::Pattern;
 use crate::StoreError;
 
 const FILE: &str = "meta.snapshot";
@@ -104,14 +104,21 @@ pub fn write(dir: &Path, state: &Mutex<State>, covers: u64) -> Result<(), StoreE
 
 /// Loads the snapshot if there is one. A damaged snapshot is an error: the
 /// segments it replaced are gone, so starting without it would lose queues.
-pub fn load(dir: &Path, table: &mut QueueTable, groups: &mut HashMap<(Arc<str>, QueueId), u64>, bindings: &mut Vec<(String, Pattern, QueueId)>, now: u64) -> Result<Option<Loaded>, StoreError> {
+pub fn load(
+    dir: &Path,
+    table: &mut QueueTable,
+    groups: &mut HashMap<(Arc<str>, QueueId), u64>,
+    bindings: &mut Vec<(String, Pattern, QueueId)>,
+    now: u64,
+) -> Result<Option<Loaded>, StoreError> {
     let path = dir.join(FILE);
     let buf = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io(&path, e)),
     };
-    let corrupt = |offset: usize, reason: &str| StoreError::Corrupt { path: path.clone(), offset: offset as u64, reason: reason.to_owned() };
+    let corrupt =
+        |offset: usize, reason: &str| StoreError::Corrupt { path: path.clone(), offset: offset as u64, reason: reason.to_owned() };
     if buf.len() < 32 || &buf[..8] != MAGIC {
         return Err(corrupt(0, "not a polymq metadata snapshot"));
     }

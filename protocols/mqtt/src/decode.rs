@@ -4,9 +4,8 @@ use bytes::{Buf, BytesMut};
 
 use crate::error::DecodeError;
 use crate::packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, PubReply, Publish,
-    QoS, RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions, UnsubAck,
-    Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, PacketType, ProtocolVersion, PubReply, Publish, QoS, RetainHandling, SubAck, Subscribe,
+    Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use crate::props::{self, PropertySet, ReasonProperties};
 use crate::reason::{allowed, ReasonCode};
@@ -30,11 +29,7 @@ use crate::wire::{read_vbi, Reader};
 /// Size counts it) is checked against `max_packet_bytes` as soon as the remaining
 /// length is known, before waiting for the body, so a peer cannot make us buffer more.
 /// Nothing allocated while decoding is larger than the packet's own bytes.
-pub fn decode(
-    buf: &mut BytesMut,
-    version: Option<ProtocolVersion>,
-    max_packet_bytes: usize,
-) -> Result<Option<Packet>, DecodeError> {
+pub fn decode(buf: &mut BytesMut, version: Option<ProtocolVersion>, max_packet_bytes: usize) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
     };
@@ -44,9 +39,7 @@ pub fn decode(
     // Both checks need only the first byte, so garbage fails before we wait for more.
     match version {
         None if packet_type != PacketType::Connect => {
-            return Err(DecodeError::ExpectedConnect {
-                packet_type: type_bits,
-            });
+            return Err(DecodeError::ExpectedConnect { packet_type: type_bits });
         }
         Some(v) if packet_type == PacketType::Auth && !v.is_v5() => {
             return Err(DecodeError::ReservedPacketType(type_bits));
@@ -61,10 +54,7 @@ pub fn decode(
     let header_len = 1 + len_bytes;
     let total = header_len + remaining as usize;
     if total > max_packet_bytes {
-        return Err(DecodeError::PacketTooLarge {
-            size: total,
-            max: max_packet_bytes,
-        });
+        return Err(DecodeError::PacketTooLarge { size: total, max: max_packet_bytes });
     }
     if buf.len() < total {
         return Ok(None);
@@ -144,11 +134,7 @@ fn reason(code: u8, packet: PacketType, table: &[u8]) -> Result<ReasonCode, Deco
     }
 }
 
-fn properties<P: PropertySet>(
-    reader: &mut Reader,
-    packet: PacketType,
-    v5: bool,
-) -> Result<P, DecodeError> {
+fn properties<P: PropertySet>(reader: &mut Reader, packet: PacketType, v5: bool) -> Result<P, DecodeError> {
     if v5 {
         props::read_block(reader, packet)
     } else {
@@ -202,40 +188,17 @@ fn decode_connect(mut reader: Reader) -> Result<Connect, DecodeError> {
         let topic = reader.string()?;
         validate_topic_name(&topic)?;
         let payload = reader.binary()?;
-        Some(Will {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties,
-        })
+        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {
         None
     };
     // v3.1 clients exist that set the user name / password flags and then omit the
     // field; mosquitto ignores the flag for them, and so do we.
     let lenient = version == ProtocolVersion::V3_1;
-    let username = if has_username && !(lenient && reader.is_empty()) {
-        Some(reader.string()?)
-    } else {
-        None
-    };
-    let password = if has_password && !(lenient && reader.is_empty()) {
-        Some(reader.binary()?)
-    } else {
-        None
-    };
+    let username = if has_username && !(lenient && reader.is_empty()) { Some(reader.string()?) } else { None };
+    let password = if has_password && !(lenient && reader.is_empty()) { Some(reader.binary()?) } else { None };
     reader.finish()?;
-    Ok(Connect {
-        version,
-        clean_start: flags & CONNECT_CLEAN_START != 0,
-        keep_alive,
-        client_id,
-        will,
-        username,
-        password,
-        properties,
-    })
+    Ok(Connect { version, clean_start: flags & CONNECT_CLEAN_START != 0, keep_alive, client_id, will, username, password, properties })
 }
 
 fn properties_will(reader: &mut Reader, v5: bool) -> Result<props::WillProperties, DecodeError> {
@@ -253,10 +216,7 @@ fn decode_connack(mut reader: Reader, version: ProtocolVersion) -> Result<ConnAc
     let reason_code = if version.is_v5() {
         reason(code, PacketType::ConnAck, allowed::CONNACK)?
     } else {
-        ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidReasonCode {
-            packet: PacketType::ConnAck,
-            code,
-        })?
+        ReasonCode::from_v3_connack(code).ok_or(DecodeError::InvalidReasonCode { packet: PacketType::ConnAck, code })?
     };
     // A refused connection has no session (spec 3.2.2.1.1).
     if session_present && reason_code.is_error() {
@@ -264,11 +224,7 @@ fn decode_connack(mut reader: Reader, version: ProtocolVersion) -> Result<ConnAc
     }
     let properties = properties(&mut reader, PacketType::ConnAck, version.is_v5())?;
     reader.finish()?;
-    Ok(ConnAck {
-        session_present,
-        reason_code,
-        properties,
-    })
+    Ok(ConnAck { session_present, reason_code, properties })
 }
 
 fn decode_publish(mut reader: Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> {
@@ -289,24 +245,12 @@ fn decode_publish(mut reader: Reader, flags: u8, v5: bool) -> Result<Publish, De
     if topic.is_empty() && properties.topic_alias.is_none() {
         return Err(DecodeError::EmptyTopicName);
     }
-    Ok(Publish {
-        dup: flags & 0b1000 != 0,
-        qos,
-        retain: flags & 0b0001 != 0,
-        topic,
-        packet_id,
-        payload: reader.rest(),
-        properties,
-    })
+    Ok(Publish { dup: flags & 0b1000 != 0, qos, retain: flags & 0b0001 != 0, topic, packet_id, payload: reader.rest(), properties })
 }
 
 /// PUBACK, PUBREC, PUBREL, PUBCOMP. v5 may shorten them: no properties when fewer than
 /// 4 bytes remain, no reason code (= success) when only the packet id is there.
-fn decode_pub_reply(
-    mut reader: Reader,
-    packet: PacketType,
-    v5: bool,
-) -> Result<PubReply, DecodeError> {
+fn decode_pub_reply(mut reader: Reader, packet: PacketType, v5: bool) -> Result<PubReply, DecodeError> {
     let packet_id = non_zero_packet_id(&mut reader)?;
     let mut reason_code = ReasonCode::SUCCESS;
     let mut properties = ReasonProperties::default();
@@ -321,11 +265,7 @@ fn decode_pub_reply(
         }
     }
     reader.finish()?;
-    Ok(PubReply {
-        packet_id,
-        reason_code,
-        properties,
-    })
+    Ok(PubReply { packet_id, reason_code, properties })
 }
 
 const OPTIONS_QOS: u8 = 0b0000_0011;
@@ -347,8 +287,7 @@ fn decode_subscribe(mut reader: Reader, v5: bool) -> Result<Subscribe, DecodeErr
         }
         let qos_bits = byte & OPTIONS_QOS;
         let qos = QoS::from_u8(qos_bits).ok_or(DecodeError::InvalidQoS(qos_bits))?;
-        let retain_handling = RetainHandling::from_u8((byte & OPTIONS_RETAIN_HANDLING) >> 4)
-            .ok_or(DecodeError::InvalidRetainHandling)?;
+        let retain_handling = RetainHandling::from_u8((byte & OPTIONS_RETAIN_HANDLING) >> 4).ok_or(DecodeError::InvalidRetainHandling)?;
         let options = SubscriptionOptions {
             qos,
             no_local: byte & OPTIONS_NO_LOCAL != 0,
@@ -365,38 +304,20 @@ fn decode_subscribe(mut reader: Reader, v5: bool) -> Result<Subscribe, DecodeErr
     if subscriptions.is_empty() {
         return Err(DecodeError::NoTopicFilters);
     }
-    Ok(Subscribe {
-        packet_id,
-        subscriptions,
-        properties,
-    })
+    Ok(Subscribe { packet_id, subscriptions, properties })
 }
 
 fn decode_suback(mut reader: Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let packet_id = non_zero_packet_id(&mut reader)?;
     let properties = properties(&mut reader, PacketType::SubAck, v5)?;
-    let table = if v5 {
-        allowed::SUBACK
-    } else {
-        allowed::SUBACK_V3
-    };
+    let table = if v5 { allowed::SUBACK } else { allowed::SUBACK_V3 };
     let reason_codes = reason_list(reader, PacketType::SubAck, table)?;
-    Ok(SubAck {
-        packet_id,
-        reason_codes,
-        properties,
-    })
+    Ok(SubAck { packet_id, reason_codes, properties })
 }
 
-fn reason_list(
-    mut reader: Reader,
-    packet: PacketType,
-    table: &[u8],
-) -> Result<Vec<ReasonCode>, DecodeError> {
+fn reason_list(mut reader: Reader, packet: PacketType, table: &[u8]) -> Result<Vec<ReasonCode>, DecodeError> {
     let raw = reader.rest();
-    raw.iter()
-        .map(|&code| reason(code, packet, table))
-        .collect()
+    raw.iter().map(|&code| reason(code, packet, table)).collect()
 }
 
 fn decode_unsubscribe(mut reader: Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
@@ -411,30 +332,18 @@ fn decode_unsubscribe(mut reader: Reader, v5: bool) -> Result<Unsubscribe, Decod
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters);
     }
-    Ok(Unsubscribe {
-        packet_id,
-        filters,
-        properties,
-    })
+    Ok(Unsubscribe { packet_id, filters, properties })
 }
 
 fn decode_unsuback(mut reader: Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = non_zero_packet_id(&mut reader)?;
     if !v5 {
         reader.finish()?;
-        return Ok(UnsubAck {
-            packet_id,
-            reason_codes: Vec::new(),
-            properties: Default::default(),
-        });
+        return Ok(UnsubAck { packet_id, reason_codes: Vec::new(), properties: Default::default() });
     }
     let properties = props::read_block(&mut reader, PacketType::UnsubAck)?;
     let reason_codes = reason_list(reader, PacketType::UnsubAck, allowed::UNSUBACK)?;
-    Ok(UnsubAck {
-        packet_id,
-        reason_codes,
-        properties,
-    })
+    Ok(UnsubAck { packet_id, reason_codes, properties })
 }
 
 /// v5 DISCONNECT and AUTH: no bytes means success, one byte means a reason without

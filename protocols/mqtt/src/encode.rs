@@ -3,10 +3,7 @@
 use bytes::BytesMut;
 
 use crate::error::EncodeError;
-use crate::packet::{
-    ConnAck, Connect, Packet, PacketType, ProtocolVersion, PubReply, Publish, QoS, Subscribe,
-    SubscriptionOptions,
-};
+use crate::packet::{ConnAck, Connect, Packet, PacketType, ProtocolVersion, PubReply, Publish, QoS, Subscribe, SubscriptionOptions};
 use crate::props::{self, PropertySet};
 use crate::reason::ReasonCode;
 use crate::wire::{vbi_len, Measure, Sink, VARIABLE_BYTE_INTEGER_MAX};
@@ -20,20 +17,14 @@ use crate::wire::{vbi_len, Measure, Sink, VARIABLE_BYTE_INTEGER_MAX};
 ///
 /// On error nothing is written. The packet is not otherwise validated: the encoder
 /// trusts the session to build packets the spec allows.
-pub fn encode(
-    packet: &Packet,
-    version: ProtocolVersion,
-    out: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode(packet: &Packet, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
     let mut measure = Measure::default();
     body(packet, version, &mut measure);
     if let Some(error) = measure.error {
         return Err(error);
     }
-    let body_len = u32::try_from(measure.len)
-        .ok()
-        .filter(|&len| len <= VARIABLE_BYTE_INTEGER_MAX)
-        .ok_or(EncodeError::PacketTooLarge(measure.len))?;
+    let body_len =
+        u32::try_from(measure.len).ok().filter(|&len| len <= VARIABLE_BYTE_INTEGER_MAX).ok_or(EncodeError::PacketTooLarge(measure.len))?;
     out.reserve(1 + vbi_len(body_len) + measure.len);
     out.u8(first_byte(packet));
     out.vbi(body_len);
@@ -55,9 +46,7 @@ pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
 fn first_byte(packet: &Packet) -> u8 {
     let packet_type = packet.packet_type();
     let flags = match packet {
-        Packet::Publish(publish) => {
-            u8::from(publish.dup) << 3 | publish.qos.as_u8() << 1 | u8::from(publish.retain)
-        }
+        Packet::Publish(publish) => u8::from(publish.dup) << 3 | publish.qos.as_u8() << 1 | u8::from(publish.retain),
         Packet::PubRel(_) | Packet::Subscribe(_) | Packet::Unsubscribe(_) => 0b0010,
         _ => 0,
     };
@@ -70,10 +59,7 @@ fn body<S: Sink>(packet: &Packet, version: ProtocolVersion, sink: &mut S) {
         Packet::Connect(connect) => connect_body(connect, version, sink),
         Packet::ConnAck(connack) => connack_body(connack, version, sink),
         Packet::Publish(publish) => publish_body(publish, v5, sink),
-        Packet::PubAck(reply)
-        | Packet::PubRec(reply)
-        | Packet::PubRel(reply)
-        | Packet::PubComp(reply) => pub_reply_body(reply, v5, sink),
+        Packet::PubAck(reply) | Packet::PubRec(reply) | Packet::PubRel(reply) | Packet::PubComp(reply) => pub_reply_body(reply, v5, sink),
         Packet::Subscribe(subscribe) => subscribe_body(subscribe, v5, sink),
         Packet::SubAck(suback) => {
             sink.u16(suback.packet_id);
@@ -137,10 +123,7 @@ fn short_reason<P: PropertySet, S: Sink>(reason: ReasonCode, properties: &P, sin
 fn connect_body<S: Sink>(connect: &Connect, version: ProtocolVersion, sink: &mut S) {
     let v5 = version.is_v5();
     // Before v5 a password needs a user name; one that cannot be sent is dropped.
-    let password = connect
-        .password
-        .as_ref()
-        .filter(|_| v5 || connect.username.is_some());
+    let password = connect.password.as_ref().filter(|_| v5 || connect.username.is_some());
     let mut flags = 0u8;
     if connect.username.is_some() {
         flags |= 0b1000_0000;
@@ -216,9 +199,7 @@ fn subscribe_body<S: Sink>(subscribe: &Subscribe, v5: bool, sink: &mut S) {
 fn options_byte(options: &SubscriptionOptions, v5: bool) -> u8 {
     let mut byte = options.qos.as_u8();
     if v5 {
-        byte |= u8::from(options.no_local) << 2
-            | u8::from(options.retain_as_published) << 3
-            | (options.retain_handling as u8) << 4;
+        byte |= u8::from(options.no_local) << 2 | u8::from(options.retain_as_published) << 3 | (options.retain_handling as u8) << 4;
     }
     byte
 }

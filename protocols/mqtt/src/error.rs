@@ -88,9 +88,7 @@ impl DecodeError {
     pub fn reason_code(&self) -> ReasonCode {
         use DecodeError::*;
         match self {
-            UnsupportedProtocolVersion { .. } | InvalidProtocolName { .. } => {
-                ReasonCode::UNSUPPORTED_PROTOCOL_VERSION
-            }
+            UnsupportedProtocolVersion { .. } | InvalidProtocolName { .. } => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             TopicNameInvalid => ReasonCode::TOPIC_NAME_INVALID,
             TopicFilterInvalid(_) => ReasonCode::TOPIC_FILTER_INVALID,

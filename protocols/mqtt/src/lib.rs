@@ -32,14 +32,12 @@ pub use decode::decode;
 pub use encode::{encode, encoded_len};
 pub use error::{DecodeError, EncodeError};
 pub use packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, PacketType, PayloadFormat, ProtocolVersion,
-    PubReply, Publish, QoS, RetainHandling, SubAck, Subscribe, Subscription, SubscriptionOptions,
-    UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, PacketType, PayloadFormat, ProtocolVersion, PubReply, Publish, QoS, RetainHandling, SubAck,
+    Subscribe, Subscription, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 pub use props::{
-    id as property_id, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, ReasonProperties, SubscribeProperties, UnsubscribeProperties,
-    UserProperties, WillProperties,
+    id as property_id, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties, PublishProperties, ReasonProperties,
+    SubscribeProperties, UnsubscribeProperties, UserProperties, WillProperties,
 };
 pub use reason::ReasonCode;
 pub use topic::{split_shared, validate_topic_filter, validate_topic_name};

@@ -5,8 +5,8 @@
 use bytes::Bytes;
 
 use crate::props::{
-    AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties, PublishProperties,
-    ReasonProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
+    AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties, PublishProperties, ReasonProperties, SubscribeProperties,
+    UnsubscribeProperties, WillProperties,
 };
 use crate::reason::ReasonCode;
 
@@ -279,11 +279,7 @@ pub struct PubReply {
 impl PubReply {
     /// The common case: success, no properties (encodes in the 2-byte short form).
     pub fn success(packet_id: u16) -> Self {
-        Self {
-            packet_id,
-            reason_code: ReasonCode::SUCCESS,
-            properties: ReasonProperties::default(),
-        }
+        Self { packet_id, reason_code: ReasonCode::SUCCESS, properties: ReasonProperties::default() }
     }
 }
 

@@ -65,10 +65,7 @@ fn kind(identifier: u8) -> Option<Kind> {
         | SUBSCRIPTION_IDENTIFIER_AVAILABLE
         | SHARED_SUBSCRIPTION_AVAILABLE => Kind::Byte,
         SERVER_KEEP_ALIVE | RECEIVE_MAXIMUM | TOPIC_ALIAS_MAXIMUM | TOPIC_ALIAS => Kind::TwoByte,
-        MESSAGE_EXPIRY_INTERVAL
-        | SESSION_EXPIRY_INTERVAL
-        | WILL_DELAY_INTERVAL
-        | MAXIMUM_PACKET_SIZE => Kind::FourByte,
+        MESSAGE_EXPIRY_INTERVAL | SESSION_EXPIRY_INTERVAL | WILL_DELAY_INTERVAL | MAXIMUM_PACKET_SIZE => Kind::FourByte,
         SUBSCRIPTION_IDENTIFIER => Kind::VariableByte,
         CONTENT_TYPE
         | RESPONSE_TOPIC
@@ -108,10 +105,7 @@ pub(crate) trait PropertySet: Default {
 
 /// Reads a property block: Property Length, then properties that must end exactly
 /// there.
-pub(crate) fn read_block<P: PropertySet>(
-    reader: &mut Reader,
-    packet: PacketType,
-) -> Result<P, DecodeError> {
+pub(crate) fn read_block<P: PropertySet>(reader: &mut Reader, packet: PacketType) -> Result<P, DecodeError> {
     let len = reader.vbi()? as usize;
     if len > reader.remaining() {
         return Err(DecodeError::PropertyLengthOverrun);
@@ -126,10 +120,7 @@ pub(crate) fn read_block<P: PropertySet>(
         let kind = kind(identifier).ok_or(DecodeError::UnknownProperty(identifier))?;
         let value = read_value(&mut block, kind).map_err(overrun)?;
         if !properties.apply(identifier, value)? {
-            return Err(DecodeError::PropertyNotAllowed {
-                id: identifier,
-                packet,
-            });
+            return Err(DecodeError::PropertyNotAllowed { id: identifier, packet });
         }
     }
     properties.check()?;
@@ -294,39 +285,17 @@ pub struct ConnectProperties {
 impl PropertySet for ConnectProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (SESSION_EXPIRY_INTERVAL, Value::FourByte(v)) => {
-                once(&mut self.session_expiry_interval, v, identifier)?
+            (SESSION_EXPIRY_INTERVAL, Value::FourByte(v)) => once(&mut self.session_expiry_interval, v, identifier)?,
+            (RECEIVE_MAXIMUM, Value::TwoByte(v)) => once(&mut self.receive_maximum, non_zero_u16(v, identifier)?, identifier)?,
+            (MAXIMUM_PACKET_SIZE, Value::FourByte(v)) => once(&mut self.maximum_packet_size, non_zero_u32(v, identifier)?, identifier)?,
+            (TOPIC_ALIAS_MAXIMUM, Value::TwoByte(v)) => once(&mut self.topic_alias_maximum, v, identifier)?,
+            (REQUEST_RESPONSE_INFORMATION, Value::Byte(v)) => {
+                once(&mut self.request_response_information, flag(v, identifier)?, identifier)?
             }
-            (RECEIVE_MAXIMUM, Value::TwoByte(v)) => once(
-                &mut self.receive_maximum,
-                non_zero_u16(v, identifier)?,
-                identifier,
-            )?,
-            (MAXIMUM_PACKET_SIZE, Value::FourByte(v)) => once(
-                &mut self.maximum_packet_size,
-                non_zero_u32(v, identifier)?,
-                identifier,
-            )?,
-            (TOPIC_ALIAS_MAXIMUM, Value::TwoByte(v)) => {
-                once(&mut self.topic_alias_maximum, v, identifier)?
-            }
-            (REQUEST_RESPONSE_INFORMATION, Value::Byte(v)) => once(
-                &mut self.request_response_information,
-                flag(v, identifier)?,
-                identifier,
-            )?,
-            (REQUEST_PROBLEM_INFORMATION, Value::Byte(v)) => once(
-                &mut self.request_problem_information,
-                flag(v, identifier)?,
-                identifier,
-            )?,
+            (REQUEST_PROBLEM_INFORMATION, Value::Byte(v)) => once(&mut self.request_problem_information, flag(v, identifier)?, identifier)?,
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
-            (AUTHENTICATION_METHOD, Value::String(v)) => {
-                once(&mut self.authentication_method, v, identifier)?
-            }
-            (AUTHENTICATION_DATA, Value::Binary(v)) => {
-                once(&mut self.authentication_data, v, identifier)?
-            }
+            (AUTHENTICATION_METHOD, Value::String(v)) => once(&mut self.authentication_method, v, identifier)?,
+            (AUTHENTICATION_DATA, Value::Binary(v)) => once(&mut self.authentication_data, v, identifier)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -343,16 +312,8 @@ impl PropertySet for ConnectProperties {
         put_u32(sink, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
         put_string(sink, AUTHENTICATION_METHOD, &self.authentication_method);
         put_binary(sink, AUTHENTICATION_DATA, &self.authentication_data);
-        put_bool(
-            sink,
-            REQUEST_PROBLEM_INFORMATION,
-            self.request_problem_information,
-        );
-        put_bool(
-            sink,
-            REQUEST_RESPONSE_INFORMATION,
-            self.request_response_information,
-        );
+        put_bool(sink, REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
+        put_bool(sink, REQUEST_RESPONSE_INFORMATION, self.request_response_information);
         put_u16(sink, RECEIVE_MAXIMUM, self.receive_maximum);
         put_u16(sink, TOPIC_ALIAS_MAXIMUM, self.topic_alias_maximum);
         put_user_properties(sink, &self.user_properties);
@@ -376,24 +337,12 @@ pub struct WillProperties {
 impl PropertySet for WillProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (WILL_DELAY_INTERVAL, Value::FourByte(v)) => {
-                once(&mut self.will_delay_interval, v, identifier)?
-            }
-            (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => once(
-                &mut self.payload_format_indicator,
-                payload_format(v)?,
-                identifier,
-            )?,
-            (MESSAGE_EXPIRY_INTERVAL, Value::FourByte(v)) => {
-                once(&mut self.message_expiry_interval, v, identifier)?
-            }
+            (WILL_DELAY_INTERVAL, Value::FourByte(v)) => once(&mut self.will_delay_interval, v, identifier)?,
+            (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => once(&mut self.payload_format_indicator, payload_format(v)?, identifier)?,
+            (MESSAGE_EXPIRY_INTERVAL, Value::FourByte(v)) => once(&mut self.message_expiry_interval, v, identifier)?,
             (CONTENT_TYPE, Value::String(v)) => once(&mut self.content_type, v, identifier)?,
-            (RESPONSE_TOPIC, Value::String(v)) => {
-                once(&mut self.response_topic, response_topic(v)?, identifier)?
-            }
-            (CORRELATION_DATA, Value::Binary(v)) => {
-                once(&mut self.correlation_data, v, identifier)?
-            }
+            (RESPONSE_TOPIC, Value::String(v)) => once(&mut self.response_topic, response_topic(v)?, identifier)?,
+            (CORRELATION_DATA, Value::Binary(v)) => once(&mut self.correlation_data, v, identifier)?,
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
             _ => return Ok(false),
         }
@@ -401,11 +350,7 @@ impl PropertySet for WillProperties {
     }
 
     fn visit<S: Sink>(&self, sink: &mut S) {
-        put_u8(
-            sink,
-            PAYLOAD_FORMAT_INDICATOR,
-            self.payload_format_indicator.map(|f| f as u8),
-        );
+        put_u8(sink, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator.map(|f| f as u8));
         put_u32(sink, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         put_string(sink, CONTENT_TYPE, &self.content_type);
         put_string(sink, RESPONSE_TOPIC, &self.response_topic);
@@ -441,14 +386,8 @@ pub struct ConnAckProperties {
 impl PropertySet for ConnAckProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (SESSION_EXPIRY_INTERVAL, Value::FourByte(v)) => {
-                once(&mut self.session_expiry_interval, v, identifier)?
-            }
-            (RECEIVE_MAXIMUM, Value::TwoByte(v)) => once(
-                &mut self.receive_maximum,
-                non_zero_u16(v, identifier)?,
-                identifier,
-            )?,
+            (SESSION_EXPIRY_INTERVAL, Value::FourByte(v)) => once(&mut self.session_expiry_interval, v, identifier)?,
+            (RECEIVE_MAXIMUM, Value::TwoByte(v)) => once(&mut self.receive_maximum, non_zero_u16(v, identifier)?, identifier)?,
             (MAXIMUM_QOS, Value::Byte(v)) => {
                 let qos = match v {
                     0 => QoS::AtMostOnce,
@@ -457,52 +396,26 @@ impl PropertySet for ConnAckProperties {
                 };
                 once(&mut self.maximum_qos, qos, identifier)?
             }
-            (RETAIN_AVAILABLE, Value::Byte(v)) => {
-                once(&mut self.retain_available, flag(v, identifier)?, identifier)?
-            }
-            (MAXIMUM_PACKET_SIZE, Value::FourByte(v)) => once(
-                &mut self.maximum_packet_size,
-                non_zero_u32(v, identifier)?,
-                identifier,
-            )?,
-            (ASSIGNED_CLIENT_IDENTIFIER, Value::String(v)) => {
-                once(&mut self.assigned_client_identifier, v, identifier)?
-            }
-            (TOPIC_ALIAS_MAXIMUM, Value::TwoByte(v)) => {
-                once(&mut self.topic_alias_maximum, v, identifier)?
-            }
+            (RETAIN_AVAILABLE, Value::Byte(v)) => once(&mut self.retain_available, flag(v, identifier)?, identifier)?,
+            (MAXIMUM_PACKET_SIZE, Value::FourByte(v)) => once(&mut self.maximum_packet_size, non_zero_u32(v, identifier)?, identifier)?,
+            (ASSIGNED_CLIENT_IDENTIFIER, Value::String(v)) => once(&mut self.assigned_client_identifier, v, identifier)?,
+            (TOPIC_ALIAS_MAXIMUM, Value::TwoByte(v)) => once(&mut self.topic_alias_maximum, v, identifier)?,
             (REASON_STRING, Value::String(v)) => once(&mut self.reason_string, v, identifier)?,
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
-            (WILDCARD_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => once(
-                &mut self.wildcard_subscription_available,
-                flag(v, identifier)?,
-                identifier,
-            )?,
-            (SUBSCRIPTION_IDENTIFIER_AVAILABLE, Value::Byte(v)) => once(
-                &mut self.subscription_identifiers_available,
-                flag(v, identifier)?,
-                identifier,
-            )?,
-            (SHARED_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => once(
-                &mut self.shared_subscription_available,
-                flag(v, identifier)?,
-                identifier,
-            )?,
-            (SERVER_KEEP_ALIVE, Value::TwoByte(v)) => {
-                once(&mut self.server_keep_alive, v, identifier)?
+            (WILDCARD_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => {
+                once(&mut self.wildcard_subscription_available, flag(v, identifier)?, identifier)?
             }
-            (RESPONSE_INFORMATION, Value::String(v)) => {
-                once(&mut self.response_information, v, identifier)?
+            (SUBSCRIPTION_IDENTIFIER_AVAILABLE, Value::Byte(v)) => {
+                once(&mut self.subscription_identifiers_available, flag(v, identifier)?, identifier)?
             }
-            (SERVER_REFERENCE, Value::String(v)) => {
-                once(&mut self.server_reference, v, identifier)?
+            (SHARED_SUBSCRIPTION_AVAILABLE, Value::Byte(v)) => {
+                once(&mut self.shared_subscription_available, flag(v, identifier)?, identifier)?
             }
-            (AUTHENTICATION_METHOD, Value::String(v)) => {
-                once(&mut self.authentication_method, v, identifier)?
-            }
-            (AUTHENTICATION_DATA, Value::Binary(v)) => {
-                once(&mut self.authentication_data, v, identifier)?
-            }
+            (SERVER_KEEP_ALIVE, Value::TwoByte(v)) => once(&mut self.server_keep_alive, v, identifier)?,
+            (RESPONSE_INFORMATION, Value::String(v)) => once(&mut self.response_information, v, identifier)?,
+            (SERVER_REFERENCE, Value::String(v)) => once(&mut self.server_reference, v, identifier)?,
+            (AUTHENTICATION_METHOD, Value::String(v)) => once(&mut self.authentication_method, v, identifier)?,
+            (AUTHENTICATION_DATA, Value::Binary(v)) => once(&mut self.authentication_data, v, identifier)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -517,11 +430,7 @@ impl PropertySet for ConnAckProperties {
 
     fn visit<S: Sink>(&self, sink: &mut S) {
         put_u32(sink, SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_string(
-            sink,
-            ASSIGNED_CLIENT_IDENTIFIER,
-            &self.assigned_client_identifier,
-        );
+        put_string(sink, ASSIGNED_CLIENT_IDENTIFIER, &self.assigned_client_identifier);
         put_u16(sink, SERVER_KEEP_ALIVE, self.server_keep_alive);
         put_string(sink, AUTHENTICATION_METHOD, &self.authentication_method);
         put_binary(sink, AUTHENTICATION_DATA, &self.authentication_data);
@@ -534,21 +443,9 @@ impl PropertySet for ConnAckProperties {
         put_bool(sink, RETAIN_AVAILABLE, self.retain_available);
         put_user_properties(sink, &self.user_properties);
         put_u32(sink, MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        put_bool(
-            sink,
-            WILDCARD_SUBSCRIPTION_AVAILABLE,
-            self.wildcard_subscription_available,
-        );
-        put_bool(
-            sink,
-            SUBSCRIPTION_IDENTIFIER_AVAILABLE,
-            self.subscription_identifiers_available,
-        );
-        put_bool(
-            sink,
-            SHARED_SUBSCRIPTION_AVAILABLE,
-            self.shared_subscription_available,
-        );
+        put_bool(sink, WILDCARD_SUBSCRIPTION_AVAILABLE, self.wildcard_subscription_available);
+        put_bool(sink, SUBSCRIPTION_IDENTIFIER_AVAILABLE, self.subscription_identifiers_available);
+        put_bool(sink, SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
     }
 }
 
@@ -571,31 +468,19 @@ pub struct PublishProperties {
 impl PropertySet for PublishProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => once(
-                &mut self.payload_format_indicator,
-                payload_format(v)?,
-                identifier,
-            )?,
-            (MESSAGE_EXPIRY_INTERVAL, Value::FourByte(v)) => {
-                once(&mut self.message_expiry_interval, v, identifier)?
-            }
+            (PAYLOAD_FORMAT_INDICATOR, Value::Byte(v)) => once(&mut self.payload_format_indicator, payload_format(v)?, identifier)?,
+            (MESSAGE_EXPIRY_INTERVAL, Value::FourByte(v)) => once(&mut self.message_expiry_interval, v, identifier)?,
             (TOPIC_ALIAS, Value::TwoByte(v)) => {
                 if v == 0 {
                     return Err(DecodeError::TopicAliasZero);
                 }
                 once(&mut self.topic_alias, v, identifier)?
             }
-            (RESPONSE_TOPIC, Value::String(v)) => {
-                once(&mut self.response_topic, response_topic(v)?, identifier)?
-            }
-            (CORRELATION_DATA, Value::Binary(v)) => {
-                once(&mut self.correlation_data, v, identifier)?
-            }
+            (RESPONSE_TOPIC, Value::String(v)) => once(&mut self.response_topic, response_topic(v)?, identifier)?,
+            (CORRELATION_DATA, Value::Binary(v)) => once(&mut self.correlation_data, v, identifier)?,
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
             // The one property besides User Property that may repeat (spec 3.3.2.3.8).
-            (SUBSCRIPTION_IDENTIFIER, Value::FourByte(v)) => self
-                .subscription_identifiers
-                .push(non_zero_u32(v, identifier)?),
+            (SUBSCRIPTION_IDENTIFIER, Value::FourByte(v)) => self.subscription_identifiers.push(non_zero_u32(v, identifier)?),
             (CONTENT_TYPE, Value::String(v)) => once(&mut self.content_type, v, identifier)?,
             _ => return Ok(false),
         }
@@ -603,11 +488,7 @@ impl PropertySet for PublishProperties {
     }
 
     fn visit<S: Sink>(&self, sink: &mut S) {
-        put_u8(
-            sink,
-            PAYLOAD_FORMAT_INDICATOR,
-            self.payload_format_indicator.map(|f| f as u8),
-        );
+        put_u8(sink, PAYLOAD_FORMAT_INDICATOR, self.payload_format_indicator.map(|f| f as u8));
         put_u32(sink, MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
         put_string(sink, CONTENT_TYPE, &self.content_type);
         put_string(sink, RESPONSE_TOPIC, &self.response_topic);
@@ -656,11 +537,9 @@ pub struct SubscribeProperties {
 impl PropertySet for SubscribeProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (SUBSCRIPTION_IDENTIFIER, Value::FourByte(v)) => once(
-                &mut self.subscription_identifier,
-                non_zero_u32(v, identifier)?,
-                identifier,
-            )?,
+            (SUBSCRIPTION_IDENTIFIER, Value::FourByte(v)) => {
+                once(&mut self.subscription_identifier, non_zero_u32(v, identifier)?, identifier)?
+            }
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
             _ => return Ok(false),
         }
@@ -711,14 +590,10 @@ pub struct DisconnectProperties {
 impl PropertySet for DisconnectProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (SESSION_EXPIRY_INTERVAL, Value::FourByte(v)) => {
-                once(&mut self.session_expiry_interval, v, identifier)?
-            }
+            (SESSION_EXPIRY_INTERVAL, Value::FourByte(v)) => once(&mut self.session_expiry_interval, v, identifier)?,
             (REASON_STRING, Value::String(v)) => once(&mut self.reason_string, v, identifier)?,
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
-            (SERVER_REFERENCE, Value::String(v)) => {
-                once(&mut self.server_reference, v, identifier)?
-            }
+            (SERVER_REFERENCE, Value::String(v)) => once(&mut self.server_reference, v, identifier)?,
             _ => return Ok(false),
         }
         Ok(true)
@@ -744,12 +619,8 @@ pub struct AuthProperties {
 impl PropertySet for AuthProperties {
     fn apply(&mut self, identifier: u8, value: Value) -> Result<bool, DecodeError> {
         match (identifier, value) {
-            (AUTHENTICATION_METHOD, Value::String(v)) => {
-                once(&mut self.authentication_method, v, identifier)?
-            }
-            (AUTHENTICATION_DATA, Value::Binary(v)) => {
-                once(&mut self.authentication_data, v, identifier)?
-            }
+            (AUTHENTICATION_METHOD, Value::String(v)) => once(&mut self.authentication_method, v, identifier)?,
+            (AUTHENTICATION_DATA, Value::Binary(v)) => once(&mut self.authentication_data, v, identifier)?,
             (REASON_STRING, Value::String(v)) => once(&mut self.reason_string, v, identifier)?,
             (USER_PROPERTY, Value::StringPair(k, v)) => self.user_properties.push((k, v)),
             _ => return Ok(false),

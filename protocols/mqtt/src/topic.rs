@@ -19,9 +19,7 @@ pub fn validate_topic_name(topic: &str) -> Result<(), DecodeError> {
 pub fn validate_topic_filter(filter: &str) -> Result<(), DecodeError> {
     if let Some(rest) = filter.strip_prefix(SHARE_PREFIX) {
         let Some((group, inner)) = rest.split_once('/') else {
-            return Err(DecodeError::TopicFilterInvalid(
-                "shared subscription without a filter",
-            ));
+            return Err(DecodeError::TopicFilterInvalid("shared subscription without a filter"));
         };
         if group.is_empty() {
             return Err(DecodeError::TopicFilterInvalid("empty share name"));
@@ -41,9 +39,7 @@ fn validate_plain_filter(filter: &str) -> Result<(), DecodeError> {
     let mut levels = filter.split('/').peekable();
     while let Some(level) = levels.next() {
         if level.contains('#') && (level != "#" || levels.peek().is_some()) {
-            return Err(DecodeError::TopicFilterInvalid(
-                "'#' must be a whole last level",
-            ));
+            return Err(DecodeError::TopicFilterInvalid("'#' must be a whole last level"));
         }
         if level.contains('+') && level != "+" {
             return Err(DecodeError::TopicFilterInvalid("'+' must be a whole level"));
@@ -64,37 +60,11 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in [
-            "a",
-            "/",
-            "a/b",
-            "+",
-            "#",
-            "a/+/c",
-            "a/#",
-            "+/+",
-            "/#",
-            "$SYS/#",
-            "$share/g/a/#",
-            "$share/g/#",
-            "$share",
-        ] {
+        for ok in ["a", "/", "a/b", "+", "#", "a/+/c", "a/#", "+/+", "/#", "$SYS/#", "$share/g/a/#", "$share/g/#", "$share"] {
             assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "",
-            "a#",
-            "a/#/b",
-            "#/a",
-            "a+",
-            "a/b+/c",
-            "$share/",
-            "$share/g",
-            "$share//a",
-            "$share/g+/a",
-            "$share/g/",
-            "$share/#/a",
-        ] {
+        for bad in ["", "a#", "a/#/b", "#/a", "a+", "a/b+/c", "$share/", "$share/g", "$share//a", "$share/g+/a", "$share/g/", "$share/#/a"]
+        {
             assert!(validate_topic_filter(bad).is_err(), "{bad}");
         }
     }

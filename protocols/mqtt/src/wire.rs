@@ -96,9 +96,7 @@ impl Reader {
         if self.buf.is_empty() {
             Ok(())
         } else {
-            Err(DecodeError::TrailingBytes {
-                count: self.buf.len(),
-            })
+            Err(DecodeError::TrailingBytes { count: self.buf.len() })
         }
     }
 }

@@ -38,18 +38,11 @@ fn user_properties() -> impl Strategy<Value = Vec<(String, String)>> {
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
+    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
 }
 
 fn payload_format() -> impl Strategy<Value = Option<PayloadFormat>> {
-    option::of(prop_oneof![
-        Just(PayloadFormat::Unspecified),
-        Just(PayloadFormat::Utf8)
-    ])
+    option::of(prop_oneof![Just(PayloadFormat::Unspecified), Just(PayloadFormat::Utf8)])
 }
 
 fn reason(codes: &'static [u8]) -> impl Strategy<Value = ReasonCode> {
@@ -83,18 +76,16 @@ fn connect_properties() -> impl Strategy<Value = ConnectProperties> {
         user_properties(),
         auth_pair(),
     )
-        .prop_map(|(sei, rm, mps, tam, rri, rpi, user_properties, (am, ad))| {
-            ConnectProperties {
-                session_expiry_interval: sei,
-                receive_maximum: rm,
-                maximum_packet_size: mps,
-                topic_alias_maximum: tam,
-                request_response_information: rri,
-                request_problem_information: rpi,
-                user_properties,
-                authentication_method: am,
-                authentication_data: ad,
-            }
+        .prop_map(|(sei, rm, mps, tam, rri, rpi, user_properties, (am, ad))| ConnectProperties {
+            session_expiry_interval: sei,
+            receive_maximum: rm,
+            maximum_packet_size: mps,
+            topic_alias_maximum: tam,
+            request_response_information: rri,
+            request_problem_information: rpi,
+            user_properties,
+            authentication_method: am,
+            authentication_data: ad,
         })
 }
 
@@ -108,57 +99,42 @@ fn will() -> impl Strategy<Value = Will> {
         option::of(bytes()),
         user_properties(),
     )
-        .prop_map(
-            |(wdi, pfi, mei, ct, rt, cd, user_properties)| WillProperties {
-                will_delay_interval: wdi,
-                payload_format_indicator: pfi,
-                message_expiry_interval: mei,
-                content_type: ct,
-                response_topic: rt,
-                correlation_data: cd,
-                user_properties,
-            },
-        );
-    (topic_name(), bytes(), qos(), any::<bool>(), properties).prop_map(
-        |(topic, payload, qos, retain, properties)| Will {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
+        .prop_map(|(wdi, pfi, mei, ct, rt, cd, user_properties)| WillProperties {
+            will_delay_interval: wdi,
+            payload_format_indicator: pfi,
+            message_expiry_interval: mei,
+            content_type: ct,
+            response_topic: rt,
+            correlation_data: cd,
+            user_properties,
+        });
+    (topic_name(), bytes(), qos(), any::<bool>(), properties).prop_map(|(topic, payload, qos, retain, properties)| Will {
+        topic,
+        payload,
+        qos,
+        retain,
+        properties,
+    })
+}
+
+fn connect() -> impl Strategy<Value = Packet> {
+    (any::<bool>(), any::<u16>(), text(), option::of(will()), option::of(text()), option::of(bytes()), connect_properties()).prop_map(
+        |(clean_start, keep_alive, client_id, will, username, password, properties)| {
+            Packet::Connect(Connect {
+                version: ProtocolVersion::V5,
+                clean_start,
+                keep_alive,
+                client_id,
+                will,
+                username,
+                password,
+                properties,
+            })
         },
     )
 }
 
-fn connect() -> impl Strategy<Value = Packet> {
-    (
-        any::<bool>(),
-        any::<u16>(),
-        text(),
-        option::of(will()),
-        option::of(text()),
-        option::of(bytes()),
-        connect_properties(),
-    )
-        .prop_map(
-            |(clean_start, keep_alive, client_id, will, username, password, properties)| {
-                Packet::Connect(Connect {
-                    version: ProtocolVersion::V5,
-                    clean_start,
-                    keep_alive,
-                    client_id,
-                    will,
-                    username,
-                    password,
-                    properties,
-                })
-            },
-        )
-}
-
-const CONNACK: &[u8] = &[
-    0x00, 0x80, 0x81, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x9F,
-];
+const CONNACK: &[u8] = &[0x00, 0x80, 0x81, 0x84, 0x85, 0x86, 0x87, 0x88, 0x89, 0x8A, 0x9F];
 
 fn connack() -> impl Strategy<Value = Packet> {
     let first = (
@@ -223,115 +199,58 @@ fn publish() -> impl Strategy<Value = Packet> {
         vec(subscription_identifier(), 0..3),
         option::of(text()),
     )
-        .prop_map(
-            |(pfi, mei, ta, rt, cd, user_properties, ids, ct)| PublishProperties {
-                payload_format_indicator: pfi,
-                message_expiry_interval: mei,
-                topic_alias: ta,
-                response_topic: rt,
-                correlation_data: cd,
-                user_properties,
-                subscription_identifiers: ids,
-                content_type: ct,
-            },
-        );
-    (
-        any::<bool>(),
-        qos(),
-        any::<bool>(),
-        topic_name(),
-        packet_id(),
-        bytes(),
-        properties,
-    )
-        .prop_map(|(dup, qos, retain, topic, id, payload, properties)| {
+        .prop_map(|(pfi, mei, ta, rt, cd, user_properties, ids, ct)| PublishProperties {
+            payload_format_indicator: pfi,
+            message_expiry_interval: mei,
+            topic_alias: ta,
+            response_topic: rt,
+            correlation_data: cd,
+            user_properties,
+            subscription_identifiers: ids,
+            content_type: ct,
+        });
+    (any::<bool>(), qos(), any::<bool>(), topic_name(), packet_id(), bytes(), properties).prop_map(
+        |(dup, qos, retain, topic, id, payload, properties)| {
             let qos0 = qos == QoS::AtMostOnce;
-            Packet::Publish(Publish {
-                dup: dup && !qos0,
-                qos,
-                retain,
-                topic,
-                packet_id: (!qos0).then_some(id),
-                payload,
-                properties,
-            })
-        })
+            Packet::Publish(Publish { dup: dup && !qos0, qos, retain, topic, packet_id: (!qos0).then_some(id), payload, properties })
+        },
+    )
 }
 
 fn reason_properties() -> impl Strategy<Value = ReasonProperties> {
-    (option::of(text()), user_properties()).prop_map(|(reason_string, user_properties)| {
-        ReasonProperties {
-            reason_string,
-            user_properties,
-        }
-    })
+    (option::of(text()), user_properties()).prop_map(|(reason_string, user_properties)| ReasonProperties { reason_string, user_properties })
 }
 
 const PUBACK: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
 const PUBREL: &[u8] = &[0x00, 0x92];
 
 fn pub_reply(codes: &'static [u8]) -> impl Strategy<Value = PubReply> {
-    (packet_id(), reason(codes), reason_properties()).prop_map(
-        |(packet_id, reason_code, properties)| PubReply {
-            packet_id,
-            reason_code,
-            properties,
-        },
-    )
+    (packet_id(), reason(codes), reason_properties()).prop_map(|(packet_id, reason_code, properties)| PubReply {
+        packet_id,
+        reason_code,
+        properties,
+    })
 }
 
 fn subscribe() -> impl Strategy<Value = Packet> {
-    let retain_handling = prop_oneof![
-        Just(RetainHandling::SendAtSubscribe),
-        Just(RetainHandling::SendAtSubscribeIfNew),
-        Just(RetainHandling::DoNotSend),
-    ];
-    let subscription = (
-        topic_filter(),
-        qos(),
-        any::<bool>(),
-        any::<bool>(),
-        retain_handling,
-    )
-        .prop_map(
-            |(filter, qos, no_local, retain_as_published, retain_handling)| {
-                // No-local is a protocol error on a shared subscription.
-                let no_local = no_local && split_shared(&filter).is_none();
-                Subscription {
-                    filter,
-                    options: SubscriptionOptions {
-                        qos,
-                        no_local,
-                        retain_as_published,
-                        retain_handling,
-                    },
-                }
-            },
-        );
-    let properties = (option::of(subscription_identifier()), user_properties()).prop_map(
-        |(subscription_identifier, user_properties)| SubscribeProperties {
-            subscription_identifier,
-            user_properties,
+    let retain_handling =
+        prop_oneof![Just(RetainHandling::SendAtSubscribe), Just(RetainHandling::SendAtSubscribeIfNew), Just(RetainHandling::DoNotSend),];
+    let subscription = (topic_filter(), qos(), any::<bool>(), any::<bool>(), retain_handling).prop_map(
+        |(filter, qos, no_local, retain_as_published, retain_handling)| {
+            // No-local is a protocol error on a shared subscription.
+            let no_local = no_local && split_shared(&filter).is_none();
+            Subscription { filter, options: SubscriptionOptions { qos, no_local, retain_as_published, retain_handling } }
         },
     );
-    (packet_id(), vec(subscription, 1..4), properties).prop_map(
-        |(packet_id, subscriptions, properties)| {
-            Packet::Subscribe(Subscribe {
-                packet_id,
-                subscriptions,
-                properties,
-            })
-        },
-    )
+    let properties = (option::of(subscription_identifier()), user_properties())
+        .prop_map(|(subscription_identifier, user_properties)| SubscribeProperties { subscription_identifier, user_properties });
+    (packet_id(), vec(subscription, 1..4), properties)
+        .prop_map(|(packet_id, subscriptions, properties)| Packet::Subscribe(Subscribe { packet_id, subscriptions, properties }))
 }
 
-const SUBACK: &[u8] = &[
-    0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2,
-];
+const SUBACK: &[u8] = &[0x00, 0x01, 0x02, 0x80, 0x83, 0x87, 0x8F, 0x91, 0x97, 0x9E, 0xA1, 0xA2];
 const UNSUBACK: &[u8] = &[0x00, 0x11, 0x80, 0x83, 0x87, 0x8F, 0x91];
-const DISCONNECT: &[u8] = &[
-    0x00, 0x04, 0x80, 0x81, 0x82, 0x87, 0x8B, 0x8E, 0x93, 0x95, 0x9C,
-];
+const DISCONNECT: &[u8] = &[0x00, 0x04, 0x80, 0x81, 0x82, 0x87, 0x8B, 0x8E, 0x93, 0x95, 0x9C];
 const AUTH: &[u8] = &[0x00, 0x18, 0x19];
 
 fn any_packet() -> impl Strategy<Value = Packet> {
@@ -344,71 +263,27 @@ fn any_packet() -> impl Strategy<Value = Packet> {
         pub_reply(PUBREL).prop_map(Packet::PubRel),
         pub_reply(PUBREL).prop_map(Packet::PubComp),
         subscribe(),
-        (packet_id(), vec(reason(SUBACK), 1..4), reason_properties()).prop_map(
-            |(packet_id, reason_codes, properties)| {
-                Packet::SubAck(SubAck {
-                    packet_id,
-                    reason_codes,
-                    properties,
-                })
-            }
-        ),
-        (packet_id(), vec(topic_filter(), 1..4), user_properties()).prop_map(
-            |(packet_id, filters, user_properties)| Packet::Unsubscribe(Unsubscribe {
-                packet_id,
-                filters,
-                properties: UnsubscribeProperties { user_properties },
-            })
-        ),
-        (
-            packet_id(),
-            vec(reason(UNSUBACK), 1..4),
-            reason_properties()
-        )
-            .prop_map(|(packet_id, reason_codes, properties)| {
-                Packet::UnsubAck(UnsubAck {
-                    packet_id,
-                    reason_codes,
-                    properties,
-                })
-            }),
+        (packet_id(), vec(reason(SUBACK), 1..4), reason_properties())
+            .prop_map(|(packet_id, reason_codes, properties)| { Packet::SubAck(SubAck { packet_id, reason_codes, properties }) }),
+        (packet_id(), vec(topic_filter(), 1..4), user_properties()).prop_map(|(packet_id, filters, user_properties)| Packet::Unsubscribe(
+            Unsubscribe { packet_id, filters, properties: UnsubscribeProperties { user_properties } }
+        )),
+        (packet_id(), vec(reason(UNSUBACK), 1..4), reason_properties())
+            .prop_map(|(packet_id, reason_codes, properties)| { Packet::UnsubAck(UnsubAck { packet_id, reason_codes, properties }) }),
         Just(Packet::PingReq),
         Just(Packet::PingResp),
-        (
-            reason(DISCONNECT),
-            option::of(any::<u32>()),
-            option::of(text()),
-            user_properties(),
-            option::of(text())
-        )
-            .prop_map(
-                |(reason_code, sei, rs, user_properties, sr)| Packet::Disconnect(Disconnect {
-                    reason_code,
-                    properties: DisconnectProperties {
-                        session_expiry_interval: sei,
-                        reason_string: rs,
-                        user_properties,
-                        server_reference: sr,
-                    },
-                })
-            ),
-        (
-            reason(AUTH),
-            auth_pair(),
-            option::of(text()),
-            user_properties()
-        )
-            .prop_map(
-                |(reason_code, (am, ad), rs, user_properties)| Packet::Auth(Auth {
-                    reason_code,
-                    properties: AuthProperties {
-                        authentication_method: am,
-                        authentication_data: ad,
-                        reason_string: rs,
-                        user_properties,
-                    },
-                })
-            ),
+        (reason(DISCONNECT), option::of(any::<u32>()), option::of(text()), user_properties(), option::of(text())).prop_map(
+            |(reason_code, sei, rs, user_properties, sr)| Packet::Disconnect(Disconnect {
+                reason_code,
+                properties: DisconnectProperties { session_expiry_interval: sei, reason_string: rs, user_properties, server_reference: sr },
+            })
+        ),
+        (reason(AUTH), auth_pair(), option::of(text()), user_properties()).prop_map(|(reason_code, (am, ad), rs, user_properties)| {
+            Packet::Auth(Auth {
+                reason_code,
+                properties: AuthProperties { authentication_method: am, authentication_data: ad, reason_string: rs, user_properties },
+            })
+        }),
     ]
 }
 
@@ -449,10 +324,7 @@ fn expected(packet: &Packet, version: ProtocolVersion) -> Option<Packet> {
         Packet::Subscribe(s) => {
             s.properties = Default::default();
             for subscription in &mut s.subscriptions {
-                subscription.options = SubscriptionOptions {
-                    qos: subscription.options.qos,
-                    ..Default::default()
-                };
+                subscription.options = SubscriptionOptions { qos: subscription.options.qos, ..Default::default() };
             }
         }
         Packet::SubAck(s) => {
