@@ -135,7 +135,7 @@ pub(crate) enum Op {
     /// Make a new message visible in these queues.
     Message { dispatch: Vec<(QueueId, u64)>, timestamp_ms: u64, deliver_at_ms: u64, priority: u8, span: u32, group: Option<Bytes> },
     /// Index an existing message into a queue (dead-letter).
-    Dispatch { id: QueueId, offset: u64, src_pos: u64, src_total: u32, src: Option<Box<IndexMeta>> },
+    Dispatch { id: QueueId, offset: u64, src_pos: u64, src_total: u32, src: Box<IndexMeta> },
     /// A compaction copy of the record at `old_pos`: repoint these entries.
     Relocate { moves: Vec<(QueueId, u64)>, old_pos: u64 },
     /// Already applied to the index; the record only makes it durable.
@@ -1089,7 +1089,7 @@ impl Inner {
                         &mut head,
                     );
                     let (done, rx) = oneshot::channel();
-                    let op = Op::Dispatch { id: q, offset, src_pos: d.pos, src_total: d.total, src: Some(Box::new(meta)) };
+                    let op = Op::Dispatch { id: q, offset, src_pos: d.pos, src_total: d.total, src: Box::new(meta) };
                     permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
                     rx
                 }
@@ -1182,16 +1182,15 @@ impl Inner {
                         }
                     }
                     Op::Dispatch { id, offset, src_pos, src_total, src } => {
-                        let (ts, prio, group) = src.as_ref().map(|m| (m.timestamp_ms, m.priority, m.group.clone())).unwrap_or((0, 0, None));
                         let e = IndexEntry {
                             offset: *offset,
                             span: 1,
                             pos: *src_pos,
                             total: *src_total,
-                            timestamp_ms: ts,
+                            timestamp_ms: src.timestamp_ms,
                             deliver_at_ms: 0,
-                            priority: prio,
-                            group: group.as_deref(),
+                            priority: src.priority,
+                            group: src.group.as_deref(),
                         };
                         if st.table.index(*id, e, now).is_ok() {
                             touched.push(*id);
