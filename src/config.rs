@@ -7,12 +7,13 @@
 //! as an iterator rather than reading the process environment, so tests can
 //! exercise it without `std::env::set_var` (which races with other threads).
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::limits::CONNECTION_COUNT_MAX_DEFAULT;
+use crate::limits::{CONNECTION_COUNT_MAX_DEFAULT, RECORD_BYTES_MAX};
 use crate::{FsyncPolicy, StoreConfig};
 
 /// Prefix of every environment variable the broker reads.
@@ -29,6 +30,16 @@ pub const ENV_CONFIG_FILE: &str = "POLYMQ_CONFIG";
 pub const CONNECTION_COUNT_MAX_CEILING: usize = 10_000_000;
 const _: () = assert!(CONNECTION_COUNT_MAX_DEFAULT <= CONNECTION_COUNT_MAX_CEILING);
 const _: () = assert!(CONNECTION_COUNT_MAX_CEILING <= u32::MAX as usize);
+
+/// Default MQTT maximum packet size: 8 MiB, far above what devices send and
+/// small enough that a connection's read buffer stays bounded.
+pub const MQTT_PACKET_BYTES_MAX_DEFAULT: u32 = 8 * 1024 * 1024;
+/// A packet must fit a CONNECT with a will and its properties.
+pub const MQTT_PACKET_BYTES_MIN: u32 = 1024;
+/// A PUBLISH becomes one log record, with room left for its headers.
+pub const MQTT_PACKET_BYTES_MAX_CEILING: u32 = (RECORD_BYTES_MAX - 1024 * 1024) as u32;
+const _: () = assert!(MQTT_PACKET_BYTES_MIN <= MQTT_PACKET_BYTES_MAX_DEFAULT);
+const _: () = assert!(MQTT_PACKET_BYTES_MAX_DEFAULT <= MQTT_PACKET_BYTES_MAX_CEILING);
 
 /// Every setting of the broker. Build it with [`Config::load`] (or
 /// `Config::default()` and the `apply_*` layers), then call
@@ -53,6 +64,15 @@ pub struct Config {
     /// `tracing` filter directive, e.g. `info` or `polymq=debug,info`.
     #[serde(alias = "log_level")]
     pub log: String,
+    /// Users every protocol authenticates against: name -> password. In TOML
+    /// a `[users]` table; in the environment `POLYMQ_USERS=name:password,...`.
+    pub users: BTreeMap<String, String>,
+    /// MQTT clients without a username are let in (mosquitto's
+    /// `allow_anonymous`). A client that sends a username is always checked.
+    pub mqtt_allow_anonymous: bool,
+    /// The largest MQTT packet accepted (and advertised to MQTT 5 clients as
+    /// Maximum Packet Size). Checked before a packet's body is buffered.
+    pub mqtt_max_packet_bytes: u32,
 }
 
 impl Default for Config {
@@ -68,6 +88,9 @@ impl Default for Config {
             fsync: FsyncPolicy::default(),
             connection_max: CONNECTION_COUNT_MAX_DEFAULT,
             log: "info".to_owned(),
+            users: BTreeMap::new(),
+            mqtt_allow_anonymous: true,
+            mqtt_max_packet_bytes: MQTT_PACKET_BYTES_MAX_DEFAULT,
         }
     }
 }
@@ -180,6 +203,11 @@ impl Config {
                     self.connection_max = value.trim().parse().map_err(|e| env_err(format!("not a connection count: {e}")))?
                 }
                 "LOG" | "LOG_LEVEL" => self.log = value.to_owned(),
+                "USERS" => self.users = parse_users(value).map_err(env_err)?,
+                "MQTT_ALLOW_ANONYMOUS" => self.mqtt_allow_anonymous = parse_bool(value).map_err(env_err)?,
+                "MQTT_MAX_PACKET_BYTES" => {
+                    self.mqtt_max_packet_bytes = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
+                }
                 _ => report.unknown.push(var.to_owned()),
             }
         }
@@ -242,6 +270,15 @@ impl Config {
         if self.log.trim().is_empty() {
             return Err(invalid("log", "must not be empty (use e.g. `info`)".into()));
         }
+        if !(MQTT_PACKET_BYTES_MIN..=MQTT_PACKET_BYTES_MAX_CEILING).contains(&self.mqtt_max_packet_bytes) {
+            return Err(invalid(
+                "mqtt_max_packet_bytes",
+                format!("{} is outside {MQTT_PACKET_BYTES_MIN}..={MQTT_PACKET_BYTES_MAX_CEILING}", self.mqtt_max_packet_bytes),
+            ));
+        }
+        if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
+            return Err(invalid("users", format!("user name {name:?} is empty or contains `:` or `,`")));
+        }
         Ok(())
     }
 
@@ -264,6 +301,26 @@ impl Config {
 
 /// `listen` with an unspecified IP (0.0.0.0 or ::) replaced by loopback.
 /// Public so that a listener bound to port 0 can advertise its real port.
+/// `name:password,name:password` (a password may contain `:`, not `,`).
+fn parse_users(value: &str) -> Result<BTreeMap<String, String>, String> {
+    let mut users = BTreeMap::new();
+    for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let Some((name, password)) = entry.split_once(':') else {
+            return Err(format!("{entry:?} is not name:password"));
+        };
+        users.insert(name.to_owned(), password.to_owned());
+    }
+    Ok(users)
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(format!("{other:?} is not a boolean")),
+    }
+}
+
 pub fn advertised_for(listen: SocketAddr) -> SocketAddr {
     let ip = match listen.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),

