@@ -592,3 +592,25 @@ async fn interval_fsync_runs_in_the_background_and_close_syncs_the_rest() {
     let r = s.read(st, 0, 1000, u64::MAX).expect("read");
     assert_eq!(r.messages.len(), 250, "close fsynced what the background had not");
 }
+
+#[tokio::test]
+async fn retention_by_count_keeps_the_newest_batches_across_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, _clock) = open(dir.path());
+    let opts = QueueOptions { retention_count: Some(1), ..QueueOptions::stream() };
+    let st = s.declare_queue("last-value", opts.clone()).await.expect("declare").id;
+    for i in 0..5 {
+        s.append(msg(&format!("v{i}")), &[st]).await.expect("append");
+    }
+    let rep = maintain(&s);
+    assert_eq!(rep.batches_dropped, 4);
+    let r = s.read(st, 0, 100, u64::MAX).expect("read");
+    assert_eq!(r.messages.iter().map(|m| m.message.payload.clone()).collect::<Vec<_>>(), vec![Bytes::from("v4")]);
+    assert_eq!((r.start_offset, r.next_offset), (4, 5));
+    s.close().expect("close");
+    drop(s);
+    let (s, _clock) = open(dir.path());
+    let info = s.queue_info(st).expect("the stream survives");
+    assert_eq!(info.options.retention_count, Some(1), "the option is durable");
+    assert_eq!(s.read(st, 4, 1, u64::MAX).expect("read").messages[0].message.payload, Bytes::from("v4"));
+}

@@ -250,8 +250,7 @@ impl QueueTable {
     }
 
     fn install(&mut self, id: QueueId, name: &str, opts: &QueueOptions, now_ms: u64, next_offset: u64) {
-        let maintained = opts.idle_ttl_ms.is_some()
-            || (opts.kind == QueueKind::Stream && (opts.retention_ms.is_some() || opts.retention_bytes.is_some()));
+        let maintained = opts.idle_ttl_ms.is_some() || opts.has_retention();
         self.maintained.set(id.slot(), maintained);
         let opts = self.intern_options(opts);
         self.ensure_slot(id.slot());
@@ -605,7 +604,7 @@ impl QueueTable {
             let Some(s) = chunk.get_mut(i) else { continue };
             let (Some(_), Some(hot)) = (&s.name, s.hot.as_mut()) else { continue };
             let opts = &self.options[s.opts as usize];
-            if opts.kind != QueueKind::Stream || (opts.retention_ms.is_none() && opts.retention_bytes.is_none()) {
+            if !opts.has_retention() {
                 continue;
             }
             for (pos, total) in hot.stream.apply_retention(opts, now_ms) {

@@ -34,6 +34,9 @@ pub struct QueueOptions {
     pub retention_ms: Option<u64>,
     /// Streams: keep at most this many bytes (whole batches are dropped).
     pub retention_bytes: Option<u64>,
+    /// Streams: keep at most this many batches, the newest (a last-value
+    /// store, e.g. an MQTT retained message, is a stream keeping 1).
+    pub retention_count: Option<u64>,
     /// Memory only: not declared in the log, gone after a restart (AMQP
     /// non-durable queues, MQTT clean sessions). A message whose targets are
     /// all transient is not written to the log at all.
@@ -49,6 +52,7 @@ const HAS_RET_MS: u16 = 32;
 const HAS_RET_BYTES: u16 = 64;
 const STREAM: u16 = 128;
 const TRANSIENT: u16 = 256;
+const HAS_RET_COUNT: u16 = 512;
 
 impl QueueOptions {
     pub fn stream() -> QueueOptions {
@@ -58,6 +62,12 @@ impl QueueOptions {
     /// A memory-only pop queue.
     pub fn transient() -> QueueOptions {
         QueueOptions { transient: true, ..QueueOptions::default() }
+    }
+
+    /// Whether a stream with these options drops old batches (maintenance
+    /// has work to do for it).
+    pub fn has_retention(&self) -> bool {
+        self.kind == QueueKind::Stream && (self.retention_ms.is_some() || self.retention_bytes.is_some() || self.retention_count.is_some())
     }
 
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
@@ -89,6 +99,9 @@ impl QueueOptions {
         if self.transient {
             flags |= TRANSIENT
         }
+        if self.retention_count.is_some() {
+            flags |= HAS_RET_COUNT
+        }
         out.put_u16_le(flags);
         out.put_u8(self.max_priority);
         if let Some(v) = self.idle_ttl_ms {
@@ -108,6 +121,9 @@ impl QueueOptions {
             out.put_u64_le(v)
         }
         if let Some(v) = self.retention_bytes {
+            out.put_u64_le(v)
+        }
+        if let Some(v) = self.retention_count {
             out.put_u64_le(v)
         }
     }
@@ -138,6 +154,9 @@ impl QueueOptions {
         }
         if flags & HAS_RET_BYTES != 0 {
             o.retention_bytes = Some(r.u64()?)
+        }
+        if flags & HAS_RET_COUNT != 0 {
+            o.retention_count = Some(r.u64()?)
         }
         Ok(o)
     }

@@ -124,7 +124,8 @@ impl StreamIndex {
         while let Some(front) = self.batches.front() {
             let too_big = opts.retention_bytes.is_some_and(|m| self.bytes > m);
             let too_old = opts.retention_ms.is_some_and(|m| front.max_ts.saturating_add(m) < now_ms);
-            if !(too_big || too_old) {
+            let too_many = opts.retention_count.is_some_and(|m| self.batches.len() as u64 > m);
+            if !(too_big || too_old || too_many) {
                 break;
             }
             self.bytes -= front.total as u64;
