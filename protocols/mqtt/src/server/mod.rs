@@ -2,13 +2,23 @@
 //! over the core [`Store`]. See `docs/design-mqtt.md` for how MQTT maps onto
 //! queues, bindings and pop receipts.
 
-use std::collections::BTreeMap;
+mod connection;
+mod message;
+mod retained;
+mod session;
+mod subs;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use polymq::server::{ConnectionFuture, ProtocolService, ShutdownSignal};
 use polymq::{Store, StoreError};
 use tokio::net::TcpStream;
+
+use retained::Retained;
+use session::Registry;
 
 /// Settings of the MQTT listener. `Default` is what `polymq serve` uses
 /// without configuration.
@@ -58,13 +68,39 @@ impl MqttConfig {
 pub struct MqttService {
     store: Arc<Store>,
     config: MqttConfig,
+    retained: Retained,
+    sessions: Registry,
+    /// Members per shared-subscription queue, so the last one out deletes it.
+    groups: Mutex<HashMap<String, usize>>,
+    /// Connection numbers: unique per process, increasing.
+    connection_seq: AtomicU64,
 }
 
 impl MqttService {
-    /// Loads what MQTT keeps in the store (retained messages, sessions) and
-    /// returns the service.
+    /// Loads what MQTT keeps in the store (the retained-message index) and
+    /// returns the service. Sessions are found in the store when their
+    /// clients reconnect.
     pub async fn new(store: Arc<Store>, config: MqttConfig) -> Result<Arc<MqttService>, StoreError> {
-        Ok(Arc::new(MqttService { store, config }))
+        let load_store = Arc::clone(&store);
+        let retained = tokio::task::spawn_blocking(move || Retained::load(load_store))
+            .await
+            .map_err(|e| StoreError::InvalidArgument(format!("loading retained messages panicked: {e}")))??;
+        Ok(Arc::new(MqttService {
+            store,
+            config,
+            retained,
+            sessions: Registry::default(),
+            groups: Mutex::new(HashMap::new()),
+            connection_seq: AtomicU64::new(1),
+        }))
+    }
+
+    fn next_connection_id(&self) -> u64 {
+        self.connection_seq.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn groups(&self) -> MutexGuard<'_, HashMap<String, usize>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -74,7 +110,6 @@ impl ProtocolService for MqttService {
     }
 
     fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) -> ConnectionFuture {
-        let _ = (&self.store, &self.config, stream, peer, shutdown);
-        Box::pin(async move {})
+        Box::pin(connection::serve(self, stream, peer, shutdown))
     }
 }
