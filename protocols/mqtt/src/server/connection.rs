@@ -49,7 +49,10 @@ pub(crate) async fn serve(svc: Arc<MqttService>, stream: TcpStream, peer: Socket
     let (mut rd, mut wr) = stream.into_split();
     let mut inbuf = BytesMut::with_capacity(4096);
     let max_packet = svc.config.max_packet_bytes as usize;
-    let first = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut rd, &mut inbuf, max_packet)).await;
+    let first = tokio::select! {
+        first = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut rd, &mut inbuf, max_packet)) => first,
+        _ = shutdown.triggered() => return,
+    };
     let connect = match first {
         Ok(Ok(c)) => c,
         Ok(Err(ConnectFailure::Refuse(version, reason))) => {
