@@ -407,6 +407,24 @@ mod tests {
     }
 
     #[test]
+    fn users_and_mqtt_settings_come_from_file_and_env() {
+        let mut c = Config::from_toml_str("mqtt_allow_anonymous = false\n[users]\nalice = \"pw:with:colons\"\n").expect("parse");
+        assert!(!c.mqtt_allow_anonymous);
+        assert_eq!(c.users.get("alice").map(String::as_str), Some("pw:with:colons"));
+        c.apply_env([("POLYMQ_USERS", "bob:b, carol:c"), ("POLYMQ_MQTT_ALLOW_ANONYMOUS", "yes"), ("POLYMQ_MQTT_MAX_PACKET_BYTES", "4096")])
+            .expect("env");
+        assert_eq!(c.users.len(), 2, "the environment replaces the table: {:?}", c.users);
+        assert_eq!(c.users["carol"], "c");
+        assert!(c.mqtt_allow_anonymous);
+        assert_eq!(c.mqtt_max_packet_bytes, 4096);
+        c.validate().expect("valid");
+        assert!(c.clone().apply_env([("POLYMQ_USERS", "nopassword")]).is_err());
+        assert!(c.clone().apply_env([("POLYMQ_MQTT_ALLOW_ANONYMOUS", "maybe")]).is_err());
+        c.mqtt_max_packet_bytes = 16 * 1024 * 1024;
+        assert!(c.validate().is_err(), "a packet must fit one log record");
+    }
+
+    #[test]
     fn log_level_is_an_alias_of_log() {
         let c = Config::from_toml_str("log_level = \"debug\"").expect("parse");
         assert_eq!(c.log, "debug");
