@@ -266,6 +266,25 @@ impl State {
     }
 }
 
+/// A registered waiter on one queue; see [`Inner::waiter`].
+struct Waiter<'a> {
+    inner: &'a Inner,
+    id: QueueId,
+    notify: Arc<Notify>,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.inner.waiters.lock() {
+            // Ours and the map's: nobody else waits. Clones are made under
+            // this lock, so the count cannot change while we look.
+            if w.get(&self.id).is_some_and(|n| Arc::strong_count(n) == 2) {
+                w.remove(&self.id);
+            }
+        }
+    }
+}
+
 pub(crate) struct Inner {
     log: Log<Op>,
     tx: mpsc::Sender<writer_msg::Msg<Op>>,
@@ -637,9 +656,9 @@ impl Store {
             return self.read(id, from, max_records, max_bytes);
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = self.inner.waiter(id)?;
-        let result = loop {
-            let notified = notify.notified();
+        let waiter = self.inner.waiter(id)?;
+        loop {
+            let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let r = self.read(id, from, max_records, max_bytes);
@@ -648,15 +667,13 @@ impl Store {
                 Err(_) => true,
             };
             if done {
-                break r;
+                return r;
             }
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
-        };
-        self.inner.release_waiter(id, notify);
-        result
+        }
     }
 
     /// The first offset whose timestamp is at or after `ts_ms` (Kafka ListOffsets).
@@ -699,9 +716,9 @@ impl Store {
             return self.pop_once(id, max, invisible).await.map(|(items, _)| items);
         }
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = self.inner.waiter(id)?;
+        let waiter = self.inner.waiter(id)?;
         let result = loop {
-            let notified = notify.notified();
+            let notified = waiter.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = self.now_ms();
@@ -725,7 +742,7 @@ impl Store {
                 _ = tokio::time::sleep_until(until) => {}
             }
         };
-        self.inner.release_waiter(id, notify);
+        drop(waiter);
         result
     }
 
@@ -1217,19 +1234,13 @@ impl Inner {
         }
     }
 
-    fn waiter(&self, id: QueueId) -> Result<Arc<Notify>, StoreError> {
-        Ok(lock(&self.waiters)?.entry(id).or_default().clone())
-    }
-
-    /// Drops the waiter entry when its last user leaves, so the map only
-    /// holds queues somebody is waiting on.
-    fn release_waiter(&self, id: QueueId, n: Arc<Notify>) {
-        drop(n);
-        if let Ok(mut w) = self.waiters.lock() {
-            if w.get(&id).is_some_and(|n| Arc::strong_count(n) == 1) {
-                w.remove(&id);
-            }
-        }
+    /// Registers interest in `id`. The registration ends when the guard is
+    /// dropped, also when a waiting future is cancelled mid-wait (a consumer
+    /// that disconnects), so the map only holds queues somebody waits on and
+    /// idle expiry is never blocked by a waiter that left.
+    fn waiter(&self, id: QueueId) -> Result<Waiter<'_>, StoreError> {
+        let notify = lock(&self.waiters)?.entry(id).or_default().clone();
+        Ok(Waiter { inner: self, id, notify })
     }
 
     fn wake(&self, id: QueueId) {

@@ -614,3 +614,20 @@ async fn retention_by_count_keeps_the_newest_batches_across_restart() {
     assert_eq!(info.options.retention_count, Some(1), "the option is durable");
     assert_eq!(s.read(st, 4, 1, u64::MAX).expect("read").messages[0].message.payload, Bytes::from("v4"));
 }
+
+#[tokio::test]
+async fn a_cancelled_long_poll_does_not_keep_its_queue_alive() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, clock) = open(dir.path());
+    let ttl = QueueOptions { idle_ttl_ms: Some(1_000), ..QueueOptions::default() };
+    let q = s.declare_queue("session", ttl).await.expect("q").id;
+    let st = s.declare_queue("stream", QueueOptions { idle_ttl_ms: Some(1_000), ..QueueOptions::stream() }).await.expect("s").id;
+    // A consumer that disconnects mid-wait drops its pop / read future.
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), s.pop(q, 1, INVIS, Duration::from_secs(30))).await;
+    assert!(gave_up.is_err(), "nothing to pop: the wait is cut short by the timeout");
+    let gave_up = tokio::time::timeout(Duration::from_millis(50), s.read_wait(st, 0, 1, u64::MAX, Duration::from_secs(30))).await;
+    assert!(gave_up.is_err());
+    clock.advance(5_000);
+    let rep = maintain(&s);
+    assert_eq!(rep.queues_expired, 2, "no waiter is left registered: {rep:?}");
+}
