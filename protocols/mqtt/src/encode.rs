@@ -108,16 +108,16 @@ fn properties_if<P: PropertySet, S: Sink>(v5: bool, properties: &P, sink: &mut S
 }
 
 /// Reason code and properties that may be left out: nothing for SUCCESS without
-/// properties, the reason alone without properties.
+/// properties. Any other reason is followed by its property length, even a zero
+/// one the spec would let us omit: rumqttc 0.25 cannot parse the reason-only form
+/// (it waits for the property length and reports the connection aborted).
 fn short_reason<P: PropertySet, S: Sink>(reason: ReasonCode, properties: &P, sink: &mut S) {
     let has_properties = props::block_body_len(properties) > 0;
     if reason == ReasonCode::SUCCESS && !has_properties {
         return;
     }
     sink.u8(reason.0);
-    if has_properties {
-        props::write_block(properties, sink);
-    }
+    props::write_block(properties, sink);
 }
 
 fn connect_body<S: Sink>(connect: &Connect, version: ProtocolVersion, sink: &mut S) {

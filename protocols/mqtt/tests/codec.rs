@@ -244,16 +244,17 @@ fn ack_short_forms() {
     let puback = |reason, properties| Packet::PubAck(PubReply { packet_id: 10, reason_code: ReasonCode(reason), properties });
     vector(&[0x40, 0x02, 0x00, 0x0A], V3_1_1, puback(0, Default::default()));
     vector(&[0x40, 0x02, 0x00, 0x0A], V5, puback(0, Default::default()));
-    vector(&[0x40, 0x03, 0x00, 0x0A, 0x10], V5, puback(0x10, Default::default()));
+    // A failure reason is always followed by a property length (rumqttc needs it);
+    // the reason-only form the spec also allows still decodes.
+    vector(&[0x40, 0x04, 0x00, 0x0A, 0x10, 0x00], V5, puback(0x10, Default::default()));
+    assert_eq!(decoded(&[0x40, 0x03, 0x00, 0x0A, 0x10], Some(V5)), puback(0x10, Default::default()));
     let with_reason = ReasonProperties { reason_string: Some("x".into()), ..Default::default() };
     vector(&[0x40, 0x08, 0x00, 0x0A, 0x00, 0x04, 0x1F, 0x00, 0x01, b'x'], V5, puback(0, with_reason));
     // v3 has no reason: a failure PUBACK is just the packet id there.
     assert_eq!(encoded(&puback(0x80, Default::default()), V3_1_1), [0x40, 0x02, 0x00, 0x0A]);
-    // A v5 PUBACK with reason then zero property length is valid too.
-    assert_eq!(decoded(&[0x40, 0x04, 0x00, 0x0A, 0x10, 0x00], Some(V5)), puback(0x10, Default::default()));
     vector(&[0x62, 0x02, 0x00, 0x0A], V5, Packet::PubRel(PubReply::success(10)));
     vector(
-        &[0x70, 0x03, 0x00, 0x0A, 0x92],
+        &[0x70, 0x04, 0x00, 0x0A, 0x92, 0x00],
         V5,
         Packet::PubComp(PubReply { packet_id: 10, reason_code: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND, properties: Default::default() }),
     );
@@ -304,7 +305,8 @@ fn ping_disconnect_auth_vectors() {
     vector(&[0xE0, 0x00], V3_1_1, Packet::Disconnect(Disconnect::default()));
     vector(&[0xE0, 0x00], V5, Packet::Disconnect(Disconnect::default()));
     let taken_over = Packet::Disconnect(Disconnect { reason_code: ReasonCode::SESSION_TAKEN_OVER, properties: Default::default() });
-    vector(&[0xE0, 0x01, 0x8E], V5, taken_over.clone());
+    vector(&[0xE0, 0x02, 0x8E, 0x00], V5, taken_over.clone());
+    assert_eq!(decoded(&[0xE0, 0x01, 0x8E], Some(V5)), taken_over, "the reason-only form decodes");
     assert_eq!(encoded(&taken_over, V3_1_1), [0xE0, 0x00]);
     vector(&[0xF0, 0x00], V5, Packet::Auth(Auth::default()));
     let mut out = BytesMut::new();
