@@ -7,7 +7,7 @@ mod mqtt_common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use mqtt_common::raw::{self, RawClient};
 use mqtt_common::v311::{options, Client, ConnectReturnCode, LastWill, QoS};
 use mqtt_common::{auth_config, small_packets_config, Profile, TestBroker, AUTH_PASSWORD, AUTH_USER, QUIET, SMALL_PACKET_BYTES, WAIT};
@@ -421,5 +421,115 @@ async fn malformed_publish_closes_only_that_connection() -> Result<()> {
     publisher.publish(&topic, QoS::AtLeastOnce, false, "fine").await?;
     let p = bystander.recv().await?;
     ensure!(p.payload[..] == b"fine"[..], "got {:?}", p.payload);
+    Ok(())
+}
+
+/// QoS 2 is exactly once even when the client sends the PUBLISH again (DUP)
+/// before PUBREL, as it does after a lost PUBREC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_publish_resent_before_pubrel_is_delivered_once() -> Result<()> {
+    let broker = broker().await?;
+    let topic = broker.topic("qos2/dup");
+    let mut sub = connect(&broker, "sub").await?;
+    sub.subscribe(&topic, QoS::ExactlyOnce).await?;
+
+    let mut publisher = RawClient::connect(&broker).await?;
+    publisher.handshake(&raw::connect(4, &broker.client_id("raw-pub"), 60, None)).await?;
+    for first in [0x34, 0x3C] {
+        // QoS 2, packet id 1; then the same with DUP.
+        publisher.send(&raw::publish(4, first, &topic, b"once")).await?;
+        let read = publisher.read(WAIT).await?;
+        ensure!(read == raw::Read::Packet(raw::PUBREC, vec![0, 1]), "expected PUBREC 1, got {read:?}");
+    }
+    publisher.send(&raw::packet(raw::PUBREL, &[0, 1])).await?;
+    let read = publisher.read(WAIT).await?;
+    ensure!(read == raw::Read::Packet(raw::PUBCOMP, vec![0, 1]), "expected PUBCOMP 1, got {read:?}");
+
+    let p = sub.recv().await?;
+    ensure!(p.payload[..] == b"once"[..] && p.qos == QoS::ExactlyOnce, "got {p:?}");
+    sub.expect_no_publish(QUIET).await.context("QoS 2 message delivered twice")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcards_match_by_level_and_do_not_match_dollar_topics() -> Result<()> {
+    let broker = broker().await?;
+    let mut plus = connect(&broker, "plus").await?;
+    plus.subscribe(&broker.topic("w/+/temp"), QoS::AtLeastOnce).await?;
+    let mut hash = connect(&broker, "hash").await?;
+    hash.subscribe(&broker.topic("w/#"), QoS::AtLeastOnce).await?;
+    // "#" and "+/..." at the top level must not match topics starting with "$" [MQTT-4.7.2-1].
+    let mut top = connect(&broker, "top").await?;
+    top.subscribe("#", QoS::AtLeastOnce).await?;
+    let mut publisher = connect(&broker, "pub").await?;
+
+    for (name, payload) in [("w/kitchen/temp", "1"), ("w/kitchen/sub/temp", "2"), ("w", "3"), ("w/hall/humidity", "4")] {
+        publisher.publish(&broker.topic(name), QoS::AtLeastOnce, false, payload).await?;
+    }
+    let dollar = format!("${}", broker.topic("sys"));
+    let mut exact = connect(&broker, "exact").await?;
+    exact.subscribe(&dollar, QoS::AtLeastOnce).await?;
+    publisher.publish(&dollar, QoS::AtLeastOnce, false, "dollar").await?;
+    // Routed: a subscription naming it gets it.
+    let p = exact.recv().await?;
+    ensure!(p.payload[..] == b"dollar"[..], "{dollar} subscription got {:?}", p.payload);
+
+    let p = plus.recv().await?;
+    ensure!(p.payload[..] == b"1"[..], "w/+/temp got {:?} first", p.payload);
+    plus.expect_no_publish(QUIET).await.context("w/+/temp matched more than one level")?;
+
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(String::from_utf8_lossy(&hash.recv().await?.payload).into_owned());
+    }
+    // "w/#" also matches the parent "w" [MQTT-4.7.1-2].
+    ensure!(got == ["1", "2", "3", "4"], "w/# got {got:?}");
+    hash.expect_no_publish(QUIET).await?;
+
+    // "#" sees the test's own topics (and perhaps other tests' on a shared
+    // broker) but never the "$" one.
+    while let Ok(p) = top.recv_within(QUIET).await {
+        ensure!(!p.topic.starts_with('$'), "# matched {}", p.topic);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_delivery() -> Result<()> {
+    let broker = broker().await?;
+    let topic = broker.topic("unsub");
+    let mut sub = connect(&broker, "sub").await?;
+    sub.subscribe(&topic, QoS::AtLeastOnce).await?;
+    let mut publisher = connect(&broker, "pub").await?;
+    publisher.publish(&topic, QoS::AtLeastOnce, false, "before").await?;
+    sub.recv().await?;
+    sub.unsubscribe(&topic).await?;
+    publisher.publish(&topic, QoS::AtLeastOnce, false, "after").await?;
+    sub.expect_no_publish(QUIET).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_id_with_clean_session_is_accepted() -> Result<()> {
+    let broker = broker().await?;
+    let mut opts = options(&broker, "unused");
+    opts.set_client_id(String::new());
+    let mut client = Client::connect(opts).await?;
+    let topic = broker.topic("anonymous-id");
+    client.subscribe(&topic, QoS::AtLeastOnce).await?;
+    client.publish(&topic, QoS::AtLeastOnce, false, "works").await?;
+    ensure!(client.recv().await?.payload[..] == b"works"[..], "no echo");
+    Ok(())
+}
+
+/// 3.1.1 has no empty-id persistent session: CONNACK code 2 [MQTT-3.1.3-8].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_id_with_persistent_session_is_refused_with_code_2() -> Result<()> {
+    // rumqttc refuses (panics) to send this CONNECT, so it goes out raw.
+    let broker = broker().await?;
+    let mut client = RawClient::connect(&broker).await?;
+    client.send(&raw::connect_with(4, "", 60, false, None)).await?;
+    let read = client.read(WAIT).await?;
+    ensure!(read == raw::Read::Packet(raw::CONNACK, vec![0, 2]), "expected CONNACK with code 2 (identifier rejected), got {read:?}");
+    let after = client.until_closed(WAIT).await?;
+    ensure!(after.is_empty(), "after the refusal the broker sent {after:?}");
     Ok(())
 }

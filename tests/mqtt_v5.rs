@@ -475,6 +475,11 @@ async fn shared_subscription_gives_a_departed_members_unacked_messages_to_anothe
 // Takeover, auth, limits, bad input
 // ---------------------------------------------------------------------------
 
+/// What a rumqttc user sees when another connection takes over its client id.
+/// (rumqttc 0.25 cannot parse a DISCONNECT whose Remaining Length is 1, i.e. a
+/// reason code without the property length, which the spec allows: it waits
+/// for more bytes and then reports ConnectionAborted. The raw test below
+/// checks the wire.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_client_id_gets_the_old_connection_disconnect_session_taken_over() -> Result<()> {
     let broker = broker().await?;
@@ -488,6 +493,122 @@ async fn duplicate_client_id_gets_the_old_connection_disconnect_session_taken_ov
     new.publish(&topic, QoS::AtLeastOnce, false, "still here").await?;
     let p = new.recv().await?;
     ensure!(text(&p) == "still here", "got {:?}", text(&p));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_client_id_old_connection_gets_disconnect_0x8e_on_the_wire() -> Result<()> {
+    let broker = broker().await?;
+    let mut old = RawClient::connect(&broker).await?;
+    old.handshake(&raw::connect(5, &broker.client_id("same"), 60, None)).await?;
+    let mut new = RawClient::connect(&broker).await?;
+    new.handshake(&raw::connect(5, &broker.client_id("same"), 60, None)).await?;
+    let packets = old.until_closed(WAIT).await?;
+    let reasons: Vec<u8> =
+        packets.iter().filter(|(h, _)| *h == raw::DISCONNECT).map(|(_, body)| body.first().copied().unwrap_or(0)).collect();
+    ensure!(reasons == [0x8E], "before closing, the broker sent the old connection {packets:?}; expected one DISCONNECT 0x8E");
+    Ok(())
+}
+
+/// The new connection of a persistent session picks up where the old one was:
+/// same subscriptions, session_present.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takeover_of_a_persistent_session_keeps_its_subscriptions() -> Result<()> {
+    let broker = broker().await?;
+    let topic = broker.topic("takeover/persistent");
+    let mut old = connect_session(&broker, "device", 300).await?;
+    old.subscribe(&topic, QoS::AtLeastOnce).await?;
+    let mut new = connect_session(&broker, "device", 300).await?;
+    ensure!(new.connack.session_present, "taking over a live persistent session: session_present = false");
+    old.closed(WAIT).await.context("old connection still open after the takeover")?;
+    let mut publisher = connect(&broker, "pub").await?;
+    publisher.publish(&topic, QoS::AtLeastOnce, false, "to the session").await?;
+    let p = new.recv().await?;
+    ensure!(text(&p) == "to the session", "got {:?}", text(&p));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_client_id_gets_an_assigned_client_identifier() -> Result<()> {
+    let broker = broker().await?;
+    let mut opts = options(&broker, "unused");
+    opts.set_client_id(String::new());
+    let mut client = Client::connect(opts).await?;
+    let assigned = client.connack.properties.as_ref().and_then(|p| p.assigned_client_identifier.clone());
+    ensure!(
+        assigned.as_deref().is_some_and(|id| !id.is_empty()),
+        "CONNACK to an empty client id has Assigned Client Identifier {assigned:?}"
+    );
+    let topic = broker.topic("anonymous-id");
+    client.subscribe(&topic, QoS::AtLeastOnce).await?;
+    client.publish(&topic, QoS::AtLeastOnce, false, "works").await?;
+    ensure!(text(&client.recv().await?) == "works", "no echo");
+    Ok(())
+}
+
+/// The client's Maximum Packet Size: a message too large for it is skipped
+/// as if sent [MQTT-3.1.2-25]; the connection stays and later messages arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_larger_than_the_clients_maximum_packet_size_is_skipped() -> Result<()> {
+    let broker = broker().await?;
+    let topic = broker.topic("client-max-packet");
+    let mut opts = options(&broker, "small");
+    opts.set_max_packet_size(Some(1024));
+    let mut small = Client::connect(opts).await?;
+    small.subscribe(&topic, QoS::AtLeastOnce).await?;
+    let mut publisher = connect(&broker, "pub").await?;
+    publisher.publish(&topic, QoS::AtLeastOnce, false, vec![b'x'; 4096]).await?;
+    publisher.publish(&topic, QoS::AtLeastOnce, false, "fits").await?;
+    let p = small.recv().await?;
+    ensure!(text(&p) == "fits", "got a {}-byte payload; the 4096-byte message should have been skipped", p.payload.len());
+    small.expect_no_publish(QUIET).await
+}
+
+/// Clients of both versions share one topic space.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v311_and_v5_clients_exchange_messages() -> Result<()> {
+    use mqtt_common::v311;
+    let broker = broker().await?;
+    let topic = broker.topic("mixed");
+    let mut new = connect(&broker, "v5").await?;
+    new.subscribe(&topic, QoS::AtLeastOnce).await?;
+    let mut old = v311::Client::connect(v311::options(&broker, "v311")).await?;
+    old.subscribe(&topic, v311::QoS::AtLeastOnce).await?;
+
+    old.publish(&topic, v311::QoS::AtLeastOnce, false, "from 3.1.1").await?;
+    let p = new.recv().await?;
+    ensure!(text(&p) == "from 3.1.1" && p.qos == QoS::AtLeastOnce, "v5 got {p:?}");
+    let p = old.recv().await?;
+    ensure!(p.payload[..] == b"from 3.1.1"[..], "v3.1.1 echo {p:?}");
+
+    let props = mqtt_common::v5::PublishProperties { user_properties: vec![("k".into(), "v".into())], ..mqtt_common::v5::empty_props() };
+    new.publish_props(&topic, QoS::AtLeastOnce, false, "from 5", Some(props)).await?;
+    let p = old.recv().await?;
+    ensure!(p.payload[..] == b"from 5"[..] && p.qos == v311::QoS::AtLeastOnce, "v3.1.1 got {p:?}");
+    Ok(())
+}
+
+/// A Topic Alias above the maximum the broker announced gets DISCONNECT 0x94
+/// Topic Alias Invalid. Alias 0 is not allowed either [MQTT-3.3.2-8]; the spec
+/// names no reason code for it, so 0x81, 0x82 and 0x94 all pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_alias_beyond_the_maximum_gets_disconnect_0x94() -> Result<()> {
+    let broker = broker().await?;
+    let topic = broker.topic("alias/bad");
+    for (alias, allowed) in [(u16::MAX, &[0x94][..]), (0u16, &[0x81, 0x82, 0x94][..])] {
+        let mut bad = RawClient::connect(&broker).await?;
+        bad.handshake(&raw::connect(5, &broker.client_id("bad-alias"), 60, None)).await?;
+        let mut props = vec![0x23]; // Topic Alias
+        props.extend_from_slice(&alias.to_be_bytes());
+        bad.send(&raw::publish_props(0x30, &topic, &props, b"x")).await?;
+        let packets = bad.until_closed(WAIT).await?;
+        let reasons: Vec<u8> =
+            packets.iter().filter(|(h, _)| *h == raw::DISCONNECT).map(|(_, body)| body.first().copied().unwrap_or(0)).collect();
+        ensure!(
+            reasons.len() == 1 && allowed.contains(&reasons[0]),
+            "topic alias {alias}: the broker sent {packets:?} before closing; expected one DISCONNECT with a reason in {allowed:02x?}"
+        );
+    }
     Ok(())
 }
 

@@ -92,6 +92,30 @@ async fn message_expiry_drops_expired_and_decrements_the_rest_for_an_offline_ses
     sub.expect_no_publish(QUIET).await
 }
 
+/// Message expiry applies to retained messages too: an expired one is not
+/// sent to new subscribers, a live one is, with the time it waited taken off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_message_expires_and_its_expiry_interval_counts_down() -> Result<()> {
+    let broker = broker().await?;
+    let (short, long) = (broker.topic("expiry/retained/short"), broker.topic("expiry/retained/long"));
+    let mut publisher = connect(&broker, "pub").await?;
+    let expiring = |secs| PublishProperties { message_expiry_interval: Some(secs), ..empty_props() };
+    publisher.publish_props(&short, QoS::AtLeastOnce, true, "short", Some(expiring(1))).await?;
+    publisher.publish_props(&long, QoS::AtLeastOnce, true, "long", Some(expiring(100))).await?;
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let mut sub = connect(&broker, "sub").await?;
+    sub.subscribe(&short, QoS::AtLeastOnce).await?;
+    sub.expect_no_publish(QUIET).await.context("retained message with expiry 1 s delivered 3 s later")?;
+    sub.subscribe(&long, QoS::AtLeastOnce).await?;
+    let p = sub.recv().await?;
+    ensure!(p.retain && text(&p) == "long", "got {p:?}");
+    let left = props_of(&p).message_expiry_interval.context("retained message lost its Message Expiry Interval")?;
+    ensure!((90..=98).contains(&left), "Message Expiry Interval {left} after 3 s retained; expected about 97");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_local_subscription_does_not_receive_own_publishes() -> Result<()> {
     let broker = broker().await?;

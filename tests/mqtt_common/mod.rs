@@ -697,6 +697,13 @@ pub mod v311 {
             Ok(())
         }
 
+        pub async fn unsubscribe(&mut self, filter: &str) -> Result<()> {
+            self.client.unsubscribe(filter).await?;
+            self.events
+                .wait(WAIT, &format!("UNSUBACK for {filter}"), |e| matches!(e, Event::Incoming(Packet::UnsubAck(_))).then_some(()))
+                .await
+        }
+
         /// Publishes and, for QoS 1/2, waits for the broker's PUBACK/PUBCOMP.
         pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) -> Result<()> {
             self.publish_nowait(topic, qos, retain, payload).await?;
@@ -793,6 +800,9 @@ pub mod raw {
 
     pub const CONNACK: u8 = 0x20;
     pub const PUBLISH: u8 = 0x30;
+    pub const PUBREC: u8 = 0x50;
+    pub const PUBREL: u8 = 0x62;
+    pub const PUBCOMP: u8 = 0x70;
     pub const DISCONNECT: u8 = 0xE0;
 
     /// What a read from the broker produced.
@@ -928,10 +938,15 @@ pub mod raw {
 
     /// CONNECT for protocol level 4 (3.1.1) or 5, clean start, no properties.
     pub fn connect(level: u8, client_id: &str, keep_alive: u16, will: Option<Will<'_>>) -> Vec<u8> {
+        connect_with(level, client_id, keep_alive, true, will)
+    }
+
+    /// CONNECT for protocol level 4 (3.1.1) or 5, no properties.
+    pub fn connect_with(level: u8, client_id: &str, keep_alive: u16, clean: bool, will: Option<Will<'_>>) -> Vec<u8> {
         let mut body = Vec::new();
         string(b"MQTT", &mut body);
         body.push(level);
-        let mut flags = 0x02; // clean session / clean start
+        let mut flags = if clean { 0x02 } else { 0 }; // clean session / clean start
         if let Some(will) = &will {
             flags |= 0x04 | (will.qos << 3);
         }
@@ -951,7 +966,23 @@ pub mod raw {
         packet(0x10, &body)
     }
 
-    /// A QoS 0 PUBLISH (`first` lets a test set flags: 0x30 is QoS 0, no retain).
+    /// An MQTT 5 PUBLISH with `props` (property bytes, without their length)
+    /// and, for QoS 1/2, packet id 1.
+    pub fn publish_props(first: u8, topic: &str, props: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        string(topic.as_bytes(), &mut body);
+        if first & 0x06 != 0 {
+            body.extend_from_slice(&1u16.to_be_bytes());
+        }
+        remaining_length(props.len(), &mut body);
+        body.extend_from_slice(props);
+        body.extend_from_slice(payload);
+        packet(first, &body)
+    }
+
+    /// A PUBLISH without properties. `first` is the fixed header's first byte
+    /// (0x30 QoS 0, 0x32 QoS 1, 0x34 QoS 2, 0x36 the malformed QoS 3, | 0x08 DUP);
+    /// with QoS bits set the packet id is 1.
     pub fn publish(level: u8, first: u8, topic: &str, payload: &[u8]) -> Vec<u8> {
         let mut body = Vec::new();
         string(topic.as_bytes(), &mut body);
