@@ -401,6 +401,26 @@ async fn keep_alive_timeout_closes_the_connection_and_publishes_the_will() -> Re
     Ok(())
 }
 
+/// The other side of keep-alive: a client that pings (rumqttc does, every
+/// keep-alive period when idle) stays connected well past 1.5 x keep-alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinging_client_with_short_keep_alive_stays_connected() -> Result<()> {
+    let broker = broker().await?;
+    let topic = broker.topic("keepalive/pinging");
+    let mut opts = options(&broker, "pinger");
+    opts.set_keep_alive(Duration::from_secs(1));
+    let mut pinger = Client::connect(opts).await?;
+    pinger.subscribe(&topic, QoS::AtLeastOnce).await?;
+    if let Ok(error) = pinger.closed(Duration::from_secs(4)).await {
+        anyhow::bail!("a client pinging every second was disconnected: {error:?}");
+    }
+    let mut publisher = connect(&broker, "pub").await?;
+    publisher.publish(&topic, QoS::AtLeastOnce, false, "still connected").await?;
+    let p = pinger.recv().await?;
+    ensure!(p.payload[..] == b"still connected"[..], "got {:?}", p.payload);
+    Ok(())
+}
+
 /// A PUBLISH with both QoS bits set is malformed [MQTT-3.3.1-4]: the broker
 /// closes that connection and nothing else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

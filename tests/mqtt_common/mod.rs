@@ -13,6 +13,17 @@
 //! Every topic and client id carries a per-run prefix so that tests running
 //! in parallel against one external broker, and runs against a broker that
 //! keeps retained messages, do not see each other.
+//!
+//! With mosquitto 2 (three listeners, one per profile):
+//! ```text
+//! # default.conf            # auth.conf                      # small.conf
+//! listener 18830 127.0.0.1  listener 18831 127.0.0.1         listener 18832 127.0.0.1
+//! allow_anonymous true      allow_anonymous false            allow_anonymous true
+//!                           password_file pw  (alice:secret) max_packet_size 2048
+//!
+//! POLYMQ_TEST_MQTT_ADDR=127.0.0.1:18830 POLYMQ_TEST_MQTT_ADDR_AUTH=127.0.0.1:18831 \
+//! POLYMQ_TEST_MQTT_ADDR_SMALL_PACKETS=127.0.0.1:18832 cargo test -p polymq-mqtt --test 'mqtt_v*'
+//! ```
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
