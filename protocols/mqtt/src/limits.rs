@@ -39,3 +39,11 @@ pub const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Packets handled between two flushes of the outbound buffer.
 pub const DELIVERIES_PER_TURN: usize = 256;
+
+/// Bytes a socket read asks for at least; an idle connection keeps about this
+/// much buffer.
+pub const READ_CHUNK: usize = 2048;
+
+/// A read or write buffer that grew past this (a large packet, a burst of
+/// deliveries) is released once it is empty again.
+pub const BUFFER_KEEP_MAX: usize = 64 * 1024;

@@ -36,8 +36,8 @@ use super::subs::{
 };
 use super::MqttService;
 use crate::limits::{
-    CONNECT_TIMEOUT, DELIVERIES_PER_TURN, DELIVERY_INVISIBLE, OUTBOUND_WINDOW_MAX, POP_BATCH_MAX, POP_WAIT_MAX, POP_WAIT_MIN,
-    TAKEOVER_WAIT, WRITE_STALL_MAX,
+    BUFFER_KEEP_MAX, CONNECT_TIMEOUT, DELIVERIES_PER_TURN, DELIVERY_INVISIBLE, OUTBOUND_WINDOW_MAX, POP_BATCH_MAX, POP_WAIT_MAX,
+    POP_WAIT_MIN, READ_CHUNK, TAKEOVER_WAIT, WRITE_STALL_MAX,
 };
 use crate::{
     decode, encode, encoded_len, split_shared, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet,
@@ -47,7 +47,7 @@ use crate::{
 pub(crate) async fn serve(svc: Arc<MqttService>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let mut inbuf = BytesMut::with_capacity(4096);
+    let mut inbuf = BytesMut::with_capacity(READ_CHUNK);
     let max_packet = svc.config.max_packet_bytes as usize;
     let first = tokio::select! {
         first = tokio::time::timeout(CONNECT_TIMEOUT, read_connect(&mut rd, &mut inbuf, max_packet)) => first,
@@ -317,7 +317,8 @@ impl Connection {
                 inbound_qos2: Default::default(),
                 outbound_pubrel: Default::default(),
             },
-            out: BytesMut::with_capacity(8192),
+            // Grows with use: an idle connection should cost little.
+            out: BytesMut::new(),
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
             client_max_packet: crate::VARIABLE_BYTE_INTEGER_MAX as usize + 5,
@@ -489,8 +490,12 @@ impl Connection {
             // 1.5 x keep-alive (spec 3.1.2.10).
             let keep_alive_deadline = last_rx + self.keep_alive + self.keep_alive / 2;
             let can_read = self.replies.len() < receive_max;
-            if inbuf.capacity() - inbuf.len() < 4096 {
-                inbuf.reserve(16 * 1024);
+            if inbuf.is_empty() && inbuf.capacity() > BUFFER_KEEP_MAX {
+                // A large packet has passed: do not keep its buffer while idle.
+                inbuf = BytesMut::with_capacity(READ_CHUNK);
+            }
+            if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+                inbuf.reserve(READ_CHUNK);
             }
             tokio::select! {
                 biased;
@@ -557,6 +562,9 @@ impl Connection {
         match tokio::time::timeout(WRITE_STALL_MAX, wr.write_all(&self.out)).await {
             Ok(Ok(())) => {
                 self.out.clear();
+                if self.out.capacity() > BUFFER_KEEP_MAX {
+                    self.out = BytesMut::new();
+                }
                 Ok(())
             }
             Ok(Err(_)) => Err(End::Lost),
