@@ -74,7 +74,7 @@ pub(crate) async fn serve(svc: Arc<MqttService>, stream: TcpStream, peer: Socket
         let _ = send_connack_refusal(&mut wr, version, reason).await;
         return;
     }
-    let mut conn = match Connection::open(svc, connect, peer).await {
+    let mut conn = match Box::pin(Connection::open(svc, connect, peer)).await {
         Ok(c) => c,
         Err(reason) => {
             let _ = send_connack_refusal(&mut wr, version, reason).await;
@@ -82,7 +82,7 @@ pub(crate) async fn serve(svc: Arc<MqttService>, stream: TcpStream, peer: Socket
         }
     };
     let end = conn.run(&mut rd, &mut wr, inbuf, shutdown).await;
-    conn.close(end, &mut wr).await;
+    Box::pin(conn.close(end, &mut wr)).await;
 }
 
 enum ConnectFailure {
@@ -171,9 +171,12 @@ enum Source {
     Shared(Arc<str>),
 }
 
+/// Small on purpose: an unbounded channel allocates its first block of 32
+/// slots up front, per connection.
 enum PumpEvent {
-    Delivery(Source, Delivery),
-    Failed(StoreError),
+    /// One pop's worth, in queue order.
+    Deliveries(Box<(Source, Vec<Delivery>)>),
+    Failed(Box<StoreError>),
 }
 
 struct Pump {
@@ -384,7 +387,12 @@ impl Connection {
         }
         // A resumed session with expiry 0 now ends with this connection: it is
         // deleted in `close`.
-        self.start_pump(None, self.state.queue);
+        // Nothing reaches the session's queue before it subscribes, unless it
+        // was resumed: a publish-only device runs no pump (a task and a
+        // waiter fewer per connection).
+        if self.session_present {
+            self.start_pump(None, self.state.queue);
+        }
         let shared: Vec<String> = self.state.subs.keys().filter(|f| split_shared(f).is_some()).cloned().collect();
         for filter in shared {
             if let Some((group, inner)) = split_shared(&filter) {
@@ -490,13 +498,6 @@ impl Connection {
             // 1.5 x keep-alive (spec 3.1.2.10).
             let keep_alive_deadline = last_rx + self.keep_alive + self.keep_alive / 2;
             let can_read = self.replies.len() < receive_max;
-            if inbuf.is_empty() && inbuf.capacity() > BUFFER_KEEP_MAX {
-                // A large packet has passed: do not keep its buffer while idle.
-                inbuf = BytesMut::with_capacity(READ_CHUNK);
-            }
-            if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
-                inbuf.reserve(READ_CHUNK);
-            }
             tokio::select! {
                 biased;
                 _ = &mut shutdown_fut => return End::Shutdown,
@@ -508,26 +509,40 @@ impl Connection {
                         }
                     }
                 }
-                read = rd.read_buf(&mut inbuf), if can_read => match read {
-                    Ok(0) | Err(_) => return End::Lost,
-                    Ok(_) => {
-                        last_rx = Instant::now();
-                        loop {
-                            match decode(&mut inbuf, Some(self.version), max_packet) {
-                                Ok(Some(packet)) => {
-                                    if let Err(end) = self.handle(packet).await {
-                                        return end;
-                                    }
+                // Wait for readiness, then read: an idle connection holds no
+                // read buffer while it waits.
+                ready = rd.readable(), if can_read => {
+                    if ready.is_err() {
+                        return End::Lost;
+                    }
+                    if inbuf.capacity() - inbuf.len() < READ_CHUNK / 4 {
+                        inbuf.reserve(READ_CHUNK);
+                    }
+                    match rd.try_read_buf(&mut inbuf) {
+                        Ok(0) => return End::Lost,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(_) => return End::Lost,
+                    }
+                    last_rx = Instant::now();
+                    loop {
+                        match decode(&mut inbuf, Some(self.version), max_packet) {
+                            Ok(Some(packet)) => {
+                                if let Err(end) = self.handle(packet).await {
+                                    return end;
                                 }
-                                Ok(None) => break,
-                                Err(e) => {
-                                    debug!(client = %self.client_id, error = %e, "malformed packet");
-                                    return End::ProtocolError(e.reason_code());
-                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                debug!(client = %self.client_id, error = %e, "malformed packet");
+                                return End::ProtocolError(e.reason_code());
                             }
                         }
                     }
-                },
+                    if inbuf.is_empty() {
+                        inbuf = BytesMut::new();
+                    }
+                }
                 event = self.events_rx.recv() => {
                     let mut next = event;
                     let mut handled = 0;
@@ -591,7 +606,7 @@ impl Connection {
 
     async fn handle(&mut self, packet: Packet) -> Result<(), End> {
         match packet {
-            Packet::Publish(p) => self.on_publish(p).await,
+            Packet::Publish(p) => Box::pin(self.on_publish(p)).await,
             Packet::PubAck(r) => {
                 self.on_delivery_acked(r.packet_id, false);
                 Ok(())
@@ -624,8 +639,9 @@ impl Connection {
                 self.send(&Packet::PubComp(reply));
                 Ok(())
             }
-            Packet::Subscribe(s) => self.on_subscribe(s).await,
-            Packet::Unsubscribe(u) => self.on_unsubscribe(u).await,
+            // Boxed: rare and large; inline they would size every connection's task.
+            Packet::Subscribe(s) => Box::pin(self.on_subscribe(s)).await,
+            Packet::Unsubscribe(u) => Box::pin(self.on_unsubscribe(u)).await,
             Packet::PingReq => {
                 self.send(&Packet::PingResp);
                 Ok(())
@@ -801,6 +817,9 @@ impl Connection {
         match split_shared(filter) {
             None => {
                 store.bind(TOPIC_SPACE, &filter_pattern(filter), self.state.queue).await?;
+                if !self.pumps.contains_key(&None) {
+                    self.start_pump(None, self.state.queue);
+                }
             }
             Some((group, inner)) => {
                 if old.is_none() {
@@ -861,8 +880,11 @@ impl Connection {
                 warn!(client = %self.client_id, error = %e, "delivery failed");
                 Err(End::ServerError)
             }
-            PumpEvent::Delivery(source, d) => {
-                self.deliver(source, d);
+            PumpEvent::Deliveries(batch) => {
+                let (source, ds) = *batch;
+                for d in ds {
+                    self.deliver(source.clone(), d);
+                }
                 Ok(())
             }
         }
@@ -1024,8 +1046,8 @@ impl Connection {
         self.events_rx.close();
         let mut unacked: Vec<Receipt> = self.inflight.drain().filter_map(|(_, o)| o.receipt).collect();
         while let Ok(ev) = self.events_rx.try_recv() {
-            if let PumpEvent::Delivery(_, d) = ev {
-                unacked.push(d.receipt);
+            if let PumpEvent::Deliveries(batch) = ev {
+                unacked.extend(batch.1.iter().map(|d| d.receipt));
             }
         }
         self.ack_delivered();
@@ -1210,7 +1232,7 @@ async fn pump(
             Ok(d) => d,
             Err(e) => {
                 window.add_permits(held);
-                let _ = tx.send(PumpEvent::Failed(e));
+                let _ = tx.send(PumpEvent::Failed(Box::new(e)));
                 return;
             }
         };
@@ -1222,7 +1244,7 @@ async fn pump(
                     Ok(d) => d,
                     Err(e) => {
                         window.add_permits(1);
-                        let _ = tx.send(PumpEvent::Failed(e));
+                        let _ = tx.send(PumpEvent::Failed(Box::new(e)));
                         return;
                     }
                 },
@@ -1233,9 +1255,14 @@ async fn pump(
             };
         }
         window.add_permits(held - popped.len());
-        for d in popped {
-            if let Err(mpsc::error::SendError(PumpEvent::Delivery(_, d))) = tx.send(PumpEvent::Delivery(source.clone(), d)) {
-                // The connection is gone without draining: hand it back.
+        if popped.is_empty() {
+            continue;
+        }
+        if let Err(mpsc::error::SendError(PumpEvent::Deliveries(batch))) =
+            tx.send(PumpEvent::Deliveries(Box::new((source.clone(), popped))))
+        {
+            // The connection is gone without draining: hand them back.
+            for d in batch.1 {
                 let _ = store.nack(d.receipt, NackAction::Requeue { delay_ms: 0 }).await;
             }
         }
