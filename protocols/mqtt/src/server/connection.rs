@@ -684,6 +684,13 @@ impl Connection {
                 }
             }
         }
+        // Ours is the Receive Maximum we advertised: QoS 1/2 publishes not yet
+        // answered with PUBACK / PUBCOMP (3.3.4, [MQTT-3.3.4-7]). v3 has no
+        // such limit; there the loop stops reading instead.
+        let unanswered = self.replies.len() + self.state.inbound_qos2.len();
+        if p.qos != QoS::AtMostOnce && self.version.is_v5() && unanswered >= usize::from(self.svc.config.receive_maximum) {
+            return Err(End::ProtocolError(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED));
+        }
         let store = Arc::clone(&self.svc.store);
         let now = store.now_ms();
         let msg = message::to_core(&topic, p.payload, p.qos, p.retain, &p.properties, &self.client_bytes, now);
@@ -1020,6 +1027,20 @@ impl Connection {
 
     async fn close(mut self, end: End, wr: &mut OwnedWriteHalf) {
         debug!(client = %self.client_id, peer = %self.peer, ?end, "connection closing");
+        if end != End::Lost {
+            // Publishes already stored get their answer before we go.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.replies.is_empty() {
+                match tokio::time::timeout_at(deadline, poll_replies(&mut self.replies)).await {
+                    Ok(done) => {
+                        for (reply, result) in done {
+                            let _ = self.answer_publish(reply, result);
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         if self.version.is_v5() {
             let reason = match end {
                 End::ProtocolError(r) => Some(r),
