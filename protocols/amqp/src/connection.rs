@@ -147,7 +147,13 @@ struct Tuned {
     heartbeat: Duration,
 }
 
-async fn handshake(svc: &AmqpService, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, io: &mut Io, peer: SocketAddr) -> Result<Tuned, &'static str> {
+async fn handshake(
+    svc: &AmqpService,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    io: &mut Io,
+    peer: SocketAddr,
+) -> Result<Tuned, &'static str> {
     // Protocol header.
     while io.inbuf.len() < PROTOCOL_HEADER.len() {
         match rd.read_buf(&mut io.inbuf).await {
@@ -536,7 +542,12 @@ impl Connection {
         }
         self.io.method(
             ch,
-            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close { reply_code: e.code, reply_text: short(&e.text), class_id, method_id })),
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: e.code,
+                reply_text: short(&e.text),
+                class_id,
+                method_id,
+            })),
         );
     }
 
@@ -607,7 +618,10 @@ impl Connection {
         match (&m, self.channels.get(&ch)) {
             (AMQPClass::Channel(channel::AMQPMethod::Open(_)), None) => {
                 if ch > self.channel_max {
-                    return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("channel {ch} exceeds channel_max {}", self.channel_max)));
+                    return Err(AmqpError::connection(
+                        reply::NOT_ALLOWED,
+                        format!("channel {ch} exceeds channel_max {}", self.channel_max),
+                    ));
                 }
                 self.epoch_seq += 1;
                 self.channels.insert(
@@ -788,7 +802,9 @@ impl Connection {
                     if let Some((arg, got, have)) = cur.inequivalence(&def) {
                         return Err(AmqpError::channel(
                             reply::PRECONDITION_FAILED,
-                            format!("inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{got}' but current is '{have}'"),
+                            format!(
+                                "inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{got}' but current is '{have}'"
+                            ),
                         ));
                     }
                 }
@@ -943,8 +959,11 @@ impl Connection {
             ));
         }
         let sp = space(DEFAULT_VHOST, exchange);
-        let def =
-            self.svc.exchanges.get(&sp).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+        let def = self
+            .svc
+            .exchanges
+            .get(&sp)
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
         let pattern = binding_pattern(def.kind, key)?;
         if add {
             self.svc.store.bind(&sp, &pattern, id).await?;
@@ -1085,7 +1104,10 @@ impl Connection {
                     drop(q);
                     // The queue is gone (deleted elsewhere): tell the client
                     // (consumer_cancel_notify).
-                    self.io.method(channel, AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: short(&tag), nowait: true })));
+                    self.io.method(
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: short(&tag), nowait: true })),
+                    );
                 }
             }
         }
@@ -1286,10 +1308,16 @@ impl Connection {
             return Ok(self.svc.store.queue_id(&core).into_iter().collect());
         }
         let sp = space(DEFAULT_VHOST, exchange);
-        let def =
-            self.svc.exchanges.get(&sp).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+        let def = self
+            .svc
+            .exchanges
+            .get(&sp)
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
         if def.internal {
-            return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("cannot publish to internal exchange '{exchange}' in vhost '/'")));
+            return Err(AmqpError::channel(
+                reply::ACCESS_REFUSED,
+                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+            ));
         }
         let store = &self.svc.store;
         Ok(match def.kind {

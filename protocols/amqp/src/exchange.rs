@@ -144,9 +144,8 @@ pub(crate) fn binding_pattern(kind: Kind, routing_key: &str) -> Result<Pattern, 
         // One level: dots are part of a direct key, not separators.
         Kind::Direct => Ok(Pattern::exact(routing_key)),
         Kind::Fanout => Ok(Pattern::all()),
-        Kind::Topic => Pattern::parse(routing_key, '.', "*", "#").map_err(|e| {
-            AmqpError::channel(reply::PRECONDITION_FAILED, format!("binding key '{routing_key}' is not supported: {e}"))
-        }),
+        Kind::Topic => Pattern::parse(routing_key, '.', "*", "#")
+            .map_err(|e| AmqpError::channel(reply::PRECONDITION_FAILED, format!("binding key '{routing_key}' is not supported: {e}"))),
         Kind::Headers => Err(AmqpError::channel(reply::PRECONDITION_FAILED, "headers exchange bindings are not supported yet")),
     }
 }
