@@ -134,7 +134,7 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPClass, FrameError> 
         check_table_depth(payload, at)?;
     }
     match parse_class(payload) {
-        Ok((rest, m)) if rest.is_empty() => Ok(m),
+        Ok(([], m)) => Ok(m),
         _ => Err(err),
     }
 }
@@ -144,7 +144,7 @@ fn decode_header(channel: u16, payload: &[u8]) -> Result<ContentHeader, FrameErr
         check_table_depth(payload, at)?;
     }
     match amq_protocol::frame::parsing::parse_content_header(payload) {
-        Ok((rest, h)) if rest.is_empty() => Ok(ContentHeader { class_id: h.class_id, body_size: h.body_size, properties: h.properties }),
+        Ok(([], h)) => Ok(ContentHeader { class_id: h.class_id, body_size: h.body_size, properties: h.properties }),
         _ => Err(FrameError::Header { channel }),
     }
 }
@@ -321,7 +321,7 @@ pub fn table_from_bytes(bytes: &[u8]) -> Option<FieldTable> {
         return None;
     }
     match amq_protocol::types::parsing::parse_field_table(bytes) {
-        Ok((rest, t)) if rest.is_empty() => Some(t),
+        Ok(([], t)) => Some(t),
         _ => None,
     }
 }

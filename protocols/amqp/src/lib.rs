@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use exchange::Exchanges;
 
 pub use amq_protocol;
+pub use bytes;
 
 /// Settings of the AMQP listener. `Default` is what `polymq serve` uses
 /// without configuration.

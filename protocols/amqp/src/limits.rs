@@ -42,5 +42,5 @@ pub const EVENTS_PER_TURN: usize = 256;
 /// Messages purge removes per core call.
 pub const PURGE_BATCH: usize = 1024;
 
-const _: () = assert!(FRAME_MIN as usize >= crate::codec::FRAME_OVERHEAD + 1);
+const _: () = assert!(FRAME_MIN as usize > crate::codec::FRAME_OVERHEAD);
 const _: () = assert!(FRAME_MAX_DEFAULT >= FRAME_MIN);
