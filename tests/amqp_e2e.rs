@@ -416,3 +416,57 @@ async fn a_frame_larger_than_frame_max_closes_the_connection_without_waiting_for
     tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.context("the server must close at once")??;
     Ok(())
 }
+
+#[tokio::test]
+async fn tx_commit_publishes_and_acks_and_rollback_discards() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "txq").await?;
+    ch.tx_select().await?;
+    publish(&ch, "", "txq", b"t1").await?;
+    let (_c2, observer) = broker.channel().await?;
+    ensure!(observer.basic_get("txq".into(), BasicGetOptions { no_ack: true }).await?.is_none(), "uncommitted publish is invisible");
+    ch.tx_commit().await?;
+    publish(&ch, "", "txq", b"rolled-back").await?;
+    ch.tx_rollback().await?;
+    let m = ch.basic_get("txq".into(), BasicGetOptions::default()).await?.context("committed message")?;
+    ensure!(m.delivery.data == b"t1");
+    ensure!(ch.basic_get("txq".into(), BasicGetOptions::default()).await?.is_none(), "rolled-back publish is gone");
+    // An ack inside a rolled-back transaction leaves the delivery unacked:
+    // closing the channel then requeues it.
+    m.delivery.ack(BasicAckOptions::default()).await?;
+    ch.tx_rollback().await?;
+    ch.close(200, "bye".into()).await?;
+    let m = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(m) = observer.basic_get("txq".into(), BasicGetOptions::default()).await? {
+                return Ok::<_, anyhow::Error>(m);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    ensure!(m.delivery.data == b"t1" && m.delivery.redelivered);
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_max_priority_delivers_higher_priorities_first() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
+    ch.queue_declare("prio".into(), QueueDeclareOptions::default(), args).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    for (body, p) in [("low", 1u8), ("high", 9), ("mid", 5)] {
+        let props = BasicProperties::default().with_priority(p);
+        let c = ch.basic_publish("".into(), "prio".into(), BasicPublishOptions::default(), body.as_bytes(), props).await?;
+        ensure!(tokio::time::timeout(WAIT, c).await??.is_ack());
+    }
+    let mut c = consume(&ch, "prio", true).await?;
+    for want in ["high", "mid", "low"] {
+        let d = next(&mut c).await?;
+        ensure!(d.data == want.as_bytes(), "got {:?}, want {want}", String::from_utf8_lossy(&d.data));
+    }
+    Ok(())
+}

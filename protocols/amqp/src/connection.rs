@@ -18,6 +18,7 @@ use std::time::Duration;
 use amq_protocol::protocol::{access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
 use bytes::{Bytes, BytesMut};
 use polymq::queue::{NackAction, QueueId, QueueKind, QueueOptions, Receipt};
+use polymq::record::Message;
 use polymq::server::ShutdownSignal;
 use polymq::store::Delivery;
 use polymq::StoreError;
@@ -331,6 +332,14 @@ struct Unacked {
     window: Option<Arc<Semaphore>>,
 }
 
+/// What a transactional channel holds until tx.commit.
+#[derive(Default)]
+struct TxBuffer {
+    publishes: Vec<(Message, Vec<QueueId>)>,
+    /// (delivery tag, delivery, `None` for an ack or `Some(requeue)` for a nack/reject).
+    settles: Vec<(u64, Unacked, Option<bool>)>,
+}
+
 /// A basic.publish being assembled from its method, header and body frames.
 struct Publishing {
     exchange: String,
@@ -348,6 +357,8 @@ struct Channel {
     closing: bool,
     publishing: Option<Publishing>,
     confirm: bool,
+    /// tx.select: publishes and settlements wait here for tx.commit.
+    tx: Option<TxBuffer>,
     next_publish_seq: u64,
     prefetch: u16,
     global_window: Option<Arc<Semaphore>>,
@@ -631,6 +642,7 @@ impl Connection {
                         closing: false,
                         publishing: None,
                         confirm: false,
+                        tx: None,
                         next_publish_seq: 1,
                         prefetch: 0,
                         global_window: None,
@@ -732,26 +744,9 @@ impl Connection {
                 Ok(())
             }
             AMQPClass::Basic(basic::AMQPMethod::Get(g)) => self.basic_get(ch, g).await,
-            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => {
-                let done = self.take_unacked(ch, a.delivery_tag, a.multiple)?;
-                let store = Arc::clone(&self.svc.store);
-                tokio::spawn(async move {
-                    if let Err(e) = store.ack_many(&done).await {
-                        debug!(error = %e, "acknowledging deliveries");
-                    }
-                });
-                Ok(())
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => {
-                let done = self.take_unacked(ch, n.delivery_tag, n.multiple)?;
-                self.settle_negative(done, n.requeue);
-                Ok(())
-            }
-            AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => {
-                let done = self.take_unacked(ch, r.delivery_tag, false)?;
-                self.settle_negative(done, r.requeue);
-                Ok(())
-            }
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.settle(ch, a.delivery_tag, a.multiple, None),
+            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.settle(ch, n.delivery_tag, n.multiple, Some(n.requeue)),
+            AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => self.settle(ch, r.delivery_tag, false, Some(r.requeue)),
             AMQPClass::Basic(basic::AMQPMethod::Recover(_)) => {
                 // requeue=false (redeliver to the same consumer) is treated as
                 // requeue=true, which the spec allows servers to do.
@@ -766,14 +761,35 @@ impl Connection {
                 Ok(())
             }
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
-                self.channel(ch)?.confirm = true;
+                let c = self.channel(ch)?;
+                if c.tx.is_some() {
+                    return Err(AmqpError::channel(reply::PRECONDITION_FAILED, "cannot switch from tx to confirm mode"));
+                }
+                c.confirm = true;
                 if !s.nowait {
                     self.io.method(ch, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
                 }
                 Ok(())
             }
-            AMQPClass::Tx(tx::AMQPMethod::Select(_) | tx::AMQPMethod::Commit(_) | tx::AMQPMethod::Rollback(_)) => {
-                Err(AmqpError::connection(reply::NOT_IMPLEMENTED, "transactions (tx.*) are not supported yet"))
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
+                let c = self.channel(ch)?;
+                if c.confirm {
+                    return Err(AmqpError::channel(reply::PRECONDITION_FAILED, "cannot switch from confirm to tx mode"));
+                }
+                c.tx.get_or_insert_with(TxBuffer::default);
+                self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(ch).await,
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
+                let chan = self.channel(ch)?;
+                let buf = chan.tx.as_mut().map(std::mem::take).ok_or_else(not_transactional)?;
+                // Rolled-back acks leave their deliveries unacknowledged again.
+                for (tag, u, _) in buf.settles {
+                    chan.unacked.insert(tag, u);
+                }
+                self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                Ok(())
             }
             other => Err(AmqpError::connection(
                 reply::COMMAND_INVALID,
@@ -1155,35 +1171,78 @@ impl Connection {
         Ok(())
     }
 
-    /// Removes acknowledged deliveries (all up to `tag` with `multiple`; tag 0
-    /// with `multiple` means all) and frees their window slots.
-    fn take_unacked(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<Receipt>, AmqpError> {
+    /// Removes deliveries being settled (all up to `tag` with `multiple`; tag
+    /// 0 with `multiple` means all).
+    fn take_unacked_entries(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<(u64, Unacked)>, AmqpError> {
         let chan = self.channel(ch)?;
-        let taken: Vec<Unacked> = if multiple {
+        Ok(if multiple {
             if tag == 0 {
-                std::mem::take(&mut chan.unacked).into_values().collect()
+                std::mem::take(&mut chan.unacked).into_iter().collect()
             } else {
                 if tag >= chan.next_tag {
                     return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("unknown delivery tag {tag}")));
                 }
                 let rest = chan.unacked.split_off(&(tag + 1));
-                std::mem::replace(&mut chan.unacked, rest).into_values().collect()
+                std::mem::replace(&mut chan.unacked, rest).into_iter().collect()
             }
         } else {
             match chan.unacked.remove(&tag) {
-                Some(u) => vec![u],
+                Some(u) => vec![(tag, u)],
                 None => return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))),
             }
-        };
-        Ok(taken
-            .into_iter()
-            .map(|u| {
-                if let Some(w) = u.window {
-                    w.add_permits(1);
+        })
+    }
+
+    /// Like [`take_unacked_entries`](Self::take_unacked_entries), freeing their window slots.
+    fn take_unacked(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<Receipt>, AmqpError> {
+        Ok(self.take_unacked_entries(ch, tag, multiple)?.into_iter().map(|(_, u)| release(u)).collect())
+    }
+
+    /// basic.ack (`negative` = None) or basic.nack/reject (`Some(requeue)`);
+    /// held until commit on a transactional channel.
+    fn settle(&mut self, ch: u16, tag: u64, multiple: bool, negative: Option<bool>) -> Flow {
+        let entries = self.take_unacked_entries(ch, tag, multiple)?;
+        let chan = self.channel(ch)?;
+        if let Some(tx) = chan.tx.as_mut() {
+            tx.settles.extend(entries.into_iter().map(|(t, u)| (t, u, negative)));
+            return Ok(());
+        }
+        let receipts: Vec<Receipt> = entries.into_iter().map(|(_, u)| release(u)).collect();
+        match negative {
+            None => ack_in_background(&self.svc, receipts),
+            Some(requeue) => self.settle_negative(receipts, requeue),
+        }
+        Ok(())
+    }
+
+    /// Applies what a transaction holds: the publishes (waiting until they are
+    /// stored), then the settlements.
+    async fn tx_commit(&mut self, ch: u16) -> Flow {
+        let buf = self.channel(ch)?.tx.as_mut().map(std::mem::take).ok_or_else(not_transactional)?;
+        let store = Arc::clone(&self.svc.store);
+        let mut tickets = Vec::with_capacity(buf.publishes.len());
+        for (msg, targets) in buf.publishes {
+            tickets.push(store.submit(msg, &targets).await?);
+        }
+        for t in tickets {
+            t.wait().await?;
+        }
+        let mut acks = Vec::new();
+        for (_, u, negative) in buf.settles {
+            let receipt = release(u);
+            match negative {
+                None => acks.push(receipt),
+                Some(requeue) => {
+                    let action = if requeue { NackAction::Requeue { delay_ms: 0 } } else { NackAction::DeadLetter };
+                    if let Err(e) = store.nack(receipt, action).await {
+                        debug!(error = %e, "settling a delivery at commit");
+                    }
                 }
-                u.receipt
-            })
-            .collect())
+            }
+        }
+        store.ack_many(&acks).await?;
+        self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        Ok(())
     }
 
     fn settle_negative(&self, receipts: Vec<Receipt>, requeue: bool) {
@@ -1283,6 +1342,10 @@ impl Connection {
             return Ok(());
         }
         let msg = message::to_core(&p.exchange, &p.routing_key, &props, p.body.freeze(), store.now_ms());
+        if let Some(tx) = self.channel(ch)?.tx.as_mut() {
+            tx.publishes.push((msg, targets));
+            return Ok(());
+        }
         match store.submit(msg, &targets).await {
             Ok(ticket) => {
                 if confirm {
@@ -1365,6 +1428,18 @@ impl Connection {
         }
         emit(&mut self.io, run, &self.channels);
     }
+}
+
+/// Frees a settled delivery's window slot; its receipt remains to settle.
+fn release(u: Unacked) -> Receipt {
+    if let Some(w) = u.window {
+        w.add_permits(1);
+    }
+    u.receipt
+}
+
+fn not_transactional() -> AmqpError {
+    AmqpError::channel(reply::PRECONDITION_FAILED, "channel is not transactional")
 }
 
 fn window_size(prefetch: u16) -> usize {
