@@ -1281,7 +1281,9 @@ impl Connection {
                 format!("message size {} is larger than configured max size {max}", h.body_size),
             ));
         }
-        p.body.reserve(h.body_size as usize);
+        // Grown as frames arrive, not by the declared size: a header alone
+        // must not make us allocate 16 MiB.
+        p.body.reserve((h.body_size as usize).min(64 * 1024));
         let empty = h.body_size == 0;
         p.header = Some(h);
         if empty {
