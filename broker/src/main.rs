@@ -188,11 +188,8 @@ async fn run(config: Config) -> Result<()> {
 
     let mqtt = MqttService::new(Arc::clone(&store), MqttConfig::from_config(&config)).await.context("starting the MQTT service")?;
     let amqp = AmqpService::new(Arc::clone(&store), AmqpConfig::from_config(&config)).await.context("starting the AMQP service")?;
-    let services: Vec<(SocketAddr, Arc<dyn ProtocolService>)> = vec![
-        (config.mqtt_listen, mqtt),
-        (config.amqp_listen, amqp),
-        (config.kafka_listen, PlaceholderService::new("kafka")),
-    ];
+    let services: Vec<(SocketAddr, Arc<dyn ProtocolService>)> =
+        vec![(config.mqtt_listen, mqtt), (config.amqp_listen, amqp), (config.kafka_listen, PlaceholderService::new("kafka"))];
     let server = match Server::bind(&config, Arc::clone(&store), services).await {
         Ok(server) => server,
         Err(e) => {
