@@ -1,0 +1,1657 @@
+//! One AMQP connection: the handshake (protocol header, start, tune, open),
+//! then a loop that reads frames, delivers what the consumers' pumps hand
+//! out, answers publisher confirms once the core has stored the messages,
+//! and keeps heartbeats.
+//!
+//! Deliveries come from pump tasks, one per consumer. A pump pops only while
+//! its consumer's window (basic.qos prefetch) has room, so an unacknowledged
+//! backlog stays in the store, not in memory.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use amq_protocol::protocol::{access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass};
+use bytes::{Bytes, BytesMut};
+use polymq::queue::{NackAction, QueueId, QueueKind, QueueOptions, Receipt};
+use polymq::record::Message;
+use polymq::server::ShutdownSignal;
+use polymq::store::Delivery;
+use polymq::StoreError;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::codec::{self, decode_frame, short, AMQPValue, ContentHeader, FieldTable, Frame, FrameError, PROTOCOL_HEADER};
+use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeDef, Kind, DEFAULT_VHOST};
+use crate::limits::{
+    DELIVERY_INVISIBLE, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT, PURGE_BATCH,
+    UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+};
+use crate::message::{self, Outgoing};
+use crate::reply::{self, AmqpError};
+use crate::AmqpService;
+
+pub(crate) async fn serve(svc: Arc<AmqpService>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut io = Io { inbuf: BytesMut::with_capacity(8192), out: Vec::with_capacity(8192), frame_max: svc.config.frame_max };
+    let tuned = tokio::select! {
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&svc, &mut rd, &mut wr, &mut io, peer)) => r,
+        _ = shutdown.triggered() => return,
+    };
+    let tuned = match tuned {
+        Ok(Ok(t)) => t,
+        Ok(Err(why)) => {
+            debug!(%peer, why, "AMQP handshake failed");
+            let _ = io.flush(&mut wr).await;
+            let _ = wr.shutdown().await;
+            return;
+        }
+        Err(_) => {
+            debug!(%peer, "AMQP handshake timed out");
+            return;
+        }
+    };
+    let id = svc.next_connection_id();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let mut conn = Connection {
+        svc,
+        id,
+        peer,
+        io,
+        channel_max: tuned.channel_max,
+        heartbeat: tuned.heartbeat,
+        channels: HashMap::new(),
+        epoch_seq: 0,
+        confirms: VecDeque::new(),
+        events_tx,
+        events_rx,
+        closing: None,
+    };
+    let end = conn.run(&mut rd, &mut wr, shutdown).await;
+    debug!(%peer, ?end, "AMQP connection ends");
+    conn.cleanup().await;
+    let _ = conn.io.flush(&mut wr).await;
+    let _ = wr.shutdown().await;
+}
+
+/// Buffers of one connection.
+struct Io {
+    inbuf: BytesMut,
+    out: Vec<u8>,
+    frame_max: u32,
+}
+
+impl Io {
+    async fn flush(&mut self, wr: &mut OwnedWriteHalf) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(WRITE_STALL_MAX, wr.write_all(&self.out)).await {
+            Ok(Ok(())) => {
+                self.out.clear();
+                if self.out.capacity() > 1 << 20 {
+                    self.out.shrink_to(8192);
+                }
+                Ok(())
+            }
+            _ => Err(End::Lost),
+        }
+    }
+
+    fn method(&mut self, channel: u16, m: AMQPClass) {
+        codec::encode_method(channel, m, &mut self.out);
+    }
+
+    /// Reads until one whole frame is there.
+    async fn read_frame(&mut self, rd: &mut OwnedReadHalf) -> Result<Frame, &'static str> {
+        loop {
+            match decode_frame(&mut self.inbuf, self.frame_max) {
+                Ok(Some(Frame::Heartbeat(_))) => continue,
+                Ok(Some(f)) => return Ok(f),
+                Ok(None) => {}
+                Err(_) => return Err("malformed frame"),
+            }
+            self.inbuf.reserve(4096);
+            match rd.read_buf(&mut self.inbuf).await {
+                Ok(0) | Err(_) => return Err("closed"),
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Sends connection.close during the handshake.
+    fn refuse(&mut self, code: u16, text: &str, class_id: u16, method_id: u16) {
+        self.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: code,
+                reply_text: short(&format!("{} - {}", reply::name(code), text)),
+                class_id,
+                method_id,
+            })),
+        );
+    }
+}
+
+struct Tuned {
+    channel_max: u16,
+    heartbeat: Duration,
+}
+
+async fn handshake(
+    svc: &AmqpService,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+    io: &mut Io,
+    peer: SocketAddr,
+) -> Result<Tuned, &'static str> {
+    // Protocol header.
+    while io.inbuf.len() < PROTOCOL_HEADER.len() {
+        match rd.read_buf(&mut io.inbuf).await {
+            Ok(0) | Err(_) => return Err("closed before the protocol header"),
+            Ok(_) => {}
+        }
+    }
+    if io.inbuf[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER[..] {
+        io.out.extend_from_slice(PROTOCOL_HEADER);
+        return Err("wrong protocol header");
+    }
+    let _ = io.inbuf.split_to(PROTOCOL_HEADER.len());
+    // Until tune-ok the spec's minimum frame size applies... but start-ok
+    // carries client properties that some clients make larger; allow ours.
+    let cfg = &svc.config;
+    let mut capabilities = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "per_consumer_qos",
+        "authentication_failure_close",
+        "connection.blocked",
+    ] {
+        capabilities.insert(cap.into(), AMQPValue::Boolean(cap != "connection.blocked"));
+    }
+    let mut props = FieldTable::default();
+    props.insert("product".into(), AMQPValue::LongString("polymq".into()));
+    props.insert("version".into(), AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()));
+    props.insert("platform".into(), AMQPValue::LongString("Rust".into()));
+    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    io.method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: props,
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+    io.flush(wr).await.map_err(|_| "write failed")?;
+    let start_ok = match io.read_frame(rd).await? {
+        Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::StartOk(s))) => s,
+        _ => {
+            io.refuse(reply::COMMAND_INVALID, "expected connection.start-ok", 10, 11);
+            return Err("expected start-ok");
+        }
+    };
+    let mechanism = start_ok.mechanism.as_str().to_owned();
+    let login = match mechanism.as_str() {
+        "PLAIN" => parse_plain(start_ok.response.as_bytes()),
+        "AMQPLAIN" => parse_amqplain(start_ok.response.as_bytes()),
+        _ => None,
+    };
+    let Some((user, password)) = login else {
+        io.refuse(reply::ACCESS_REFUSED, &format!("unsupported mechanism or malformed response for {mechanism}"), 10, 11);
+        return Err("bad mechanism");
+    };
+    if !cfg.check_login(&user, &password, peer) {
+        io.refuse(
+            reply::ACCESS_REFUSED,
+            &format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
+            10,
+            11,
+        );
+        return Err("login refused");
+    }
+    io.method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+            channel_max: cfg.channel_max,
+            frame_max: cfg.frame_max,
+            heartbeat: cfg.heartbeat.as_secs().min(u64::from(u16::MAX)) as u16,
+        })),
+    );
+    io.flush(wr).await.map_err(|_| "write failed")?;
+    let tune_ok = match io.read_frame(rd).await? {
+        Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::TuneOk(t))) => t,
+        _ => {
+            io.refuse(reply::COMMAND_INVALID, "expected connection.tune-ok", 10, 31);
+            return Err("expected tune-ok");
+        }
+    };
+    let frame_max = if tune_ok.frame_max == 0 { cfg.frame_max } else { tune_ok.frame_max };
+    if frame_max > cfg.frame_max || frame_max < FRAME_MIN {
+        io.refuse(reply::NOT_ALLOWED, &format!("frame_max {frame_max} outside {FRAME_MIN}..={}", cfg.frame_max), 10, 31);
+        return Err("frame_max out of range");
+    }
+    let channel_max = match tune_ok.channel_max {
+        0 => cfg.channel_max,
+        n if n > cfg.channel_max => {
+            io.refuse(reply::NOT_ALLOWED, &format!("channel_max {n} exceeds {}", cfg.channel_max), 10, 31);
+            return Err("channel_max out of range");
+        }
+        n => n,
+    };
+    io.frame_max = frame_max;
+    let open = match io.read_frame(rd).await? {
+        Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Open(o))) => o,
+        _ => {
+            io.refuse(reply::COMMAND_INVALID, "expected connection.open", 10, 40);
+            return Err("expected open");
+        }
+    };
+    if open.virtual_host.as_str() != DEFAULT_VHOST {
+        io.refuse(reply::NOT_ALLOWED, &format!("vhost {} not found", open.virtual_host), 10, 40);
+        return Err("unknown vhost");
+    }
+    io.method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
+    Ok(Tuned { channel_max, heartbeat: Duration::from_secs(u64::from(tune_ok.heartbeat)) })
+}
+
+/// PLAIN: `[authzid] NUL user NUL password`.
+fn parse_plain(r: &[u8]) -> Option<(String, String)> {
+    let mut parts = r.split(|b| *b == 0);
+    let _authzid = parts.next()?;
+    let user = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    let password = std::str::from_utf8(parts.next()?).ok()?.to_owned();
+    Some((user, password))
+}
+
+/// AMQPLAIN: a field table without its length prefix, LOGIN and PASSWORD.
+fn parse_amqplain(r: &[u8]) -> Option<(String, String)> {
+    let mut bytes = Vec::with_capacity(r.len() + 4);
+    bytes.extend_from_slice(&(r.len() as u32).to_be_bytes());
+    bytes.extend_from_slice(r);
+    let t = codec::table_from_bytes(&bytes)?;
+    let text = |k: &str| match t.inner().get(k)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    };
+    Some((text("LOGIN")?, text("PASSWORD")?))
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum End {
+    /// connection.close from the client (answered), or close-ok to ours.
+    Closed,
+    /// The peer closed or the socket failed.
+    Lost,
+    MissedHeartbeats,
+    Shutdown,
+}
+
+enum PumpEvent {
+    Delivery { channel: u16, epoch: u64, tag: Arc<str>, delivery: Delivery },
+    Failed { channel: u16, epoch: u64, tag: Arc<str>, error: StoreError },
+}
+
+type StoreWait = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + Sync>>;
+
+/// A publish on a confirm-mode channel, answered in order.
+struct PendingConfirm {
+    channel: u16,
+    epoch: u64,
+    seq: u64,
+    /// `None`: nothing to wait for (unroutable, or already failed).
+    wait: Option<StoreWait>,
+    failed: bool,
+}
+
+struct Consumer {
+    queue: QueueId,
+    no_ack: bool,
+    window: Arc<Semaphore>,
+    stop: watch::Sender<bool>,
+}
+
+struct Unacked {
+    receipt: Receipt,
+    /// The window slot it holds (none for basic.get and no-ack).
+    window: Option<Arc<Semaphore>>,
+}
+
+/// What a transactional channel holds until tx.commit.
+#[derive(Default)]
+struct TxBuffer {
+    publishes: Vec<(Message, Vec<QueueId>)>,
+    /// (delivery tag, delivery, `None` for an ack or `Some(requeue)` for a nack/reject).
+    settles: Vec<(u64, Unacked, Option<bool>)>,
+}
+
+/// A basic.publish being assembled from its method, header and body frames.
+struct Publishing {
+    exchange: String,
+    routing_key: String,
+    mandatory: bool,
+    header: Option<ContentHeader>,
+    body: BytesMut,
+}
+
+struct Channel {
+    /// Unique per connection: events of an earlier channel with the same
+    /// number are told apart.
+    epoch: u64,
+    /// We sent channel.close and wait for close-ok; everything else is dropped.
+    closing: bool,
+    publishing: Option<Publishing>,
+    confirm: bool,
+    /// tx.select: publishes and settlements wait here for tx.commit.
+    tx: Option<TxBuffer>,
+    next_publish_seq: u64,
+    prefetch: u16,
+    global_window: Option<Arc<Semaphore>>,
+    consumers: HashMap<Arc<str>, Consumer>,
+    unacked: BTreeMap<u64, Unacked>,
+    next_tag: u64,
+    /// The last queue declared on the channel ("" in later methods means it).
+    last_queue: Option<String>,
+}
+
+struct Connection {
+    svc: Arc<AmqpService>,
+    id: u64,
+    peer: SocketAddr,
+    io: Io,
+    channel_max: u16,
+    heartbeat: Duration,
+    channels: HashMap<u16, Channel>,
+    epoch_seq: u64,
+    confirms: VecDeque<PendingConfirm>,
+    events_tx: mpsc::UnboundedSender<PumpEvent>,
+    events_rx: mpsc::UnboundedReceiver<PumpEvent>,
+    /// We sent connection.close: wait for close-ok until this deadline.
+    closing: Option<Instant>,
+}
+
+type Flow = Result<(), AmqpError>;
+
+fn random_suffix() -> String {
+    rand::thread_rng().sample_iter(&rand::distributions::Alphanumeric).take(22).map(char::from).collect()
+}
+
+impl Connection {
+    async fn run(&mut self, rd: &mut OwnedReadHalf, wr: &mut OwnedWriteHalf, shutdown: ShutdownSignal) -> End {
+        let shutdown_fut = shutdown.triggered();
+        tokio::pin!(shutdown_fut);
+        let mut last_rx = Instant::now();
+        let hb = self.heartbeat;
+        let mut next_heartbeat = Instant::now() + hb / 2;
+        loop {
+            if let Err(end) = self.io.flush(wr).await {
+                return end;
+            }
+            if let Some(deadline) = self.closing {
+                if Instant::now() >= deadline {
+                    return End::Closed;
+                }
+            }
+            let can_read = self.confirms.len() < PENDING_CONFIRMS_MAX;
+            let close_deadline = self.closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = &mut shutdown_fut, if self.closing.is_none() => {
+                    self.close_connection(AmqpError::connection(reply::CONNECTION_FORCED, "broker shutdown"), 0, 0);
+                    let _ = self.io.flush(wr).await;
+                    return End::Shutdown;
+                }
+                done = poll_confirms(&mut self.confirms), if !self.confirms.is_empty() => self.answer_confirms(done),
+                read = rd.read_buf(&mut self.io.inbuf), if can_read => match read {
+                    Ok(0) | Err(_) => return End::Lost,
+                    Ok(_) => {
+                        last_rx = Instant::now();
+                        loop {
+                            match decode_frame(&mut self.io.inbuf, self.io.frame_max) {
+                                Ok(Some(frame)) => {
+                                    if let Some(end) = self.on_frame(frame).await {
+                                        return end;
+                                    }
+                                }
+                                Ok(None) => break,
+                                Err(e) => {
+                                    debug!(peer = %self.peer, error = %e, "malformed frame");
+                                    return self.frame_error(e, wr).await;
+                                }
+                            }
+                        }
+                        if self.io.inbuf.capacity() - self.io.inbuf.len() < 4096 {
+                            self.io.inbuf.reserve(16 * 1024);
+                        }
+                    }
+                },
+                event = self.events_rx.recv() => {
+                    let mut next = event;
+                    let mut handled = 0;
+                    while let Some(ev) = next.take() {
+                        self.on_event(ev);
+                        handled += 1;
+                        if handled < EVENTS_PER_TURN {
+                            next = self.events_rx.try_recv().ok();
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(next_heartbeat), if !hb.is_zero() => {
+                    codec::encode_heartbeat(&mut self.io.out);
+                    next_heartbeat = Instant::now() + hb / 2;
+                }
+                _ = tokio::time::sleep_until(last_rx + hb * 2), if !hb.is_zero() => {
+                    debug!(peer = %self.peer, "missed heartbeats");
+                    return End::MissedHeartbeats;
+                }
+                _ = tokio::time::sleep_until(close_deadline), if self.closing.is_some() => return End::Closed,
+            }
+        }
+    }
+
+    async fn frame_error(&mut self, e: FrameError, wr: &mut OwnedWriteHalf) -> End {
+        self.close_connection(AmqpError::connection(e.reply_code(), &e), 0, 0);
+        let _ = self.io.flush(wr).await;
+        End::Closed
+    }
+
+    /// Sends connection.close; the loop then waits (briefly) for close-ok.
+    fn close_connection(&mut self, e: AmqpError, class_id: u16, method_id: u16) {
+        if self.closing.is_some() {
+            return;
+        }
+        debug!(peer = %self.peer, code = e.code, text = %e.text, "closing the connection");
+        self.io.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: e.code,
+                reply_text: short(&e.text),
+                class_id,
+                method_id,
+            })),
+        );
+        self.closing = Some(Instant::now() + Duration::from_secs(3));
+    }
+
+    /// Handles one frame; `Some` ends the connection.
+    async fn on_frame(&mut self, frame: Frame) -> Option<End> {
+        let ch = frame.channel();
+        if self.closing.is_some() {
+            // After our connection.close only close / close-ok count.
+            return match frame {
+                Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(_))) => Some(End::Closed),
+                Frame::Method(0, AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                    self.io.method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                    Some(End::Closed)
+                }
+                _ => None,
+            };
+        }
+        let (class_id, method_id) = match &frame {
+            Frame::Method(_, m) => (m.get_amqp_class_id(), m.get_amqp_method_id()),
+            _ => (0, 0),
+        };
+        let result = match frame {
+            Frame::Heartbeat(0) => Ok(()),
+            Frame::Heartbeat(_) => Err(AmqpError::connection(reply::FRAME_ERROR, "heartbeat frame on a non-zero channel")),
+            Frame::Method(0, m) => return self.on_connection_method(m),
+            Frame::Method(ch, m) => self.on_channel_method(ch, m).await,
+            Frame::Header(ch, h) => self.on_header(ch, h).await,
+            Frame::Body(ch, b) => self.on_body(ch, b).await,
+        };
+        if let Err(e) = result {
+            if e.connection {
+                self.close_connection(e, class_id, method_id);
+            } else {
+                self.close_channel(ch, e, class_id, method_id).await;
+            }
+        }
+        None
+    }
+
+    fn on_connection_method(&mut self, m: AMQPClass) -> Option<End> {
+        match m {
+            AMQPClass::Connection(connection::AMQPMethod::Close(_)) => {
+                self.io.method(0, AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})));
+                Some(End::Closed)
+            }
+            // Blocked/unblocked from a client are notifications we do not act on.
+            AMQPClass::Connection(connection::AMQPMethod::Blocked(_) | connection::AMQPMethod::Unblocked(_)) => None,
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.io.method(0, AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(connection::UpdateSecretOk {})));
+                None
+            }
+            other => {
+                let (c, mid) = (other.get_amqp_class_id(), other.get_amqp_method_id());
+                self.close_connection(AmqpError::connection(reply::COMMAND_INVALID, "unexpected method on channel 0"), c, mid);
+                None
+            }
+        }
+    }
+
+    /// Closes a channel because of `e`: everything it holds goes back.
+    async fn close_channel(&mut self, ch: u16, e: AmqpError, class_id: u16, method_id: u16) {
+        debug!(peer = %self.peer, channel = ch, code = e.code, text = %e.text, "closing a channel");
+        self.release_channel(ch, true).await;
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.closing = true;
+        }
+        self.io.method(
+            ch,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: e.code,
+                reply_text: short(&e.text),
+                class_id,
+                method_id,
+            })),
+        );
+    }
+
+    /// Stops the channel's consumers and requeues what it holds; keeps the
+    /// channel entry unless `keep` is false.
+    async fn release_channel(&mut self, ch: u16, keep: bool) {
+        let Some(c) = self.channels.get_mut(&ch) else { return };
+        let consumers: Vec<(Arc<str>, Consumer)> = c.consumers.drain().collect();
+        let unacked: Vec<Receipt> = std::mem::take(&mut c.unacked).into_values().map(|u| u.receipt).collect();
+        c.publishing = None;
+        if !keep {
+            self.channels.remove(&ch);
+        }
+        // Drop pending confirms of the channel: nobody will read them.
+        for consumer in consumers {
+            self.forget_consumer(consumer.1).await;
+        }
+        requeue_in_background(&self.svc, unacked);
+    }
+
+    async fn forget_consumer(&self, c: Consumer) {
+        let _ = c.stop.send(true);
+        let last_auto_delete = {
+            let mut q = self.svc.queues();
+            let n = q.consumers.entry(c.queue).or_default();
+            *n = n.saturating_sub(1);
+            let last = *n == 0;
+            if last {
+                q.consumers.remove(&c.queue);
+            }
+            last && q.auto_delete.contains(&c.queue)
+        };
+        if last_auto_delete {
+            self.delete_queue(c.queue).await;
+        }
+    }
+
+    async fn delete_queue(&self, q: QueueId) {
+        {
+            let mut reg = self.svc.queues();
+            reg.auto_delete.remove(&q);
+            reg.exclusive.remove(&q);
+            reg.consumers.remove(&q);
+        }
+        if let Err(e) = self.svc.store.delete_queue(q).await {
+            warn!(error = %e, "deleting a queue");
+        }
+    }
+
+    /// On connection end: requeue, stop pumps, delete exclusive queues.
+    async fn cleanup(&mut self) {
+        let chans: Vec<u16> = self.channels.keys().copied().collect();
+        for ch in chans {
+            self.release_channel(ch, false).await;
+        }
+        let owned: Vec<QueueId> = self.svc.queues().exclusive.iter().filter(|(_, c)| **c == self.id).map(|(q, _)| *q).collect();
+        for q in owned {
+            self.delete_queue(q).await;
+        }
+    }
+
+    fn channel(&mut self, ch: u16) -> Result<&mut Channel, AmqpError> {
+        self.channels.get_mut(&ch).ok_or_else(|| AmqpError::connection(reply::CHANNEL_ERROR, format!("channel {ch} is not open")))
+    }
+
+    async fn on_channel_method(&mut self, ch: u16, m: AMQPClass) -> Flow {
+        // Channel lifecycle first: open, and frames for a closing channel.
+        match (&m, self.channels.get(&ch)) {
+            (AMQPClass::Channel(channel::AMQPMethod::Open(_)), None) => {
+                if ch > self.channel_max {
+                    return Err(AmqpError::connection(
+                        reply::NOT_ALLOWED,
+                        format!("channel {ch} exceeds channel_max {}", self.channel_max),
+                    ));
+                }
+                self.epoch_seq += 1;
+                self.channels.insert(
+                    ch,
+                    Channel {
+                        epoch: self.epoch_seq,
+                        closing: false,
+                        publishing: None,
+                        confirm: false,
+                        tx: None,
+                        next_publish_seq: 1,
+                        prefetch: 0,
+                        global_window: None,
+                        consumers: HashMap::new(),
+                        unacked: BTreeMap::new(),
+                        next_tag: 1,
+                        last_queue: None,
+                    },
+                );
+                self.io.method(ch, AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})));
+                return Ok(());
+            }
+            (AMQPClass::Channel(channel::AMQPMethod::Open(_)), Some(_)) => {
+                return Err(AmqpError::connection(reply::CHANNEL_ERROR, format!("channel {ch} is already open")));
+            }
+            (_, None) => return Err(AmqpError::connection(reply::CHANNEL_ERROR, format!("expected 'channel.open' on channel {ch}"))),
+            (AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)), Some(c)) if c.closing => {
+                self.channels.remove(&ch);
+                return Ok(());
+            }
+            (AMQPClass::Channel(channel::AMQPMethod::Close(_)), Some(c)) if c.closing => {
+                self.channels.remove(&ch);
+                self.io.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                return Ok(());
+            }
+            (_, Some(c)) if c.closing => return Ok(()),
+            (_, Some(c)) if c.publishing.is_some() => {
+                return Err(AmqpError::connection(reply::UNEXPECTED_FRAME, format!("expected content on channel {ch}, got a method")));
+            }
+            _ => {}
+        }
+        match m {
+            AMQPClass::Channel(channel::AMQPMethod::Close(_)) => {
+                self.release_channel(ch, false).await;
+                self.io.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})));
+                Ok(())
+            }
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Channel(channel::AMQPMethod::Flow(f)) => {
+                self.io.method(ch, AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk { active: f.active })));
+                Ok(())
+            }
+            AMQPClass::Channel(channel::AMQPMethod::FlowOk(_)) => Ok(()),
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                self.io.method(ch, AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})));
+                Ok(())
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => self.exchange_declare(ch, d).await,
+            AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => self.exchange_delete(ch, d).await,
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_)) => {
+                Err(AmqpError::connection(reply::NOT_IMPLEMENTED, "exchange-to-exchange bindings are not supported yet"))
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => self.queue_declare(ch, d).await,
+            AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
+                let nowait = b.nowait;
+                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), true).await?;
+                if !nowait {
+                    self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
+                }
+                Ok(())
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
+                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), false).await?;
+                self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
+                Ok(())
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => self.queue_purge(ch, p).await,
+            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => self.queue_delete(ch, d).await,
+            AMQPClass::Basic(basic::AMQPMethod::Qos(q)) => {
+                let c = self.channel(ch)?;
+                if q.global {
+                    c.global_window = Some(Arc::new(Semaphore::new(window_size(q.prefetch_count))));
+                } else {
+                    c.prefetch = q.prefetch_count;
+                }
+                self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+                Ok(())
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Consume(c)) => self.basic_consume(ch, c).await,
+            AMQPClass::Basic(basic::AMQPMethod::Cancel(c)) => {
+                let removed = self.channel(ch)?.consumers.remove(c.consumer_tag.as_str());
+                if let Some(consumer) = removed {
+                    self.forget_consumer(consumer).await;
+                }
+                if !c.nowait {
+                    self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk { consumer_tag: c.consumer_tag })));
+                }
+                Ok(())
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+                let c = self.channel(ch)?;
+                c.publishing = Some(Publishing {
+                    exchange: p.exchange.as_str().to_owned(),
+                    routing_key: p.routing_key.as_str().to_owned(),
+                    mandatory: p.mandatory,
+                    header: None,
+                    body: BytesMut::new(),
+                });
+                Ok(())
+            }
+            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => self.basic_get(ch, g).await,
+            AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.settle(ch, a.delivery_tag, a.multiple, None),
+            AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.settle(ch, n.delivery_tag, n.multiple, Some(n.requeue)),
+            AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => self.settle(ch, r.delivery_tag, false, Some(r.requeue)),
+            AMQPClass::Basic(basic::AMQPMethod::Recover(_)) => {
+                // requeue=false (redeliver to the same consumer) is treated as
+                // requeue=true, which the spec allows servers to do.
+                let all = self.take_unacked(ch, 0, true)?;
+                requeue_in_background(&self.svc, all);
+                self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})));
+                Ok(())
+            }
+            AMQPClass::Basic(basic::AMQPMethod::RecoverAsync(_)) => {
+                let all = self.take_unacked(ch, 0, true)?;
+                requeue_in_background(&self.svc, all);
+                Ok(())
+            }
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
+                let c = self.channel(ch)?;
+                if c.tx.is_some() {
+                    return Err(AmqpError::channel(reply::PRECONDITION_FAILED, "cannot switch from tx to confirm mode"));
+                }
+                c.confirm = true;
+                if !s.nowait {
+                    self.io.method(ch, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})));
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Select(_)) => {
+                let c = self.channel(ch)?;
+                if c.confirm {
+                    return Err(AmqpError::channel(reply::PRECONDITION_FAILED, "cannot switch from confirm to tx mode"));
+                }
+                c.tx.get_or_insert_with(TxBuffer::default);
+                self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+                Ok(())
+            }
+            AMQPClass::Tx(tx::AMQPMethod::Commit(_)) => self.tx_commit(ch).await,
+            AMQPClass::Tx(tx::AMQPMethod::Rollback(_)) => {
+                let chan = self.channel(ch)?;
+                let buf = chan.tx.as_mut().map(std::mem::take).ok_or_else(not_transactional)?;
+                // Rolled-back acks leave their deliveries unacknowledged again.
+                for (tag, u, _) in buf.settles {
+                    chan.unacked.insert(tag, u);
+                }
+                self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})));
+                Ok(())
+            }
+            other => Err(AmqpError::connection(
+                reply::COMMAND_INVALID,
+                format!("unexpected method {}.{} from a client", other.get_amqp_class_id(), other.get_amqp_method_id()),
+            )),
+        }
+    }
+
+    // ---- exchanges ----
+
+    async fn exchange_declare(&mut self, ch: u16, d: exchange::Declare) -> Flow {
+        let name = d.exchange.as_str();
+        let sp = space(DEFAULT_VHOST, name);
+        let existing = self.svc.exchanges.get(&sp);
+        if d.passive {
+            if existing.is_none() {
+                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
+            }
+        } else {
+            let Some(kind) = Kind::parse(d.kind.as_str()) else {
+                return Err(AmqpError::connection(reply::COMMAND_INVALID, format!("unknown exchange type '{}'", d.kind)));
+            };
+            let def = ExchangeDef { kind, durable: d.durable, auto_delete: d.auto_delete, internal: d.internal, arguments: d.arguments };
+            match existing {
+                Some(cur) => {
+                    if let Some((arg, got, have)) = cur.inequivalence(&def) {
+                        return Err(AmqpError::channel(
+                            reply::PRECONDITION_FAILED,
+                            format!(
+                                "inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{got}' but current is '{have}'"
+                            ),
+                        ));
+                    }
+                }
+                None => {
+                    if name.is_empty() || name.starts_with("amq.") {
+                        return Err(AmqpError::channel(
+                            reply::ACCESS_REFUSED,
+                            format!("exchange name '{name}' contains reserved prefix 'amq.*'"),
+                        ));
+                    }
+                    self.svc.exchanges.add(&self.svc.store, &sp, def).await?;
+                }
+            }
+        }
+        if !d.nowait {
+            self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})));
+        }
+        Ok(())
+    }
+
+    async fn exchange_delete(&mut self, ch: u16, d: exchange::Delete) -> Flow {
+        let name = d.exchange.as_str();
+        if name.is_empty() || name.starts_with("amq.") {
+            return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("deleting exchange '{name}' is not allowed")));
+        }
+        let sp = space(DEFAULT_VHOST, name);
+        if self.svc.exchanges.get(&sp).is_some() {
+            if d.if_unused && !bindings_in(&self.svc.store, &sp).is_empty() {
+                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("exchange '{name}' in vhost '/' in use")));
+            }
+            self.svc.exchanges.remove(&self.svc.store, &sp).await?;
+        }
+        if !d.nowait {
+            self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
+        }
+        Ok(())
+    }
+
+    // ---- queues ----
+
+    /// The queue a method names ("" = the channel's last declared queue).
+    fn resolve_queue_name(&mut self, ch: u16, name: &str) -> Result<String, AmqpError> {
+        if !name.is_empty() {
+            return Ok(name.to_owned());
+        }
+        self.channel(ch)?.last_queue.clone().ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, "no previously declared queue"))
+    }
+
+    /// Looks a queue up, checking exclusivity.
+    fn find_queue(&self, name: &str) -> Result<QueueId, AmqpError> {
+        let core = queue_core_name(DEFAULT_VHOST, name)?;
+        let id = self
+            .svc
+            .store
+            .queue_id(&core)
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no queue '{name}' in vhost '/'")))?;
+        self.check_exclusive(id, name)?;
+        Ok(id)
+    }
+
+    fn check_exclusive(&self, id: QueueId, name: &str) -> Flow {
+        match self.svc.queues().exclusive.get(&id) {
+            Some(owner) if *owner != self.id => Err(AmqpError::channel(
+                reply::RESOURCE_LOCKED,
+                format!("cannot obtain exclusive access to locked queue '{name}' in vhost '/'"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn consumer_count(&self, id: QueueId) -> u32 {
+        self.svc.queues().consumers.get(&id).copied().unwrap_or(0) as u32
+    }
+
+    async fn queue_declare(&mut self, ch: u16, d: queue::Declare) -> Flow {
+        let mut name = d.queue.as_str().to_owned();
+        if d.passive {
+            let name = self.resolve_queue_name(ch, &name)?;
+            let id = self.find_queue(&name)?;
+            return self.declare_ok(ch, &name, id, d.nowait);
+        }
+        if name.is_empty() {
+            name = format!("amq.gen-{}", random_suffix());
+        } else if name.starts_with("amq.") {
+            return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("queue name '{name}' contains reserved prefix 'amq.*'")));
+        }
+        let core = queue_core_name(DEFAULT_VHOST, &name)?;
+        let opts = queue_options(&d)?;
+        let store = Arc::clone(&self.svc.store);
+        if let Some(id) = store.queue_id(&core) {
+            self.check_exclusive(id, &name)?;
+            if let Some(info) = store.queue_info(id) {
+                if info.options.transient != opts.transient {
+                    return Err(AmqpError::channel(
+                        reply::PRECONDITION_FAILED,
+                        format!(
+                            "inequivalent arg 'durable' for queue '{name}' in vhost '/': received '{}' but current is '{}'",
+                            !opts.transient, !info.options.transient
+                        ),
+                    ));
+                }
+            }
+        }
+        let info = match store.declare_queue(&core, opts).await {
+            Ok(i) => i,
+            Err(StoreError::Inequivalent(_)) => {
+                return Err(AmqpError::channel(
+                    reply::PRECONDITION_FAILED,
+                    format!("inequivalent arg for queue '{name}' in vhost '/': arguments differ from the existing queue's"),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        };
+        {
+            let mut reg = self.svc.queues();
+            if d.exclusive {
+                reg.exclusive.entry(info.id).or_insert(self.id);
+            }
+            if d.auto_delete {
+                reg.auto_delete.insert(info.id);
+            }
+        }
+        self.channel(ch)?.last_queue = Some(name.clone());
+        self.declare_ok(ch, &name, info.id, d.nowait)
+    }
+
+    fn declare_ok(&mut self, ch: u16, name: &str, id: QueueId, nowait: bool) -> Flow {
+        self.channel(ch)?.last_queue = Some(name.to_owned());
+        if nowait {
+            return Ok(());
+        }
+        let ready = self.svc.store.queue_info(id).map(|i| i.ready).unwrap_or(0);
+        let consumers = self.consumer_count(id);
+        self.io.method(
+            ch,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: short(name),
+                message_count: ready.min(u64::from(u32::MAX)) as u32,
+                consumer_count: consumers,
+            })),
+        );
+        Ok(())
+    }
+
+    async fn queue_bind(&mut self, ch: u16, queue: &str, exchange: &str, key: &str, add: bool) -> Flow {
+        let queue = self.resolve_queue_name(ch, queue)?;
+        let id = self.find_queue(&queue)?;
+        if exchange.is_empty() {
+            return Err(AmqpError::channel(
+                reply::ACCESS_REFUSED,
+                format!("operation not permitted on the default exchange (queue '{queue}')"),
+            ));
+        }
+        let sp = space(DEFAULT_VHOST, exchange);
+        let def = self
+            .svc
+            .exchanges
+            .get(&sp)
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+        let pattern = binding_pattern(def.kind, key)?;
+        if add {
+            self.svc.store.bind(&sp, &pattern, id).await?;
+        } else {
+            self.svc.store.unbind(&sp, &pattern, id).await?;
+        }
+        Ok(())
+    }
+
+    async fn queue_purge(&mut self, ch: u16, p: queue::Purge) -> Flow {
+        let name = self.resolve_queue_name(ch, p.queue.as_str())?;
+        let id = self.find_queue(&name)?;
+        let purged = purge(&self.svc.store, id).await?;
+        if !p.nowait {
+            self.io.method(
+                ch,
+                AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk { message_count: purged.min(u64::from(u32::MAX)) as u32 })),
+            );
+        }
+        Ok(())
+    }
+
+    async fn queue_delete(&mut self, ch: u16, d: queue::Delete) -> Flow {
+        let name = self.resolve_queue_name(ch, d.queue.as_str())?;
+        let core = queue_core_name(DEFAULT_VHOST, &name)?;
+        let mut count = 0;
+        // Deleting a queue that does not exist succeeds (RabbitMQ 3.x).
+        if let Some(id) = self.svc.store.queue_id(&core) {
+            self.check_exclusive(id, &name)?;
+            let ready = self.svc.store.queue_info(id).map(|i| i.ready).unwrap_or(0);
+            if d.if_unused && self.consumer_count(id) > 0 {
+                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("queue '{name}' in vhost '/' in use")));
+            }
+            if d.if_empty && ready > 0 {
+                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("queue '{name}' in vhost '/' is not empty")));
+            }
+            count = ready;
+            self.delete_queue(id).await;
+        }
+        if !d.nowait {
+            self.io.method(
+                ch,
+                AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk { message_count: count.min(u64::from(u32::MAX)) as u32 })),
+            );
+        }
+        Ok(())
+    }
+
+    // ---- consuming ----
+
+    async fn basic_consume(&mut self, ch: u16, c: basic::Consume) -> Flow {
+        let name = self.resolve_queue_name(ch, c.queue.as_str())?;
+        let id = self.find_queue(&name)?;
+        if self.svc.store.queue_info(id).is_some_and(|i| i.options.kind == QueueKind::Stream) {
+            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, "consuming from a stream queue is not supported yet"));
+        }
+        let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
+            format!("amq.ctag-{}", random_suffix()).into()
+        } else {
+            c.consumer_tag.as_str().into()
+        };
+        let epoch;
+        let window;
+        {
+            let chan = self.channel(ch)?;
+            if chan.consumers.contains_key(&tag) {
+                return Err(AmqpError::connection(reply::NOT_ALLOWED, format!("attempt to reuse consumer tag '{tag}'")));
+            }
+            window = match &chan.global_window {
+                Some(w) => Arc::clone(w),
+                None => Arc::new(Semaphore::new(window_size(chan.prefetch))),
+            };
+            epoch = chan.epoch;
+        }
+        *self.svc.queues().consumers.entry(id).or_default() += 1;
+        if !c.nowait {
+            self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag) })));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        tokio::spawn(pump(
+            Arc::clone(&self.svc.store),
+            id,
+            PumpKey { channel: ch, epoch, tag: Arc::clone(&tag) },
+            Arc::clone(&window),
+            self.events_tx.clone(),
+            stop_rx,
+        ));
+        self.channel(ch)?.consumers.insert(tag, Consumer { queue: id, no_ack: c.no_ack, window, stop: stop_tx });
+        Ok(())
+    }
+
+    fn on_event(&mut self, ev: PumpEvent) {
+        match ev {
+            PumpEvent::Delivery { channel, epoch, tag, delivery } => {
+                let live = self.channels.get(&channel).filter(|c| c.epoch == epoch && !c.closing).and_then(|c| c.consumers.get(&tag));
+                let Some(consumer) = live else {
+                    // Cancelled or closed meanwhile: hand it back.
+                    requeue_in_background(&self.svc, vec![delivery.receipt]);
+                    return;
+                };
+                let (no_ack, window) = (consumer.no_ack, Arc::clone(&consumer.window));
+                let out = Outgoing::from_core(&delivery.message);
+                if out.expire_at_ms.is_some_and(|at| at <= self.svc.store.now_ms()) {
+                    window.add_permits(1);
+                    ack_in_background(&self.svc, vec![delivery.receipt]);
+                    return;
+                }
+                let Some(chan) = self.channels.get_mut(&channel) else { return };
+                let delivery_tag = chan.next_tag;
+                chan.next_tag += 1;
+                if no_ack {
+                    window.add_permits(1);
+                    ack_in_background(&self.svc, vec![delivery.receipt]);
+                } else {
+                    chan.unacked.insert(delivery_tag, Unacked { receipt: delivery.receipt, window: Some(window) });
+                }
+                self.io.method(
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                        consumer_tag: short(&tag),
+                        delivery_tag,
+                        redelivered: delivery.deliveries > 1,
+                        exchange: short(&out.exchange),
+                        routing_key: short(&out.routing_key),
+                    })),
+                );
+                codec::encode_content(channel, out.properties, &delivery.message.payload, self.io.frame_max, &mut self.io.out);
+            }
+            PumpEvent::Failed { channel, epoch, tag, error } => {
+                debug!(peer = %self.peer, error = %error, "consumer stopped");
+                let Some(chan) = self.channels.get_mut(&channel).filter(|c| c.epoch == epoch) else { return };
+                if let Some(c) = chan.consumers.remove(&tag) {
+                    let _ = c.stop.send(true);
+                    let mut q = self.svc.queues();
+                    if let Some(n) = q.consumers.get_mut(&c.queue) {
+                        *n = n.saturating_sub(1);
+                    }
+                    drop(q);
+                    // The queue is gone (deleted elsewhere): tell the client
+                    // (consumer_cancel_notify).
+                    self.io.method(
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel { consumer_tag: short(&tag), nowait: true })),
+                    );
+                }
+            }
+        }
+    }
+
+    async fn basic_get(&mut self, ch: u16, g: basic::Get) -> Flow {
+        let name = self.resolve_queue_name(ch, g.queue.as_str())?;
+        let id = self.find_queue(&name)?;
+        let store = Arc::clone(&self.svc.store);
+        let now = store.now_ms();
+        let delivery = loop {
+            let mut got = store.pop(id, 1, DELIVERY_INVISIBLE, Duration::ZERO).await?;
+            let Some(d) = got.pop() else { break None };
+            let out = Outgoing::from_core(&d.message);
+            if out.expire_at_ms.is_some_and(|at| at <= now) {
+                store.ack(d.receipt).await?;
+                continue;
+            }
+            break Some((d, out));
+        };
+        let Some((d, out)) = delivery else {
+            self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})));
+            return Ok(());
+        };
+        let chan = self.channel(ch)?;
+        let delivery_tag = chan.next_tag;
+        chan.next_tag += 1;
+        if g.no_ack {
+            ack_in_background(&self.svc, vec![d.receipt]);
+        } else {
+            chan.unacked.insert(delivery_tag, Unacked { receipt: d.receipt, window: None });
+        }
+        let remaining = store.queue_info(id).map(|i| i.ready).unwrap_or(0);
+        self.io.method(
+            ch,
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(basic::GetOk {
+                delivery_tag,
+                redelivered: d.deliveries > 1,
+                exchange: short(&out.exchange),
+                routing_key: short(&out.routing_key),
+                message_count: remaining.min(u64::from(u32::MAX)) as u32,
+            })),
+        );
+        codec::encode_content(ch, out.properties, &d.message.payload, self.io.frame_max, &mut self.io.out);
+        Ok(())
+    }
+
+    /// Removes deliveries being settled (all up to `tag` with `multiple`; tag
+    /// 0 with `multiple` means all).
+    fn take_unacked_entries(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<(u64, Unacked)>, AmqpError> {
+        let chan = self.channel(ch)?;
+        Ok(if multiple {
+            if tag == 0 {
+                std::mem::take(&mut chan.unacked).into_iter().collect()
+            } else {
+                if tag >= chan.next_tag {
+                    return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("unknown delivery tag {tag}")));
+                }
+                let rest = chan.unacked.split_off(&(tag + 1));
+                std::mem::replace(&mut chan.unacked, rest).into_iter().collect()
+            }
+        } else {
+            match chan.unacked.remove(&tag) {
+                Some(u) => vec![(tag, u)],
+                None => return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("unknown delivery tag {tag}"))),
+            }
+        })
+    }
+
+    /// Like [`take_unacked_entries`](Self::take_unacked_entries), freeing their window slots.
+    fn take_unacked(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<Receipt>, AmqpError> {
+        Ok(self.take_unacked_entries(ch, tag, multiple)?.into_iter().map(|(_, u)| release(u)).collect())
+    }
+
+    /// basic.ack (`negative` = None) or basic.nack/reject (`Some(requeue)`);
+    /// held until commit on a transactional channel.
+    fn settle(&mut self, ch: u16, tag: u64, multiple: bool, negative: Option<bool>) -> Flow {
+        let entries = self.take_unacked_entries(ch, tag, multiple)?;
+        let chan = self.channel(ch)?;
+        if let Some(tx) = chan.tx.as_mut() {
+            tx.settles.extend(entries.into_iter().map(|(t, u)| (t, u, negative)));
+            return Ok(());
+        }
+        let receipts: Vec<Receipt> = entries.into_iter().map(|(_, u)| release(u)).collect();
+        match negative {
+            None => ack_in_background(&self.svc, receipts),
+            Some(requeue) => self.settle_negative(receipts, requeue),
+        }
+        Ok(())
+    }
+
+    /// Applies what a transaction holds: the publishes (waiting until they are
+    /// stored), then the settlements.
+    async fn tx_commit(&mut self, ch: u16) -> Flow {
+        let buf = self.channel(ch)?.tx.as_mut().map(std::mem::take).ok_or_else(not_transactional)?;
+        let store = Arc::clone(&self.svc.store);
+        let mut tickets = Vec::with_capacity(buf.publishes.len());
+        for (msg, targets) in buf.publishes {
+            tickets.push(store.submit(msg, &targets).await?);
+        }
+        for t in tickets {
+            t.wait().await?;
+        }
+        let mut acks = Vec::new();
+        for (_, u, negative) in buf.settles {
+            let receipt = release(u);
+            match negative {
+                None => acks.push(receipt),
+                Some(requeue) => {
+                    let action = if requeue { NackAction::Requeue { delay_ms: 0 } } else { NackAction::DeadLetter };
+                    if let Err(e) = store.nack(receipt, action).await {
+                        debug!(error = %e, "settling a delivery at commit");
+                    }
+                }
+            }
+        }
+        store.ack_many(&acks).await?;
+        self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+        Ok(())
+    }
+
+    fn settle_negative(&self, receipts: Vec<Receipt>, requeue: bool) {
+        if requeue {
+            requeue_in_background(&self.svc, receipts);
+            return;
+        }
+        let store = Arc::clone(&self.svc.store);
+        tokio::spawn(async move {
+            for r in receipts {
+                if let Err(e) = store.nack(r, NackAction::DeadLetter).await {
+                    debug!(error = %e, "rejecting a delivery");
+                }
+            }
+        });
+    }
+
+    // ---- publishing ----
+
+    async fn on_header(&mut self, ch: u16, h: ContentHeader) -> Flow {
+        let c = self.channel(ch)?;
+        if c.closing {
+            return Ok(());
+        }
+        let Some(p) = c.publishing.as_mut().filter(|p| p.header.is_none()) else {
+            return Err(AmqpError::connection(reply::UNEXPECTED_FRAME, format!("unexpected content header on channel {ch}")));
+        };
+        if h.class_id != codec::CLASS_BASIC {
+            return Err(AmqpError::connection(reply::UNEXPECTED_FRAME, format!("content header of class {}", h.class_id)));
+        }
+        let max = polymq::limits::RECORD_BYTES_MAX as u64;
+        if h.body_size > max {
+            c.publishing = None;
+            return Err(AmqpError::channel(
+                reply::PRECONDITION_FAILED,
+                format!("message size {} is larger than configured max size {max}", h.body_size),
+            ));
+        }
+        // Grown as frames arrive, not by the declared size: a header alone
+        // must not make us allocate 16 MiB.
+        p.body.reserve((h.body_size as usize).min(64 * 1024));
+        let empty = h.body_size == 0;
+        p.header = Some(h);
+        if empty {
+            return self.finish_publish(ch).await;
+        }
+        Ok(())
+    }
+
+    async fn on_body(&mut self, ch: u16, b: Bytes) -> Flow {
+        let c = self.channel(ch)?;
+        if c.closing {
+            return Ok(());
+        }
+        let Some(p) = c.publishing.as_mut() else {
+            return Err(AmqpError::connection(reply::UNEXPECTED_FRAME, format!("unexpected content body on channel {ch}")));
+        };
+        let Some(size) = p.header.as_ref().map(|h| h.body_size) else {
+            return Err(AmqpError::connection(reply::UNEXPECTED_FRAME, format!("content body before its header on channel {ch}")));
+        };
+        if p.body.len() as u64 + b.len() as u64 > size {
+            return Err(AmqpError::connection(reply::FRAME_ERROR, "content body larger than its header said"));
+        }
+        p.body.extend_from_slice(&b);
+        if p.body.len() as u64 == size {
+            return self.finish_publish(ch).await;
+        }
+        Ok(())
+    }
+
+    async fn finish_publish(&mut self, ch: u16) -> Flow {
+        let c = self.channel(ch)?;
+        let Some(mut p) = c.publishing.take() else { return Ok(()) };
+        let epoch = c.epoch;
+        let confirm = c.confirm;
+        let seq = c.next_publish_seq;
+        if confirm {
+            c.next_publish_seq += 1;
+        }
+        let props = p.header.take().map(|h| h.properties).unwrap_or_default();
+        let targets = self.route(&p.exchange, &p.routing_key)?;
+        let store = Arc::clone(&self.svc.store);
+        if targets.is_empty() {
+            if p.mandatory {
+                self.io.method(
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: reply::NO_ROUTE,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: short(&p.exchange),
+                        routing_key: short(&p.routing_key),
+                    })),
+                );
+                codec::encode_content(ch, props, &p.body, self.io.frame_max, &mut self.io.out);
+            }
+            if confirm {
+                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: false });
+            }
+            return Ok(());
+        }
+        let msg = message::to_core(&p.exchange, &p.routing_key, &props, p.body.freeze(), store.now_ms());
+        if let Some(tx) = self.channel(ch)?.tx.as_mut() {
+            tx.publishes.push((msg, targets));
+            return Ok(());
+        }
+        match store.submit(msg, &targets).await {
+            Ok(ticket) => {
+                if confirm {
+                    let wait: StoreWait = Box::pin(async move { ticket.wait().await.map(drop) });
+                    self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: false });
+                }
+                Ok(())
+            }
+            Err(e) if confirm => {
+                debug!(error = %e, "publish not stored");
+                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: true });
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The queues a publish goes to.
+    fn route(&self, exchange: &str, key: &str) -> Result<Vec<QueueId>, AmqpError> {
+        if exchange.is_empty() {
+            // The default exchange: the queue named by the routing key.
+            let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
+            return Ok(self.svc.store.queue_id(&core).into_iter().collect());
+        }
+        let sp = space(DEFAULT_VHOST, exchange);
+        let def = self
+            .svc
+            .exchanges
+            .get(&sp)
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+        if def.internal {
+            return Err(AmqpError::channel(
+                reply::ACCESS_REFUSED,
+                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
+            ));
+        }
+        let store = &self.svc.store;
+        Ok(match def.kind {
+            Kind::Direct | Kind::Fanout => store.route(&sp, &[key], false),
+            Kind::Topic => {
+                let levels: Vec<&str> = key.split('.').collect();
+                store.route(&sp, &levels, false)
+            }
+            Kind::Headers => Vec::new(),
+        })
+    }
+
+    /// basic.ack / basic.nack to publishers, in order, coalescing runs.
+    fn answer_confirms(&mut self, done: Vec<(PendingConfirm, Result<(), StoreError>)>) {
+        let mut run: Option<(u16, u64, u64, usize)> = None; // channel, epoch, last seq, count
+        let emit = |io: &mut Io, run: Option<(u16, u64, u64, usize)>, channels: &HashMap<u16, Channel>| {
+            if let Some((ch, epoch, seq, n)) = run {
+                if channels.get(&ch).is_some_and(|c| c.epoch == epoch && !c.closing) {
+                    io.method(ch, AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: seq, multiple: n > 1 })));
+                }
+            }
+        };
+        for (pc, result) in done {
+            let ok = result.is_ok() && !pc.failed;
+            if ok {
+                match &mut run {
+                    Some((ch, epoch, seq, n)) if *ch == pc.channel && *epoch == pc.epoch => {
+                        *seq = pc.seq;
+                        *n += 1;
+                    }
+                    _ => {
+                        emit(&mut self.io, run.take(), &self.channels);
+                        run = Some((pc.channel, pc.epoch, pc.seq, 1));
+                    }
+                }
+            } else {
+                emit(&mut self.io, run.take(), &self.channels);
+                if self.channels.get(&pc.channel).is_some_and(|c| c.epoch == pc.epoch && !c.closing) {
+                    self.io.method(
+                        pc.channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Nack(basic::Nack { delivery_tag: pc.seq, multiple: false, requeue: false })),
+                    );
+                }
+            }
+        }
+        emit(&mut self.io, run, &self.channels);
+    }
+}
+
+/// Frees a settled delivery's window slot; its receipt remains to settle.
+fn release(u: Unacked) -> Receipt {
+    if let Some(w) = u.window {
+        w.add_permits(1);
+    }
+    u.receipt
+}
+
+fn not_transactional() -> AmqpError {
+    AmqpError::channel(reply::PRECONDITION_FAILED, "channel is not transactional")
+}
+
+fn window_size(prefetch: u16) -> usize {
+    if prefetch == 0 {
+        UNLIMITED_PREFETCH_CAP
+    } else {
+        usize::from(prefetch)
+    }
+}
+
+/// Core options from queue.declare flags and arguments.
+fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
+    let mut o = QueueOptions { transient: !d.durable || d.exclusive, ..QueueOptions::default() };
+    let int = |v: &AMQPValue| -> Option<i64> {
+        Some(match v {
+            AMQPValue::ShortShortInt(n) => i64::from(*n),
+            AMQPValue::ShortShortUInt(n) => i64::from(*n),
+            AMQPValue::ShortInt(n) => i64::from(*n),
+            AMQPValue::ShortUInt(n) => i64::from(*n),
+            AMQPValue::LongInt(n) => i64::from(*n),
+            AMQPValue::LongUInt(n) => i64::from(*n),
+            AMQPValue::LongLongInt(n) => *n,
+            AMQPValue::Timestamp(n) => *n as i64,
+            _ => return None,
+        })
+    };
+    let bad = |arg: &str, why: &str| AmqpError::channel(reply::PRECONDITION_FAILED, format!("invalid arg '{arg}': {why}"));
+    for (k, v) in &d.arguments {
+        match k.as_str() {
+            "x-max-priority" => {
+                let n = int(v).filter(|n| (0..=255).contains(n)).ok_or_else(|| bad("x-max-priority", "expected 0..=255"))?;
+                o.max_priority = n as u8;
+            }
+            "x-expires" => {
+                let n = int(v).filter(|n| *n > 0).ok_or_else(|| bad("x-expires", "expected a positive integer"))?;
+                o.idle_ttl_ms = Some(n as u64);
+            }
+            "x-delivery-limit" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-delivery-limit", "expected a non-negative integer"))?;
+                // RabbitMQ counts redeliveries; the core counts deliveries.
+                o.max_deliveries = Some((n as u64 + 1).min(u64::from(u32::MAX)) as u32);
+            }
+            "x-queue-type" => match v {
+                AMQPValue::LongString(s) if matches!(s.as_bytes(), b"classic" | b"quorum") => {}
+                _ => return Err(bad("x-queue-type", "only classic and quorum queues are supported so far")),
+            },
+            // Accepted and not acted on yet: see docs/design-amqp.md.
+            _ => {}
+        }
+    }
+    Ok(o)
+}
+
+/// Removes every visible message of a queue; returns how many.
+async fn purge(store: &polymq::Store, id: QueueId) -> Result<u64, StoreError> {
+    let mut n = 0u64;
+    loop {
+        let got = store.pop(id, PURGE_BATCH, DELIVERY_INVISIBLE, Duration::ZERO).await?;
+        if got.is_empty() {
+            return Ok(n);
+        }
+        n += got.len() as u64;
+        let receipts: Vec<Receipt> = got.iter().map(|d| d.receipt).collect();
+        store.ack_many(&receipts).await?;
+    }
+}
+
+fn requeue_in_background(svc: &Arc<AmqpService>, receipts: Vec<Receipt>) {
+    if receipts.is_empty() {
+        return;
+    }
+    let store = Arc::clone(&svc.store);
+    tokio::spawn(async move {
+        for r in receipts {
+            if let Err(e) = store.nack(r, NackAction::Requeue { delay_ms: 0 }).await {
+                debug!(error = %e, "requeueing a delivery");
+            }
+        }
+    });
+}
+
+fn ack_in_background(svc: &Arc<AmqpService>, receipts: Vec<Receipt>) {
+    let store = Arc::clone(&svc.store);
+    tokio::spawn(async move {
+        if let Err(e) = store.ack_many(&receipts).await {
+            debug!(error = %e, "acknowledging deliveries");
+        }
+    });
+}
+
+async fn poll_confirms(pending: &mut VecDeque<PendingConfirm>) -> Vec<(PendingConfirm, Result<(), StoreError>)> {
+    std::future::poll_fn(|cx| {
+        let mut done = Vec::new();
+        while let Some(front) = pending.front_mut() {
+            let result = match front.wait.as_mut() {
+                None => Ok(()),
+                Some(w) => match w.as_mut().poll(cx) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => break,
+                },
+            };
+            if let Some(mut p) = pending.pop_front() {
+                p.wait = None;
+                done.push((p, result));
+            }
+        }
+        if done.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(done)
+        }
+    })
+    .await
+}
+
+struct PumpKey {
+    channel: u16,
+    epoch: u64,
+    tag: Arc<str>,
+}
+
+/// Pops from one queue while the consumer's window has room and hands the
+/// deliveries to the connection.
+async fn pump(
+    store: Arc<polymq::Store>,
+    queue: QueueId,
+    key: PumpKey,
+    window: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<PumpEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let fail = |error: StoreError| PumpEvent::Failed { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), error };
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&window).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        permit.forget();
+        let mut held = 1usize;
+        while held < POP_BATCH_MAX {
+            match window.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    held += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let mut popped = match store.pop(queue, held, DELIVERY_INVISIBLE, Duration::ZERO).await {
+            Ok(d) => d,
+            Err(e) => {
+                window.add_permits(held);
+                let _ = tx.send(fail(e));
+                return;
+            }
+        };
+        if popped.is_empty() {
+            window.add_permits(held - 1);
+            held = 1;
+            popped = tokio::select! {
+                r = store.pop(queue, 1, DELIVERY_INVISIBLE, POP_WAIT) => match r {
+                    Ok(d) => d,
+                    Err(e) => {
+                        window.add_permits(1);
+                        let _ = tx.send(fail(e));
+                        return;
+                    }
+                },
+                _ = stop.changed() => {
+                    window.add_permits(1);
+                    return;
+                }
+            };
+            store.touch(queue);
+        }
+        window.add_permits(held - popped.len());
+        for d in popped {
+            let ev = PumpEvent::Delivery { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), delivery: d };
+            if let Err(mpsc::error::SendError(PumpEvent::Delivery { delivery, .. })) = tx.send(ev) {
+                // The connection is gone without draining: hand it back.
+                let _ = store.nack(delivery.receipt, NackAction::Requeue { delay_ms: 0 }).await;
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::LongString;
+    use amq_protocol::protocol::BasicProperties;
+
+    #[test]
+    fn sasl_responses_parse() {
+        assert_eq!(parse_plain(b"\0guest\0pw"), Some(("guest".into(), "pw".into())));
+        assert_eq!(parse_plain(b"guest"), None);
+        let mut t = FieldTable::default();
+        t.insert("LOGIN".into(), AMQPValue::LongString("u".into()));
+        t.insert("PASSWORD".into(), AMQPValue::LongString(LongString::from("p")));
+        let bytes = codec::table_to_bytes(&t);
+        assert_eq!(parse_amqplain(&bytes[4..]), Some(("u".into(), "p".into())));
+    }
+
+    #[test]
+    fn unlimited_prefetch_is_capped() {
+        assert_eq!(window_size(0), UNLIMITED_PREFETCH_CAP);
+        assert_eq!(window_size(5), 5);
+        let _ = BasicProperties::default();
+    }
+}

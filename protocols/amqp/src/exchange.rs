@@ -1,0 +1,250 @@
+//! Exchanges and names: exchanges are topic spaces of the core, their
+//! definitions durable metadata kept as bindings in a side space, queue
+//! names mapped onto core queue names in one place.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use polymq::queue::{QueueId, QueueOptions};
+use polymq::route::{Level, Pattern};
+use polymq::{Store, StoreError};
+
+use crate::codec::{self, FieldTable};
+use crate::reply::{self, AmqpError};
+
+/// The durable queue that holds AMQP metadata as bindings; nothing is ever
+/// appended to it.
+pub(crate) const META_QUEUE: &str = "amqp/meta";
+/// Side space of exchange definitions: one binding per durable exchange,
+/// pattern `[name, type, flags, arguments-hex]`. Nothing routes in it.
+pub(crate) const EXCHANGES_SPACE: &str = "amqp.exchanges";
+/// The only virtual host so far.
+pub(crate) const DEFAULT_VHOST: &str = "/";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "direct" => Kind::Direct,
+            "fanout" => Kind::Fanout,
+            "topic" => Kind::Topic,
+            "headers" => Kind::Headers,
+            _ => return None,
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Fanout => "fanout",
+            Kind::Topic => "topic",
+            Kind::Headers => "headers",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExchangeDef {
+    pub kind: Kind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+impl ExchangeDef {
+    fn builtin(kind: Kind) -> ExchangeDef {
+        ExchangeDef { kind, durable: true, auto_delete: false, internal: false, arguments: FieldTable::default() }
+    }
+
+    fn flags(&self) -> String {
+        format!("d{}a{}i{}", self.durable as u8, self.auto_delete as u8, self.internal as u8)
+    }
+
+    fn record_pattern(&self, name: &str) -> Pattern {
+        let args: String = codec::table_to_bytes(&self.arguments).iter().map(|b| format!("{b:02x}")).collect();
+        Pattern(vec![
+            Level::Word(name.into()),
+            Level::Word(self.kind.name().into()),
+            Level::Word(self.flags().into()),
+            Level::Word(args.into()),
+        ])
+    }
+
+    fn from_record(p: &Pattern) -> Option<(String, ExchangeDef)> {
+        let [Level::Word(name), Level::Word(kind), Level::Word(flags), Level::Word(args)] = &p.0[..] else { return None };
+        let f = flags.as_bytes();
+        if f.len() != 6 {
+            return None;
+        }
+        let bytes: Option<Vec<u8>> =
+            (0..args.len() / 2).map(|i| args.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+        Some((
+            name.to_string(),
+            ExchangeDef {
+                kind: Kind::parse(kind)?,
+                durable: f[1] == b'1',
+                auto_delete: f[3] == b'1',
+                internal: f[5] == b'1',
+                arguments: codec::table_from_bytes(&bytes?)?,
+            },
+        ))
+    }
+
+    /// The first property in which `other` differs, RabbitMQ's way of saying it.
+    pub fn inequivalence(&self, other: &ExchangeDef) -> Option<(&'static str, String, String)> {
+        if self.kind != other.kind {
+            return Some(("type", other.kind.name().into(), self.kind.name().into()));
+        }
+        if self.durable != other.durable {
+            return Some(("durable", other.durable.to_string(), self.durable.to_string()));
+        }
+        if self.auto_delete != other.auto_delete {
+            return Some(("auto_delete", other.auto_delete.to_string(), self.auto_delete.to_string()));
+        }
+        if self.internal != other.internal {
+            return Some(("internal", other.internal.to_string(), self.internal.to_string()));
+        }
+        None
+    }
+}
+
+/// The topic space of an exchange: its name on `/`, `<vhost>|<name>` elsewhere.
+pub(crate) fn space(vhost: &str, exchange: &str) -> String {
+    if vhost == DEFAULT_VHOST {
+        exchange.to_owned()
+    } else {
+        format!("{vhost}|{exchange}")
+    }
+}
+
+/// The core name of an AMQP queue. Names the other protocols and this one
+/// use internally are refused.
+pub(crate) fn queue_core_name(vhost: &str, name: &str) -> Result<String, AmqpError> {
+    for reserved in ["mqtt/", "amqp/"] {
+        if name.starts_with(reserved) {
+            return Err(AmqpError::channel(
+                reply::ACCESS_REFUSED,
+                format!("queue name '{name}' contains reserved prefix '{reserved}' (used by polymq internals)"),
+            ));
+        }
+    }
+    Ok(space(vhost, name))
+}
+
+/// The binding pattern for `routing_key` on an exchange of `kind`.
+pub(crate) fn binding_pattern(kind: Kind, routing_key: &str) -> Result<Pattern, AmqpError> {
+    match kind {
+        // One level: dots are part of a direct key, not separators.
+        Kind::Direct => Ok(Pattern::exact(routing_key)),
+        Kind::Fanout => Ok(Pattern::all()),
+        Kind::Topic => Pattern::parse(routing_key, '.', "*", "#")
+            .map_err(|e| AmqpError::channel(reply::PRECONDITION_FAILED, format!("binding key '{routing_key}' is not supported: {e}"))),
+        Kind::Headers => Err(AmqpError::channel(reply::PRECONDITION_FAILED, "headers exchange bindings are not supported yet")),
+    }
+}
+
+/// The known exchanges of every vhost, by topic space.
+pub(crate) struct Exchanges {
+    map: Mutex<HashMap<String, ExchangeDef>>,
+    meta: QueueId,
+}
+
+impl Exchanges {
+    /// Declares the metadata queue and loads the durable exchanges.
+    pub async fn load(store: &Arc<Store>) -> Result<Exchanges, StoreError> {
+        let meta = store.declare_queue(META_QUEUE, QueueOptions::default()).await?.id;
+        let mut map = HashMap::new();
+        for (name, kind) in [
+            ("", Kind::Direct),
+            ("amq.direct", Kind::Direct),
+            ("amq.fanout", Kind::Fanout),
+            ("amq.topic", Kind::Topic),
+            ("amq.headers", Kind::Headers),
+            ("amq.match", Kind::Headers),
+        ] {
+            map.insert(space(DEFAULT_VHOST, name), ExchangeDef::builtin(kind));
+        }
+        for (sp, p) in store.bindings_of(meta) {
+            if sp == EXCHANGES_SPACE {
+                if let Some((name, def)) = ExchangeDef::from_record(&p) {
+                    map.insert(name, def);
+                }
+            }
+        }
+        Ok(Exchanges { map: Mutex::new(map), meta })
+    }
+
+    fn map(&self) -> MutexGuard<'_, HashMap<String, ExchangeDef>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, space: &str) -> Option<ExchangeDef> {
+        self.map().get(space).cloned()
+    }
+
+    /// Adds an exchange (durably if it is durable).
+    pub async fn add(&self, store: &Store, space: &str, def: ExchangeDef) -> Result<(), StoreError> {
+        if def.durable {
+            store.bind(EXCHANGES_SPACE, &def.record_pattern(space), self.meta).await?;
+        }
+        self.map().insert(space.to_owned(), def);
+        Ok(())
+    }
+
+    /// Removes an exchange and every binding in its space.
+    pub async fn remove(&self, store: &Store, space: &str) -> Result<(), StoreError> {
+        let Some(def) = self.map().remove(space) else { return Ok(()) };
+        if def.durable {
+            store.unbind(EXCHANGES_SPACE, &def.record_pattern(space), self.meta).await?;
+        }
+        for (q, p) in bindings_in(store, space) {
+            store.unbind(space, &p, q).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Every binding in a topic space. The core has no index by space, so this
+/// walks every queue: fine for exchange.delete, not for a hot path.
+pub(crate) fn bindings_in(store: &Store, space: &str) -> Vec<(QueueId, Pattern)> {
+    let mut out = Vec::new();
+    for (q, _) in store.list_queues() {
+        for (sp, p) in store.bindings_of(q) {
+            if sp == space {
+                out.push((q, p));
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::AMQPValue;
+
+    #[test]
+    fn definitions_round_trip_through_their_record() {
+        let mut arguments = FieldTable::default();
+        arguments.insert("alternate-exchange".into(), AMQPValue::LongString("ae".into()));
+        let def = ExchangeDef { kind: Kind::Topic, durable: true, auto_delete: true, internal: false, arguments };
+        let p = def.record_pattern("logs/x.y");
+        let back = ExchangeDef::from_record(&Pattern::from_canonical(&p.to_canonical()));
+        assert_eq!(back, Some(("logs/x.y".to_owned(), def)));
+    }
+
+    #[test]
+    fn names_and_patterns() {
+        assert!(queue_core_name("/", "mqtt/s/x").is_err());
+        assert_eq!(queue_core_name("/", "jobs").ok().as_deref(), Some("jobs"));
+        assert_eq!(binding_pattern(Kind::Direct, "a.b").ok(), Some(Pattern::exact("a.b")));
+        assert_eq!(binding_pattern(Kind::Topic, "a.*.#").ok(), Pattern::parse("a/+/#", '/', "+", "#").ok());
+    }
+}

@@ -1,0 +1,472 @@
+//! End-to-end tests of AMQP 0-9-1 with lapin against a real in-process
+//! polymq server over real sockets (see `amqp_common`).
+
+mod amqp_common;
+
+use std::time::Duration;
+
+use amqp_common::{error_text, next, nothing, TestBroker, WAIT};
+use anyhow::{ensure, Context, Result};
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, ExchangeKind};
+use polymq_amqp::AmqpConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Every byte value, several times: bodies must arrive byte-exact.
+fn binary_payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 256) as u8).collect()
+}
+
+async fn declare(ch: &Channel, name: &str) -> Result<()> {
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default()).await?;
+    Ok(())
+}
+
+async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) -> Result<()> {
+    ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, BasicProperties::default()).await?;
+    Ok(())
+}
+
+async fn consume(ch: &Channel, queue: &str, no_ack: bool) -> Result<lapin::Consumer> {
+    let opts = BasicConsumeOptions { no_ack, ..BasicConsumeOptions::default() };
+    Ok(ch.basic_consume(queue.into(), "".into(), opts, FieldTable::default()).await?)
+}
+
+#[tokio::test]
+async fn a_message_round_trips_byte_exact_with_its_properties() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "roundtrip").await?;
+    let mut headers = FieldTable::default();
+    headers.insert("text".into(), AMQPValue::LongString(LongString::from("v")));
+    headers.insert("count".into(), AMQPValue::LongLongInt(-42));
+    headers.insert("flag".into(), AMQPValue::Boolean(true));
+    let props = BasicProperties::default()
+        .with_content_type("application/octet-stream".into())
+        .with_content_encoding("identity".into())
+        .with_headers(headers)
+        .with_delivery_mode(2)
+        .with_priority(3)
+        .with_correlation_id("corr-1".into())
+        .with_reply_to("replies".into())
+        .with_message_id("msg-1".into())
+        .with_timestamp(1_700_000_000)
+        .with_type("kind".into())
+        .with_app_id("tests".into());
+    // Larger than one frame: exercises body frame assembly both ways.
+    let body = binary_payload(300_000);
+    ch.basic_publish("".into(), "roundtrip".into(), BasicPublishOptions::default(), &body, props.clone()).await?;
+    let mut consumer = consume(&ch, "roundtrip", false).await?;
+    let d = next(&mut consumer).await?;
+    ensure!(d.data == body, "body differs ({} bytes received)", d.data.len());
+    ensure!(d.properties == props, "properties differ: {:?}", d.properties);
+    ensure!(d.exchange.as_str() == "" && d.routing_key.as_str() == "roundtrip" && !d.redelivered);
+    d.ack(BasicAckOptions::default()).await?;
+    // Empty body too.
+    publish(&ch, "", "roundtrip", b"").await?;
+    let d = next(&mut consumer).await?;
+    ensure!(d.data.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_default_exchange_routes_by_queue_name_only() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "jobs").await?;
+    publish(&ch, "", "jobs", b"one").await?;
+    publish(&ch, "", "no-such-queue", b"lost").await?;
+    let mut c = consume(&ch, "jobs", true).await?;
+    ensure!(next(&mut c).await?.data == b"one");
+    nothing(&mut c).await
+}
+
+#[tokio::test]
+async fn direct_fanout_and_topic_exchanges_route() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    for (ex, kind) in [("d", ExchangeKind::Direct), ("f", ExchangeKind::Fanout), ("t", ExchangeKind::Topic)] {
+        ch.exchange_declare(ex.into(), kind, ExchangeDeclareOptions::default(), FieldTable::default()).await?;
+    }
+    for q in ["qd", "qf1", "qf2", "qt1", "qt2"] {
+        declare(&ch, q).await?;
+    }
+    let bind = |q: &'static str, ex: &'static str, key: &'static str| {
+        let ch = ch.clone();
+        async move { ch.queue_bind(q.into(), ex.into(), key.into(), QueueBindOptions::default(), FieldTable::default()).await }
+    };
+    bind("qd", "d", "a.b").await?;
+    bind("qf1", "f", "").await?;
+    bind("qf2", "f", "ignored").await?;
+    bind("qt1", "t", "a.*").await?;
+    bind("qt2", "t", "a.#").await?;
+
+    publish(&ch, "d", "a.b", b"direct").await?;
+    publish(&ch, "d", "a", b"direct-miss").await?;
+    publish(&ch, "f", "whatever", b"fanout").await?;
+    publish(&ch, "t", "a.x", b"t1").await?;
+    publish(&ch, "t", "a.x.y", b"t2").await?;
+    publish(&ch, "t", "a", b"t3").await?;
+
+    let expect =
+        [("qd", vec!["direct"]), ("qf1", vec!["fanout"]), ("qf2", vec!["fanout"]), ("qt1", vec!["t1"]), ("qt2", vec!["t1", "t2", "t3"])];
+    for (q, bodies) in expect {
+        let mut c = consume(&ch, q, true).await?;
+        for b in bodies {
+            let d = next(&mut c).await.with_context(|| format!("queue {q}"))?;
+            ensure!(d.data == b.as_bytes(), "queue {q}: got {:?}, want {b}", String::from_utf8_lossy(&d.data));
+        }
+        nothing(&mut c).await.with_context(|| format!("queue {q}"))?;
+    }
+    // Unbind stops the flow.
+    ch.queue_unbind("qd".into(), "d".into(), "a.b".into(), FieldTable::default()).await?;
+    publish(&ch, "d", "a.b", b"after-unbind").await?;
+    let mut c = consume(&ch, "qd", true).await?;
+    nothing(&mut c).await
+}
+
+#[tokio::test]
+async fn prefetch_bounds_unacknowledged_deliveries() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "prefetch").await?;
+    for i in 0..10 {
+        publish(&ch, "", "prefetch", format!("m{i}").as_bytes()).await?;
+    }
+    ch.basic_qos(3, BasicQosOptions::default()).await?;
+    let mut c = consume(&ch, "prefetch", false).await?;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next(&mut c).await?);
+    }
+    nothing(&mut c).await.context("a 4th delivery while 3 are unacknowledged")?;
+    held.remove(0).ack(BasicAckOptions::default()).await?;
+    let d = next(&mut c).await?;
+    ensure!(d.data == b"m3", "got {:?}", String::from_utf8_lossy(&d.data));
+    nothing(&mut c).await?;
+    // ack multiple releases all.
+    d.acker.ack(BasicAckOptions { multiple: true }).await?;
+    for i in 4..7 {
+        ensure!(next(&mut c).await?.data == format!("m{i}").as_bytes());
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn nack_with_requeue_redelivers_with_the_redelivered_flag() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "requeue").await?;
+    publish(&ch, "", "requeue", b"again").await?;
+    let mut c = consume(&ch, "requeue", false).await?;
+    let d = next(&mut c).await?;
+    ensure!(!d.redelivered);
+    d.nack(BasicNackOptions { requeue: true, multiple: false }).await?;
+    let d = next(&mut c).await?;
+    ensure!(d.redelivered && d.data == b"again");
+    // reject without requeue drops it.
+    d.reject(BasicRejectOptions { requeue: false }).await?;
+    nothing(&mut c).await
+}
+
+#[tokio::test]
+async fn closing_a_channel_requeues_its_unacked_messages_to_another_consumer() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "handover").await?;
+    for i in 0..3 {
+        publish(&ch, "", "handover", format!("h{i}").as_bytes()).await?;
+    }
+    let (_conn2, ch2) = broker.channel().await?;
+    let mut first = consume(&ch2, "handover", false).await?;
+    for _ in 0..3 {
+        next(&mut first).await?;
+    }
+    let ch3 = _conn2.create_channel().await?;
+    let mut second = consume(&ch3, "handover", false).await?;
+    nothing(&mut second).await.context("messages held by the first consumer must not be delivered")?;
+    ch2.close(200, "bye".into()).await?;
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let d = next(&mut second).await?;
+        ensure!(d.redelivered, "a requeued message carries redelivered");
+        got.push(String::from_utf8_lossy(&d.data).into_owned());
+    }
+    got.sort();
+    ensure!(got == ["h0", "h1", "h2"], "got {got:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn basic_get_returns_one_message_or_get_empty() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "get").await?;
+    ensure!(ch.basic_get("get".into(), BasicGetOptions::default()).await?.is_none());
+    publish(&ch, "", "get", b"g1").await?;
+    publish(&ch, "", "get", b"g2").await?;
+    let m = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(m) = ch.basic_get("get".into(), BasicGetOptions::default()).await? {
+                return Ok::<_, anyhow::Error>(m);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    ensure!(m.delivery.data == b"g1" && m.message_count == 1, "got {:?} count {}", m.delivery.data, m.message_count);
+    m.delivery.ack(BasicAckOptions::default()).await?;
+    let m = ch.basic_get("get".into(), BasicGetOptions { no_ack: true }).await?.context("second message")?;
+    ensure!(m.delivery.data == b"g2");
+    ensure!(ch.basic_get("get".into(), BasicGetOptions::default()).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn publisher_confirms_ack_every_publish() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    ch.queue_declare("confirmed".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut confirms = Vec::new();
+    for i in 0..50 {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        confirms.push(
+            ch.basic_publish("".into(), "confirmed".into(), BasicPublishOptions::default(), format!("c{i}").as_bytes(), props).await?,
+        );
+    }
+    for c in confirms {
+        let c = tokio::time::timeout(WAIT, c).await??;
+        ensure!(c.is_ack(), "{c:?}");
+    }
+    let q =
+        ch.queue_declare("confirmed".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
+    ensure!(q.message_count() == 50, "{} messages", q.message_count());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unroutable_mandatory_publish_is_returned_then_acked() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+    let c = ch.basic_publish("amq.direct".into(), "nobody".into(), opts, b"back", BasicProperties::default()).await?;
+    let c = tokio::time::timeout(WAIT, c).await??;
+    ensure!(c.is_ack(), "{c:?}");
+    let returned = c.take_message().context("the message comes back with basic.return")?;
+    ensure!(returned.reply_code == 312 && returned.delivery.data == b"back", "{returned:?}");
+    // Not mandatory: acked, not returned.
+    let c =
+        ch.basic_publish("amq.direct".into(), "nobody".into(), BasicPublishOptions::default(), b"x", BasicProperties::default()).await?;
+    let c = tokio::time::timeout(WAIT, c).await??;
+    ensure!(c.is_ack() && c.take_message().is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_queue_closes_the_channel_with_404_but_not_the_connection() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (conn, ch) = broker.channel().await?;
+    let err = ch
+        .queue_declare("absent".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect_err("passive declare of a missing queue fails");
+    ensure!(error_text(&err).contains("NOT_FOUND"), "{}", error_text(&err));
+    ensure!(!ch.status().connected(), "the channel is closed");
+    ensure!(conn.status().connected(), "the connection stays");
+    let ch2 = conn.create_channel().await?;
+    let err =
+        ch2.basic_consume("absent".into(), "".into(), BasicConsumeOptions::default(), FieldTable::default()).await.expect_err("consume");
+    ensure!(error_text(&err).contains("NOT_FOUND"), "{}", error_text(&err));
+    let ch3 = conn.create_channel().await?;
+    declare(&ch3, "present").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_inequivalent_redeclare_is_406() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (conn, ch) = broker.channel().await?;
+    ch.queue_declare("eq".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+    let err = ch.queue_declare("eq".into(), QueueDeclareOptions::default(), FieldTable::default()).await.expect_err("redeclare");
+    ensure!(error_text(&err).contains("PRECONDITION_FAILED"), "{}", error_text(&err));
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare("ex".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default()).await?;
+    let err = ch
+        .exchange_declare("ex".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect_err("redeclare as fanout");
+    ensure!(error_text(&err).contains("PRECONDITION_FAILED"), "{}", error_text(&err));
+    // An unknown delivery tag is 406 too.
+    let ch = conn.create_channel().await?;
+    ch.basic_ack(99, BasicAckOptions::default()).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    ensure!(!ch.status().connected(), "acking an unknown tag closes the channel");
+    ensure!(conn.status().connected());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_durable_queue_keeps_persistent_messages_and_bindings_across_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    {
+        let (conn, ch) = broker.channel().await?;
+        ch.exchange_declare(
+            "logs".into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+        ch.queue_declare("keep".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+        ch.queue_bind("keep".into(), "logs".into(), "app.#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_declare("lose".into(), QueueDeclareOptions::default(), FieldTable::default()).await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        for (ex, key, body) in [("", "keep", "k1"), ("logs", "app.x", "k2"), ("", "lose", "gone")] {
+            let c = ch.basic_publish(ex.into(), key.into(), BasicPublishOptions::default(), body.as_bytes(), persistent.clone()).await?;
+            ensure!(tokio::time::timeout(WAIT, c).await??.is_ack());
+        }
+        conn.close(200, "restart".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let mut c = consume(&ch, "keep", true).await?;
+    ensure!(next(&mut c).await?.data == b"k1");
+    ensure!(next(&mut c).await?.data == b"k2");
+    // The exchange and the binding came back.
+    publish(&ch, "logs", "app.y", b"k3").await?;
+    ensure!(next(&mut c).await?.data == b"k3");
+    let ch2 = _conn.create_channel().await?;
+    let err = ch2
+        .queue_declare("lose".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default())
+        .await
+        .expect_err("a non-durable queue is gone after a restart");
+    ensure!(error_text(&err).contains("NOT_FOUND"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_credentials_are_refused() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let r = lapin::Connection::connect(&broker.uri_as("guest", "wrong"), lapin::ConnectionProperties::default()).await;
+    ensure!(r.is_err(), "a wrong password must not connect");
+    let mut cfg = AmqpConfig::default();
+    cfg.users.insert("alice".into(), "secret".into());
+    let broker = TestBroker::start_with(cfg).await?;
+    ensure!(
+        lapin::Connection::connect(&broker.uri(), lapin::ConnectionProperties::default()).await.is_err(),
+        "guest is off once users are configured"
+    );
+    let conn = lapin::Connection::connect(&broker.uri_as("alice", "secret"), lapin::ConnectionProperties::default()).await?;
+    ensure!(conn.status().connected());
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_mqtt_publish_reaches_an_amqp_queue_bound_to_amq_topic() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "from-mqtt").await?;
+    ch.queue_bind("from-mqtt".into(), "amq.topic".into(), "a.*".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    let mut c = consume(&ch, "from-mqtt", false).await?;
+
+    let addr = broker.mqtt_addr();
+    let opts = rumqttc::MqttOptions::new("amqp-bridge-test", addr.ip().to_string(), addr.port());
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    client.publish("a/b", rumqttc::QoS::AtLeastOnce, false, b"from mqtt".to_vec()).await?;
+    client.publish("x/y", rumqttc::QoS::AtLeastOnce, false, b"elsewhere".to_vec()).await?;
+    let d = next(&mut c).await?;
+    ensure!(d.data == b"from mqtt", "{:?}", String::from_utf8_lossy(&d.data));
+    ensure!(d.exchange.as_str() == "amq.topic" && d.routing_key.as_str() == "a.b", "{} {}", d.exchange, d.routing_key);
+    d.ack(BasicAckOptions::default()).await?;
+    nothing(&mut c).await?;
+    driver.abort();
+    Ok(())
+}
+
+// ---- raw sockets: what lapin will not send ----
+
+#[tokio::test]
+async fn a_wrong_protocol_header_is_answered_with_ours_and_closed() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut s = TcpStream::connect(broker.amqp_addr()).await?;
+    s.write_all(b"AMQP\x01\x01\x00\x0a").await?;
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut got)).await??;
+    ensure!(got == b"AMQP\x00\x00\x09\x01", "{got:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_frame_larger_than_frame_max_closes_the_connection_without_waiting_for_its_body() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let mut s = TcpStream::connect(broker.amqp_addr()).await?;
+    s.write_all(b"AMQP\x00\x00\x09\x01").await?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf)).await??;
+    ensure!(n > 0 && buf[0] == 1, "connection.start first");
+    // A method frame header announcing 4 GiB, and nothing after it.
+    s.write_all(&[1, 0, 0, 0xff, 0xff, 0xff, 0xf0]).await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(WAIT, s.read_to_end(&mut rest)).await.context("the server must close at once")??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn tx_commit_publishes_and_acks_and_rollback_discards() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "txq").await?;
+    ch.tx_select().await?;
+    publish(&ch, "", "txq", b"t1").await?;
+    let (_c2, observer) = broker.channel().await?;
+    ensure!(observer.basic_get("txq".into(), BasicGetOptions { no_ack: true }).await?.is_none(), "uncommitted publish is invisible");
+    ch.tx_commit().await?;
+    publish(&ch, "", "txq", b"rolled-back").await?;
+    ch.tx_rollback().await?;
+    let m = ch.basic_get("txq".into(), BasicGetOptions::default()).await?.context("committed message")?;
+    ensure!(m.delivery.data == b"t1");
+    ensure!(ch.basic_get("txq".into(), BasicGetOptions::default()).await?.is_none(), "rolled-back publish is gone");
+    // An ack inside a rolled-back transaction leaves the delivery unacked:
+    // closing the channel then requeues it.
+    m.delivery.ack(BasicAckOptions::default()).await?;
+    ch.tx_rollback().await?;
+    ch.close(200, "bye".into()).await?;
+    let m = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(m) = observer.basic_get("txq".into(), BasicGetOptions::default()).await? {
+                return Ok::<_, anyhow::Error>(m);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await??;
+    ensure!(m.delivery.data == b"t1" && m.delivery.redelivered);
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_max_priority_delivers_higher_priorities_first() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let mut args = FieldTable::default();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(10));
+    ch.queue_declare("prio".into(), QueueDeclareOptions::default(), args).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    for (body, p) in [("low", 1u8), ("high", 9), ("mid", 5)] {
+        let props = BasicProperties::default().with_priority(p);
+        let c = ch.basic_publish("".into(), "prio".into(), BasicPublishOptions::default(), body.as_bytes(), props).await?;
+        ensure!(tokio::time::timeout(WAIT, c).await??.is_ack());
+    }
+    let mut c = consume(&ch, "prio", true).await?;
+    for want in ["high", "mid", "low"] {
+        let d = next(&mut c).await?;
+        ensure!(d.data == want.as_bytes(), "got {:?}, want {want}", String::from_utf8_lossy(&d.data));
+    }
+    Ok(())
+}
