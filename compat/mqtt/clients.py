@@ -9,6 +9,7 @@ long we watch for something that must not.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -349,7 +350,11 @@ class MosquittoSub:
     before anything is published, and -F SUB_FORMAT for the messages."""
 
     def __init__(self, broker: Broker, version: str, topics: list[str], args: list[str], fmt: str = SUB_FORMAT):
+        # mosquitto_sub does not flush its debug lines: without line buffering
+        # the SUBACK line would sit in the pipe until it exits.
+        line_buffered = ["stdbuf", "-oL"] if shutil.which("stdbuf") else []
         self.cmd = [
+            *line_buffered,
             "mosquitto_sub",
             "-h",
             broker.host,
@@ -456,12 +461,22 @@ def packet(kind: int, flags: int, body: bytes) -> bytes:
     return bytes([kind << 4 | flags]) + varint(len(body)) + body
 
 
-def connect_packet(version: str, client_id: str, *, keepalive: int = 60, clean: bool = True, will: tuple[str, bytes, int] | None = None) -> bytes:
+def connect_packet(
+    version: str,
+    client_id: str,
+    *,
+    keepalive: int = 60,
+    clean: bool = True,
+    will: tuple[str, bytes, int] | None = None,
+    session_expiry: int | None = None,
+) -> bytes:
     level = 5 if version == V5 else 4
     flags = (0x02 if clean else 0) | ((0x04 | will[2] << 3) if will else 0)
     body = mqtt_string("MQTT") + bytes([level, flags]) + struct.pack("!H", keepalive)
     if version == V5:
-        body += varint(0)  # no CONNECT properties
+        # Session Expiry Interval is property 0x11, a four-byte integer.
+        properties = b"" if session_expiry is None else bytes([0x11]) + struct.pack("!I", session_expiry)
+        body += varint(len(properties)) + properties
     body += mqtt_string(client_id)
     if will:
         if version == V5:
