@@ -71,7 +71,8 @@ def test_mosquitto_clients_auth(mq, secured, version):
     topic = mq.topic("cli")
     bad = mq.pub(version, "-t", topic, "-m", "x", "-u", "alice", "-P", "nope", broker=secured, check=False)
     assert bad.returncode != 0, "mosquitto_pub with a wrong password must fail"
-    assert b"refused" in bad.stderr.lower() or b"not author" in bad.stderr.lower(), bad.stderr
+    # "Connection error: <reason>" is what mosquitto_pub prints for a refusing CONNACK.
+    assert b"Connection error:" in bad.stderr, bad.stderr
     sub = mq.sub(version, topic, "-u", "alice", "-P", "s3cret", "-C", "1", "-W", "10", broker=secured)
     mq.pub(version, "-t", topic, "-m", "ok", "-u", "bob", "-P", "hunter2", "-q", "1", broker=secured)
     assert sub.wait_exit() == 0

@@ -5,7 +5,7 @@ normal DISCONNECT; MQTT 5 will delay."""
 import socket
 import time
 
-from .clients import CONNACK, QUIET, TIMEOUT, V5, connect_packet
+from .clients import CONNACK, DISCONNECT, QUIET, TIMEOUT, V5, connect_packet
 
 WILL_PAYLOAD = b"gone\x00\xff"
 
@@ -70,10 +70,14 @@ def test_will_on_keepalive_timeout(mq, version):
     assert msg.payload == b"timed out"
     assert waited >= 0.9, f"will published after {waited:.2f}s, before the keep-alive of 1s ran out"
     try:
-        closed = conn.read_packet(timeout=2) is None
+        after = conn.read_packet(timeout=2)
+        if version == V5 and after is not None and after.kind == DISCONNECT:
+            # MQTT 5 lets the server say why before closing.
+            assert after.reason_code() == 0x8D, f"want DISCONNECT 0x8D Keep alive timeout, got {after}"
+            after = conn.read_packet(timeout=2)
     except socket.timeout:
-        closed = False
-    assert closed, "the silent connection is still open after its keep-alive expired"
+        after = "nothing"
+    assert after is None, f"the silent connection is still open after its keep-alive expired (read {after})"
 
 
 def test_v5_will_delay(mq):
