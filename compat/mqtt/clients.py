@@ -469,13 +469,14 @@ def connect_packet(
     clean: bool = True,
     will: tuple[str, bytes, int] | None = None,
     session_expiry: int | None = None,
+    properties: bytes = b"",
 ) -> bytes:
     level = 5 if version == V5 else 4
     flags = (0x02 if clean else 0) | ((0x04 | will[2] << 3) if will else 0)
     body = mqtt_string("MQTT") + bytes([level, flags]) + struct.pack("!H", keepalive)
     if version == V5:
-        # Session Expiry Interval is property 0x11, a four-byte integer.
-        properties = b"" if session_expiry is None else bytes([0x11]) + struct.pack("!I", session_expiry)
+        if session_expiry is not None:
+            properties += prop_u32(SESSION_EXPIRY_INTERVAL, session_expiry)
         body += varint(len(properties)) + properties
     body += mqtt_string(client_id)
     if will:
@@ -485,13 +486,32 @@ def connect_packet(
     return packet(CONNECT, 0, body)
 
 
-def publish_packet(version: str, topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, dup: bool = False) -> bytes:
+def publish_packet(
+    version: str, topic: str, payload: bytes, qos: int = 0, packet_id: int = 1, dup: bool = False, properties: bytes = b""
+) -> bytes:
     body = mqtt_string(topic)
     if qos:
         body += struct.pack("!H", packet_id)
     if version == V5:
-        body += varint(0)
+        body += varint(len(properties)) + properties
     return packet(PUBLISH, (0x08 if dup else 0) | qos << 1, body + payload)
+
+
+def ack_packet(kind: int, packet_id: int) -> bytes:
+    """PUBACK, PUBREC, PUBREL or PUBCOMP with reason Success (omitted)."""
+    return packet(kind, 0x02 if kind == PUBREL else 0, struct.pack("!H", packet_id))
+
+
+# MQTT 5 property identifiers used by the raw tests.
+SESSION_EXPIRY_INTERVAL, RECEIVE_MAXIMUM, TOPIC_ALIAS = 0x11, 0x21, 0x23
+
+
+def prop_u16(identifier: int, value: int) -> bytes:
+    return bytes([identifier]) + struct.pack("!H", value)
+
+
+def prop_u32(identifier: int, value: int) -> bytes:
+    return bytes([identifier]) + struct.pack("!I", value)
 
 
 def subscribe_packet(version: str, topic: str, qos: int, packet_id: int = 1) -> bytes:
@@ -512,6 +532,24 @@ class Packet:
     def __repr__(self) -> str:
         body = self.body if len(self.body) <= 40 else self.body[:40] + b"..."
         return f"{self.name}(flags=0x{self.flags:x}, body={body!r})"
+
+    def packet_id(self) -> int:
+        """Packet identifier of a PUBACK / PUBREC / PUBREL / PUBCOMP / SUBACK."""
+        return struct.unpack_from("!H", self.body)[0]
+
+    def suback_codes(self, version: str) -> list[int]:
+        """Reason codes (granted QoS) of a SUBACK or UNSUBACK."""
+        pos = 2
+        if version == V5:
+            length, pos = _read_varint(self.body, pos)
+            pos += length
+        return list(self.body[pos:])
+
+    def connack_properties(self) -> Properties:
+        """MQTT 5 CONNACK properties."""
+        properties = Properties(PacketTypes.CONNACK)
+        properties.unpack(self.body[2:])
+        return properties
 
     def reason_code(self) -> int:
         """DISCONNECT / CONNACK reason code; an empty DISCONNECT body means 0."""
