@@ -37,6 +37,9 @@ class BrokerConfig:
     users: tuple[tuple[str, str], ...] = ()
     allow_anonymous: bool = True
     max_packet_bytes: int | None = None
+    # Keep sessions and retained messages across a restart (polymq always
+    # does; mosquitto needs `persistence true`).
+    persistent: bool = False
 
     def is_default(self) -> bool:
         return self == BrokerConfig()
@@ -52,6 +55,9 @@ class Broker:
         self.proc = proc
         self.log_path = log_path
         self.exit_status: int | None = None
+        # Set by the launcher so the broker can be restarted on its own data.
+        self.workdir: Path | None = None
+        self.config: BrokerConfig | None = None
 
     def __repr__(self) -> str:
         return f"{self.kind}@{self.host}:{self.port}"
@@ -96,7 +102,7 @@ def start_polymq(workdir: Path, config: BrokerConfig) -> Broker:
         env["POLYMQ_MQTT_ALLOW_ANONYMOUS"] = "false"
     if config.max_packet_bytes is not None:
         env["POLYMQ_MQTT_MAX_PACKET_BYTES"] = str(config.max_packet_bytes)
-    log_path = workdir / "polymq.log"
+    log_path = _next_path(workdir, "polymq", ".log")
     listen = []
     for protocol in ("mqtt", "amqp", "kafka", "http"):
         listen += [f"--{protocol}-listen", "127.0.0.1:0"]
@@ -152,16 +158,20 @@ def start_mosquitto(workdir: Path, config: BrokerConfig) -> Broker:
         lines.append(f"password_file {passwords}")
     if config.max_packet_bytes is not None:
         lines.append(f"max_packet_size {config.max_packet_bytes}")
+    if config.persistent:
+        # Saved on SIGTERM, loaded at start.
+        lines[lines.index("persistence false")] = "persistence true"
+        lines.append(f"persistence_location {workdir}/")
     # A free port is picked by binding port 0 and closing: another process can
     # take it before mosquitto binds, so retry a few times.
-    for attempt in range(5):
+    for _ in range(5):
         port = _free_port()
-        conf = workdir / f"mosquitto-{attempt}.conf"
-        log_path = workdir / f"mosquitto-{attempt}.log"
+        log_path = _next_path(workdir, "mosquitto", ".log")
+        conf = log_path.with_suffix(".conf")
         # log_dest file flushes every line; stderr into a file is block-buffered.
         conf.write_text("\n".join([f"listener {port} 127.0.0.1", f"log_dest file {log_path}", *lines]) + "\n")
         log_path.touch()
-        with open(workdir / f"mosquitto-{attempt}.out", "wb") as out:
+        with open(log_path.with_suffix(".out"), "wb") as out:
             proc = subprocess.Popen([exe, "-c", str(conf)], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
         broker = Broker("mosquitto", "127.0.0.1", port, proc, log_path)
         deadline = time.monotonic() + START_TIMEOUT
@@ -188,6 +198,15 @@ def _check_starting(broker: Broker, deadline: float, what: str) -> None:
     if time.monotonic() > deadline:
         broker.stop()
         raise RuntimeError(f"{broker.kind} did not start in {START_TIMEOUT:.0f}s ({what}):\n{broker.log_tail()}")
+
+
+def _next_path(workdir: Path, stem: str, suffix: str) -> Path:
+    """workdir/stem-N.suffix with the first N not taken: a restarted broker
+    keeps the earlier logs."""
+    n = 0
+    while (workdir / f"{stem}-{n}{suffix}").exists():
+        n += 1
+    return workdir / f"{stem}-{n}{suffix}"
 
 
 def _free_port() -> int:

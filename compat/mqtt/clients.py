@@ -30,11 +30,14 @@ from .brokers import Broker
 TIMEOUT = float(os.environ.get("COMPAT_TIMEOUT", "10"))
 QUIET = float(os.environ.get("COMPAT_QUIET", "1.5"))
 
+V31 = "v31"
 V311 = "v311"
 V5 = "v5"
+# What most tests run under; MQTT 3.1 ("MQIsdp") has a test of its own.
 VERSIONS = (V311, V5)
 # The -V argument of mosquitto_pub / mosquitto_sub.
-MOSQUITTO_V = {V311: "mqttv311", V5: "mqttv5"}
+MOSQUITTO_V = {V31: "mqttv31", V311: "mqttv311", V5: "mqttv5"}
+_PAHO_PROTOCOL = {V31: paho.MQTTv31, V311: paho.MQTTv311, V5: paho.MQTTv5}
 
 # paho's v2 callbacks hand MQTT 3.1.1 CONNACK return codes over as MQTT 5
 # reason codes; this maps them back so a test can name the 3.1.1 code.
@@ -105,7 +108,7 @@ class PahoClient:
         keepalive: int = 60,
         connect_properties: dict | None = None,
     ):
-        assert version in VERSIONS, version
+        assert version in _PAHO_PROTOCOL, version
         self.broker = broker
         self.version = version
         self.client_id = client_id
@@ -116,11 +119,11 @@ class PahoClient:
         kwargs: dict[str, Any] = dict(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=client_id,
-            protocol=paho.MQTTv5 if version == V5 else paho.MQTTv311,
+            protocol=_PAHO_PROTOCOL[version],
             # A test decides when to reconnect; paho must not do it behind us.
             reconnect_on_failure=False,
         )
-        if version == V311:
+        if version != V5:
             kwargs["clean_session"] = clean
         self.paho = paho.Client(**kwargs)
         if username is not None:

@@ -33,8 +33,15 @@ class MqttEnv:
             self._default = self.start_broker()
         return self._default
 
-    def start_broker(self, *, users: dict[str, str] | None = None, allow_anonymous: bool = True, max_packet_bytes: int | None = None) -> Broker:
-        config = BrokerConfig(tuple(sorted((users or {}).items())), allow_anonymous, max_packet_bytes)
+    def start_broker(
+        self,
+        *,
+        users: dict[str, str] | None = None,
+        allow_anonymous: bool = True,
+        max_packet_bytes: int | None = None,
+        persistent: bool = False,
+    ) -> Broker:
+        config = BrokerConfig(tuple(sorted((users or {}).items())), allow_anonymous, max_packet_bytes, persistent)
         if self.target not in TARGETS:
             if not config.is_default():
                 pytest.skip(f"needs a broker started with {config}; the target {self.target} is an address")
@@ -42,10 +49,27 @@ class MqttEnv:
         else:
             workdir = self.workdir / f"broker{len(self.brokers)}"
             workdir.mkdir()
-            start = start_polymq if self.target == "polymq" else start_mosquitto
-            broker = start(workdir, config)
+            broker = self._launch(workdir, config)
         self.brokers.append(broker)
         return broker
+
+    def _launch(self, workdir: Path, config: BrokerConfig) -> Broker:
+        start = start_polymq if self.target == "polymq" else start_mosquitto
+        broker = start(workdir, config)
+        broker.workdir, broker.config = workdir, config
+        return broker
+
+    def restart(self, broker: Broker) -> Broker:
+        """Stops `broker` with SIGTERM and starts it again on the same data;
+        the new one listens on a new port. Connect clients to the result."""
+        assert broker.workdir is not None and broker.config is not None, f"{broker} was not started by this test"
+        broker.stop()
+        assert broker.exit_status == 0, f"{broker} exited with status {broker.exit_status} on SIGTERM:\n{broker.log_tail()}"
+        again = self._launch(broker.workdir, broker.config)
+        self.brokers.append(again)
+        if self._default is broker:
+            self._default = again
+        return again
 
     # --- names -----------------------------------------------------------------
     def topic(self, *levels: str) -> str:

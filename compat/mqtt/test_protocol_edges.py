@@ -215,3 +215,20 @@ def test_v5_will_properties_forwarded(mq):
     for name in ("ContentType", "ResponseTopic", "CorrelationData", "UserProperty"):
         assert msg.prop(name) == properties[name], f"will property {name}"
     assert 0 < msg.prop("MessageExpiryInterval", 0) <= 60
+
+
+def test_v5_inbound_receive_maximum_exceeded(mq):
+    # A client may have at most the broker's Receive Maximum QoS 2 publishes
+    # unfinished (no PUBCOMP yet); one more is answered with DISCONNECT 0x93
+    # (MQTT 5 3.3.4 and 4.9).
+    conn, connack = raw_client(mq, V5, "flood")
+    maximum = getattr(connack.connack_properties(), "ReceiveMaximum", 65535)
+    assert maximum < 65535, "this test needs a broker that advertises a Receive Maximum"
+    topic = mq.topic("flood")
+    conn.send(b"".join(publish_packet(V5, topic, b"x", qos=2, packet_id=i) for i in range(1, maximum + 2)))
+    for i in range(1, maximum + 1):
+        assert expect_packet(conn, PUBREC, f"PUBREC {i} of {maximum}").packet_id() == i
+    answer = conn.read_packet()
+    assert answer is not None and answer.kind == DISCONNECT and answer.reason_code() == 0x93, (
+        f"publish {maximum + 1} with {maximum} unfinished: want DISCONNECT 0x93 Receive Maximum exceeded, got {answer or 'a plain close'}"
+    )

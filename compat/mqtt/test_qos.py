@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from .clients import V31
+
 PAYLOADS = [
     b"",
     b"hello",
@@ -89,3 +91,18 @@ def test_unsubscribe_stops_delivery(mq, version):
         assert unsuback == [0], "UNSUBACK reason: Success"
     pub.publish(topic, b"after", 1)
     sub.expect_none()
+
+
+def test_mqtt31_clients(mq):
+    # MQTT 3.1 (protocol name "MQIsdp", level 3) still ships in old devices.
+    topic = mq.topic("v31")
+    sub = mq.paho(V31, "sub")
+    assert sub.subscribe(topic, 2) == [2]
+    cli = mq.sub(V31, topic, "-q", "1", "-C", "2", "-W", "10")
+    pub = mq.paho(V31, "pub")
+    pub.publish(topic, b"\x00paho 3.1", 2)
+    mq.pub(V31, "-t", topic, "-m", "mosquitto_pub 3.1", "-q", "1")
+    # Two publishers: no order between them is promised.
+    assert sorted((m.payload, m.qos) for m in sub.expect(2)) == [(b"\x00paho 3.1", 2), (b"mosquitto_pub 3.1", 1)]
+    assert cli.wait_exit() == 0
+    assert sorted((m["payload"], m["qos"]) for m in cli.messages()) == [(b"\x00paho 3.1", 1), (b"mosquitto_pub 3.1", 1)]

@@ -133,3 +133,29 @@ def test_same_client_id_takes_over(mq, version):
     assert new.expect_one().payload == b"to the new one"
     assert not new.disconnects, "the new connection must stay up"
 
+
+
+def test_session_and_retained_survive_restart(mq, version):
+    # polymq's brief: persistent sessions and retained messages are kept
+    # across a broker restart (mosquitto: with `persistence true`).
+    topic, retained_topic = mq.topic("queued"), mq.topic("status")
+    broker = mq.start_broker(persistent=True)
+    durable = mq.paho(version, "durable", broker=broker, **persistent(version))
+    durable.subscribe(topic, 1)
+    durable.disconnect()
+    pub = mq.paho(version, "pub", broker=broker)
+    pub.publish(topic, b"queued before restart", 1)
+    pub.publish(retained_topic, b"retained before restart", 1, retain=True)
+    pub.disconnect()
+
+    broker = mq.restart(broker)
+    back = mq.paho(version, "durable", broker=broker, **persistent(version))
+    assert back.connack.session_present, "the persistent session must survive the restart"
+    assert back.expect_one().payload == b"queued before restart"
+    late = mq.paho(version, "late", broker=broker)
+    late.subscribe(retained_topic, 1)
+    msg = late.expect_one()
+    assert (msg.payload, msg.retain) == (b"retained before restart", True)
+    # The restored subscription still routes new messages.
+    mq.paho(version, "pub2", broker=broker).publish(topic, b"after restart", 1)
+    assert back.expect_one().payload == b"after restart"
