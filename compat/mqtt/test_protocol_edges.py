@@ -232,3 +232,34 @@ def test_v5_inbound_receive_maximum_exceeded(mq):
     assert answer is not None and answer.kind == DISCONNECT and answer.reason_code() == 0x93, (
         f"publish {maximum + 1} with {maximum} unfinished: want DISCONNECT 0x93 Receive Maximum exceeded, got {answer or 'a plain close'}"
     )
+
+
+def test_publish_to_wildcard_topic_closes(mq, version):
+    # Topic names carry no wildcards [MQTT-3.3.2-2]: 3.1.1 closes, 5.0 may
+    # first send DISCONNECT 0x90 Topic Name invalid.
+    conn, _ = raw_client(mq, version, "wild")
+    conn.send(publish_packet(version, mq.topic("+", "x"), b"x", qos=1))
+    answer = conn.read_packet()
+    if version == V5 and answer is not None:
+        assert answer.kind == DISCONNECT and answer.reason_code() in (0x90, 0x82, 0x81), f"unexpected {answer}"
+        answer = conn.read_packet()
+    assert answer is None, f"want the connection closed, got {answer}"
+
+
+def test_second_connect_closes(mq, version):
+    # A second CONNECT on a connection is a protocol violation [MQTT-3.1.0-2].
+    conn, _ = raw_client(mq, version, "twice")
+    conn.send(connect_packet(version, mq.client_id("twice")))
+    answer = conn.read_packet()
+    if version == V5 and answer is not None:
+        assert answer.kind == DISCONNECT and answer.reason_code() == 0x82, f"want DISCONNECT 0x82 Protocol Error, got {answer}"
+        answer = conn.read_packet()
+    assert answer is None, f"want the connection closed, got {answer}"
+
+
+def test_first_packet_must_be_connect(mq, version):
+    # [MQTT-3.1.0-1]: anything else first and the connection is closed.
+    conn = mq.raw()
+    conn.send(subscribe_packet(version, mq.topic("x"), 0))
+    answer = conn.read_packet()
+    assert answer is None, f"want the connection closed, got {answer}"

@@ -3,10 +3,11 @@ publisher's handshake with the broker (PUBACK, PUBREC/PUBREL/PUBCOMP) and the
 broker's with the subscriber, payloads compared byte for byte."""
 
 import os
+import time
 
 import pytest
 
-from .clients import V31
+from .clients import QUIET, V31
 
 PAYLOADS = [
     b"",
@@ -106,3 +107,31 @@ def test_mqtt31_clients(mq):
     assert sorted((m.payload, m.qos) for m in sub.expect(2)) == [(b"\x00paho 3.1", 2), (b"mosquitto_pub 3.1", 1)]
     assert cli.wait_exit() == 0
     assert sorted((m["payload"], m["qos"]) for m in cli.messages()) == [(b"\x00paho 3.1", 1), (b"mosquitto_pub 3.1", 1)]
+
+
+def test_overlapping_subscriptions_respect_max_qos(mq, version):
+    # One copy at the highest granted QoS, or one copy per subscription
+    # [MQTT-3.3.5-1] (3.1.1), 3.3.4 (5.0).
+    root = mq.topic("overlap")
+    sub = mq.paho(version, "sub")
+    sub.subscribe(f"{root}/#", 0)
+    sub.subscribe(f"{root}/x", 2)
+    mq.paho(version, "pub").publish(f"{root}/x", b"m", 2)
+    copies = sub.expect(1)
+    time.sleep(QUIET)  # a second copy is allowed
+    copies += sub.take_all()
+    assert 1 <= len(copies) <= 2 and all(m.payload == b"m" for m in copies), copies
+    assert max(m.qos for m in copies) == 2, f"QoS of the copies: {[m.qos for m in copies]}"
+
+
+def test_resubscribe_replaces_subscription(mq, version):
+    # The same filter again replaces the subscription, QoS included
+    # [MQTT-3.8.4-3]; messages are not doubled.
+    topic = mq.topic("resub")
+    sub = mq.paho(version, "sub")
+    assert sub.subscribe(topic, 0) == [0]
+    assert sub.subscribe(topic, 2) == [2]
+    mq.paho(version, "pub").publish(topic, b"once", 2)
+    msg = sub.expect_one()
+    assert (msg.payload, msg.qos) == (b"once", 2)
+    sub.expect_none()

@@ -86,3 +86,18 @@ def test_retained_with_mosquitto_clients(mq, version):
     sub = mq.sub(version, f"{root}/#", "-C", "2", "-W", "3")
     assert sub.wait_exit() == 27, "mosquitto_sub -W ends with status 27 when it times out"
     assert [(m["topic"], m["payload"]) for m in sub.messages()] == [(f"{root}/y/z", b"also")]
+
+
+def test_many_retained_topics_on_wildcard_subscribe(mq, version):
+    root = mq.topic("fleet")
+    pub = mq.paho(version, "pub")
+    expected = {}
+    for i in range(150):
+        t = f"{root}/dev{i}/status"
+        expected[t] = f"online {i}".encode()
+        pub.publish(t, expected[t], 1, retain=True, wait=False)
+    pub.publish(f"{root}/last", b"sync", 1)  # waits: everything before it is acknowledged
+    sub = mq.paho(version, "sub")
+    sub.subscribe(f"{root}/+/status", 1)
+    got = {m.topic: m.payload for m in sub.expect(len(expected))}
+    assert got == expected

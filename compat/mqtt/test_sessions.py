@@ -159,3 +159,14 @@ def test_session_and_retained_survive_restart(mq, version):
     # The restored subscription still routes new messages.
     mq.paho(version, "pub2", broker=broker).publish(topic, b"after restart", 1)
     assert back.expect_one().payload == b"after restart"
+
+
+def test_takeover_resumes_persistent_session(mq, version):
+    topic = mq.topic("takeover")
+    old = mq.paho(version, "roaming", **persistent(version))
+    old.subscribe(topic, 1)
+    new = mq.paho(version, "roaming", **persistent(version))
+    assert new.connack.session_present, "the taken-over session continues on the new connection"
+    old.wait_disconnect()
+    mq.paho(version, "pub").publish(topic, b"follows the session", 1)
+    assert new.expect_one().payload == b"follows the session"
