@@ -22,7 +22,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .brokers import Broker
@@ -591,6 +590,7 @@ class RawConnection:
     def __init__(self, broker: Broker):
         self.sock = socket.create_connection((broker.host, broker.port), timeout=TIMEOUT)
         self._buf = b""
+        self.connack: Packet | None = None
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
@@ -620,6 +620,20 @@ class RawConnection:
             if not chunk:
                 return None
             self._buf += chunk
+
+    def expect(self, kind: int, what: str = "") -> Packet:
+        """The next packet, which must be of `kind`."""
+        got = self.read_packet()
+        want = what or PACKET_NAMES.get(kind, str(kind))
+        assert got is not None and got.kind == kind, f"want {want}, got {got if got else 'the connection closed'}"
+        return got
+
+    def expect_silence(self, quiet: float = QUIET) -> None:
+        try:
+            got = self.read_packet(timeout=quiet)
+        except socket.timeout:
+            return
+        raise AssertionError(f"want nothing, got {got if got else 'the connection closed'}")
 
     def close(self) -> None:
         self.sock.close()

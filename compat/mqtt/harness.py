@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from .brokers import Broker, BrokerConfig, external_broker, start_mosquitto, start_polymq
-from .clients import MosquittoSub, PahoClient, RawConnection, mosquitto_pub
+from .clients import CONNACK, MosquittoSub, PahoClient, RawConnection, connect_packet, mosquitto_pub
 
 TARGETS = ("polymq", "mosquitto")
 
@@ -109,9 +109,16 @@ class MqttEnv:
             assert done.returncode == 0, f"mosquitto_pub {' '.join(args)} exited {done.returncode}: {done.stderr.decode(errors='replace')}"
         return done
 
-    def raw(self, broker: Broker | None = None) -> RawConnection:
+    def raw(self, broker: Broker | None = None, *, version: str | None = None, name: str = "raw", **connect) -> RawConnection:
+        """A raw TCP connection; with `version`, CONNECTed as client_id(name)
+        (options of connect_packet in `connect`) and the CONNACK checked for
+        success and kept in `.connack`."""
         conn = RawConnection(broker or self.broker)
         self._raw.append(conn)
+        if version is not None:
+            conn.send(connect_packet(version, self.client_id(name), **connect))
+            conn.connack = conn.expect(CONNACK)
+            assert conn.connack.reason_code() == 0, f"CONNACK refused: {conn.connack}"
         return conn
 
     # --- teardown --------------------------------------------------------------

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from .clients import CONNACK, DISCONNECT, PUBACK, V5, connect_packet, publish_packet, varint
+from .clients import DISCONNECT, PUBACK, V5, publish_packet
 
 LIMIT = 4096
 PACKET_TOO_LARGE = 0x95
@@ -20,23 +20,14 @@ def small(mq):
 
 def publish_of_total_size(version, topic, total, qos=1):
     """A PUBLISH whose whole packet (fixed header included) is `total` bytes."""
-    empty = publish_packet(version, topic, b"", qos)
-    body_len = len(empty) - 1 - len(varint(len(empty) - 2))
-    payload_len = total - 1 - body_len
-    # The remaining-length field grows with the payload; settle on the size.
+    # Starts a few bytes high (the remaining-length field grows with the
+    # payload) and settles on the size.
+    payload_len = total - len(publish_packet(version, topic, b"", qos))
     while len(publish_packet(version, topic, b"p" * payload_len, qos)) > total:
         payload_len -= 1
     frame = publish_packet(version, topic, b"p" * payload_len, qos)
     assert len(frame) == total, (len(frame), total)
     return frame
-
-
-def connected(mq, broker, version, name):
-    conn = mq.raw(broker)
-    conn.send(connect_packet(version, mq.client_id(name)))
-    connack = conn.read_packet()
-    assert connack is not None and connack.kind == CONNACK and connack.reason_code() == 0, f"want CONNACK 0, got {connack}"
-    return conn, connack
 
 
 def send_oversize_and_read(conn, frame):
@@ -78,7 +69,7 @@ def test_publish_at_the_limit_accepted(mq, small, version):
     topic = mq.topic("big")
     sub = mq.paho(version, "sub", broker=small)
     sub.subscribe(topic, 1)
-    conn, _ = connected(mq, small, version, "raw")
+    conn = mq.raw(small, version=version)
     frame = publish_of_total_size(version, topic, LIMIT)
     conn.send(frame)
     ack = conn.read_packet()
@@ -90,7 +81,7 @@ def check_rejected(mq, small, version, total):
     topic = mq.topic("big")
     sub = mq.paho(version, "sub", broker=small)
     sub.subscribe(topic, 1)
-    conn, _ = connected(mq, small, version, "raw")
+    conn = mq.raw(small, version=version)
     answer, when = send_oversize_and_read(conn, publish_of_total_size(version, topic, total))
     if version == V5:
         assert answer is not None and answer != "nothing", f"want DISCONNECT 0x95 Packet too large, the connection closed {when} without it"

@@ -3,8 +3,6 @@ handshake's duplicate and resume cases, flow control (Receive Maximum, the
 client's Maximum Packet Size), topic alias limits, invalid filters, empty
 client ids, PINGREQ."""
 
-import socket
-
 from .clients import (
     CONNACK,
     DISCONNECT,
@@ -15,7 +13,6 @@ from .clients import (
     PUBLISH,
     PUBREC,
     PUBREL,
-    QUIET,
     RECEIVE_MAXIMUM,
     SUBACK,
     TOPIC_ALIAS,
@@ -30,41 +27,19 @@ from .clients import (
 )
 
 
-def expect_packet(conn, kind, what=""):
-    got = conn.read_packet()
-    assert got is not None and got.kind == kind, f"want {what or kind}, got {got if got else 'the connection closed'}"
-    return got
-
-
-def expect_silence(conn, quiet=QUIET):
-    try:
-        got = conn.read_packet(timeout=quiet)
-    except socket.timeout:
-        return
-    raise AssertionError(f"want nothing, got {got if got else 'the connection closed'}")
-
-
-def raw_client(mq, version, name, **connect):
-    conn = mq.raw()
-    conn.send(connect_packet(version, mq.client_id(name), **connect))
-    connack = expect_packet(conn, CONNACK, "CONNACK")
-    assert connack.reason_code() == 0, f"CONNACK refused: {connack}"
-    return conn, connack
-
-
 def test_qos2_duplicate_publish_delivered_once(mq, version):
     # Until PUBREL, a PUBLISH with the same packet id is answered with PUBREC
-    # again and not delivered again [MQTT-4.3.3-9 in 3.1.1 numbering: 4.3.3].
+    # again and not delivered again (4.3.3).
     topic = mq.topic("exactly-once")
     sub = mq.paho(version, "sub")
     sub.subscribe(topic, 2)
-    conn, _ = raw_client(mq, version, "pub")
+    conn = mq.raw(version=version, name="pub")
     conn.send(publish_packet(version, topic, b"once", qos=2, packet_id=5))
-    assert expect_packet(conn, PUBREC, "PUBREC").packet_id() == 5
+    assert conn.expect(PUBREC, "PUBREC").packet_id() == 5
     conn.send(publish_packet(version, topic, b"once", qos=2, packet_id=5, dup=True))
-    assert expect_packet(conn, PUBREC, "PUBREC for the duplicate").packet_id() == 5
+    assert conn.expect(PUBREC, "PUBREC for the duplicate").packet_id() == 5
     conn.send(ack_packet(PUBREL, 5))
-    assert expect_packet(conn, PUBCOMP, "PUBCOMP").packet_id() == 5
+    assert conn.expect(PUBCOMP, "PUBCOMP").packet_id() == 5
     assert sub.expect_one().payload == b"once"
     sub.expect_none()
 
@@ -75,45 +50,46 @@ def test_qos2_pubrel_resent_on_resume(mq, version):
     # message [MQTT-4.4.0-1].
     topic = mq.topic("resume")
     session = dict(clean=False, session_expiry=300 if version == V5 else None)
-    conn, _ = raw_client(mq, version, "sub", **session)
+    conn = mq.raw(version=version, name="sub", **session)
     conn.send(subscribe_packet(version, topic, 2))
-    expect_packet(conn, SUBACK, "SUBACK")
+    conn.expect(SUBACK, "SUBACK")
     mq.paho(version, "pub").publish(topic, b"x", 2)
-    delivered = expect_packet(conn, PUBLISH, "PUBLISH")
+    delivered = conn.expect(PUBLISH, "PUBLISH")
     _, packet_id, payload = delivered.publish_fields(version)
     assert payload == b"x"
     conn.send(ack_packet(PUBREC, packet_id))
-    assert expect_packet(conn, PUBREL, "PUBREL").packet_id() == packet_id
+    assert conn.expect(PUBREL, "PUBREL").packet_id() == packet_id
     conn.close()
 
-    again, connack = raw_client(mq, version, "sub", **session)
+    again = mq.raw(version=version, name="sub", **session)
+    connack = again.connack
     assert connack.body[0] & 1, "session present"
-    resent = expect_packet(again, PUBREL, "the PUBREL resent (not the PUBLISH)")
+    resent = again.expect(PUBREL, "the PUBREL resent (not the PUBLISH)")
     assert resent.packet_id() == packet_id
     again.send(ack_packet(PUBCOMP, packet_id))
-    expect_silence(again)
+    again.expect_silence()
 
 
 def test_v5_receive_maximum_respected(mq):
     # The client allows 2 unacknowledged QoS 1/2 deliveries [MQTT-3.3.4-9].
     topic = mq.topic("flow")
-    conn, _ = raw_client(mq, V5, "slow", properties=prop_u16(RECEIVE_MAXIMUM, 2))
+    conn = mq.raw(version=V5, name="slow", properties=prop_u16(RECEIVE_MAXIMUM, 2))
     conn.send(subscribe_packet(V5, topic, 1))
-    expect_packet(conn, SUBACK, "SUBACK")
+    conn.expect(SUBACK, "SUBACK")
     pub = mq.paho(V5, "pub")
     for i in range(5):
         pub.publish(topic, str(i).encode(), 1)
-    first = [expect_packet(conn, PUBLISH, "PUBLISH") for _ in range(2)]
-    expect_silence(conn)  # a third would exceed Receive Maximum
+    first = [conn.expect(PUBLISH, "PUBLISH") for _ in range(2)]
+    conn.expect_silence()  # a third would exceed Receive Maximum
     got = [p.publish_fields(V5) for p in first]
     conn.send(ack_packet(PUBACK, got[0][1]))
-    third = expect_packet(conn, PUBLISH, "the 3rd PUBLISH once one was acked")
+    third = conn.expect(PUBLISH, "the 3rd PUBLISH once one was acked")
     got.append(third.publish_fields(V5))
-    expect_silence(conn, 0.5)
+    conn.expect_silence(0.5)
     for _, packet_id, _ in got[1:]:
         conn.send(ack_packet(PUBACK, packet_id))
     for _ in range(2):
-        p = expect_packet(conn, PUBLISH, "PUBLISH")
+        p = conn.expect(PUBLISH, "PUBLISH")
         got.append(p.publish_fields(V5))
         conn.send(ack_packet(PUBACK, got[-1][1]))
     assert [payload for _, _, payload in got] == [b"0", b"1", b"2", b"3", b"4"]
@@ -138,14 +114,15 @@ def test_v5_client_maximum_packet_size_respected(mq):
 
 def test_v5_topic_alias_out_of_range_is_an_error(mq):
     topic = mq.topic("alias")
-    probe, connack = raw_client(mq, V5, "probe")
+    probe = mq.raw(version=V5, name="probe")
+    connack = probe.connack
     maximum = getattr(connack.connack_properties(), "TopicAliasMaximum", 0)
     probe.close()
     # Above the maximum is 0x94 Topic Alias invalid by that code's definition;
     # 0 is "not permitted" [MQTT-3.3.2-8] without a code of its own, so any
     # error DISCONNECT will do for it (mosquitto says 0x81, Malformed Packet).
     for alias, accepted in ((maximum + 1, {0x94}), (0, {0x81, 0x82, 0x94})):
-        conn, _ = raw_client(mq, V5, f"alias{alias}")
+        conn = mq.raw(version=V5, name=f"alias{alias}")
         conn.send(publish_packet(V5, topic, b"x", qos=1, properties=prop_u16(TOPIC_ALIAS, alias)))
         answer = conn.read_packet()
         assert answer is not None and answer.kind == DISCONNECT and answer.reason_code() in accepted, (
@@ -156,7 +133,7 @@ def test_v5_topic_alias_out_of_range_is_an_error(mq):
 def test_invalid_topic_filter_refused(mq, version):
     # `#` must be last; a broker refuses the filter in SUBACK or closes the
     # connection, and never grants it.
-    conn, _ = raw_client(mq, version, "bad-filter")
+    conn = mq.raw(version=version, name="bad-filter")
     conn.send(subscribe_packet(version, mq.topic("#", "x"), 1, packet_id=3))
     answer = conn.read_packet()
     if answer is not None and answer.kind == SUBACK:
@@ -171,7 +148,7 @@ def test_invalid_topic_filter_refused(mq, version):
 def test_empty_client_id(mq, version):
     conn = mq.raw()
     conn.send(connect_packet(version, "", clean=True))
-    connack = expect_packet(conn, CONNACK, "CONNACK")
+    connack = conn.expect(CONNACK, "CONNACK")
     assert connack.reason_code() == 0, "an empty client id with a clean session is accepted [MQTT-3.1.3-6]"
     if version == V5:
         assigned = getattr(connack.connack_properties(), "AssignedClientIdentifier", None)
@@ -186,10 +163,10 @@ def test_empty_client_id(mq, version):
 
 
 def test_pingreq_answered(mq, version):
-    conn, _ = raw_client(mq, version, "ping")
+    conn = mq.raw(version=version, name="ping")
     for _ in range(3):
         conn.send(packet(PINGREQ, 0, b""))
-        expect_packet(conn, PINGRESP, "PINGRESP")
+        conn.expect(PINGRESP, "PINGRESP")
 
 
 def test_v5_unsubscribe_without_subscription(mq):
@@ -221,13 +198,14 @@ def test_v5_inbound_receive_maximum_exceeded(mq):
     # A client may have at most the broker's Receive Maximum QoS 2 publishes
     # unfinished (no PUBCOMP yet); one more is answered with DISCONNECT 0x93
     # (MQTT 5 3.3.4 and 4.9).
-    conn, connack = raw_client(mq, V5, "flood")
+    conn = mq.raw(version=V5, name="flood")
+    connack = conn.connack
     maximum = getattr(connack.connack_properties(), "ReceiveMaximum", 65535)
     assert maximum < 65535, "this test needs a broker that advertises a Receive Maximum"
     topic = mq.topic("flood")
     conn.send(b"".join(publish_packet(V5, topic, b"x", qos=2, packet_id=i) for i in range(1, maximum + 2)))
     for i in range(1, maximum + 1):
-        assert expect_packet(conn, PUBREC, f"PUBREC {i} of {maximum}").packet_id() == i
+        assert conn.expect(PUBREC, f"PUBREC {i} of {maximum}").packet_id() == i
     answer = conn.read_packet()
     assert answer is not None and answer.kind == DISCONNECT and answer.reason_code() == 0x93, (
         f"publish {maximum + 1} with {maximum} unfinished: want DISCONNECT 0x93 Receive Maximum exceeded, got {answer or 'a plain close'}"
@@ -237,7 +215,7 @@ def test_v5_inbound_receive_maximum_exceeded(mq):
 def test_publish_to_wildcard_topic_closes(mq, version):
     # Topic names carry no wildcards [MQTT-3.3.2-2]: 3.1.1 closes, 5.0 may
     # first send DISCONNECT 0x90 Topic Name invalid.
-    conn, _ = raw_client(mq, version, "wild")
+    conn = mq.raw(version=version, name="wild")
     conn.send(publish_packet(version, mq.topic("+", "x"), b"x", qos=1))
     answer = conn.read_packet()
     if version == V5 and answer is not None:
@@ -248,7 +226,7 @@ def test_publish_to_wildcard_topic_closes(mq, version):
 
 def test_second_connect_closes(mq, version):
     # A second CONNECT on a connection is a protocol violation [MQTT-3.1.0-2].
-    conn, _ = raw_client(mq, version, "twice")
+    conn = mq.raw(version=version, name="twice")
     conn.send(connect_packet(version, mq.client_id("twice")))
     answer = conn.read_packet()
     if version == V5 and answer is not None:

@@ -3,10 +3,9 @@ with a session expiry) keep subscriptions and queue QoS 1/2 messages while the
 client is away; clean sessions do not; unacknowledged deliveries are resent
 with DUP; a second connection with the same client id takes over."""
 
-import struct
 import time
 
-from .clients import PUBACK, PUBLISH, SUBACK, V5, connect_packet, packet, subscribe_packet
+from .clients import PUBACK, PUBLISH, SUBACK, V5, ack_packet, subscribe_packet
 
 
 def persistent(version: str) -> dict:
@@ -94,31 +93,24 @@ def test_unacked_qos1_resent_with_dup_on_reconnect(mq, version):
     # DUP=1, when the session resumes [MQTT-4.4.0-1]. paho acks at once, so
     # this client is raw packets.
     topic = mq.topic("redeliver")
-    cid = mq.client_id("raw")
     session_expiry = 300 if version == V5 else None
-    conn = mq.raw()
-    conn.send(connect_packet(version, cid, clean=False, session_expiry=session_expiry))
-    assert conn.read_packet().reason_code() == 0
+    conn = mq.raw(version=version, name="raw", clean=False, session_expiry=session_expiry)
     conn.send(subscribe_packet(version, topic, 1, packet_id=7))
-    suback = conn.read_packet()
-    assert suback.kind == SUBACK, f"want SUBACK, got {suback}"
+    conn.expect(SUBACK)
     mq.paho(version, "pub").publish(topic, b"unacked", 1)
-    first = conn.read_packet()
-    assert first.kind == PUBLISH and first.publish_fields(version)[2] == b"unacked", f"want the PUBLISH, got {first}"
+    first = conn.expect(PUBLISH)
+    assert first.publish_fields(version)[2] == b"unacked"
     assert not first.flags & 0x08, "a first delivery has DUP=0"
     conn.close()  # no PUBACK
 
-    again = mq.raw()
-    again.send(connect_packet(version, cid, clean=False, session_expiry=session_expiry))
-    connack = again.read_packet()
-    assert connack.reason_code() == 0 and connack.body[0] & 1, f"want CONNACK 0 with session present, got {connack}"
-    resent = again.read_packet()
-    assert resent is not None and resent.kind == PUBLISH, f"want the unacknowledged PUBLISH again, got {resent}"
+    again = mq.raw(version=version, name="raw", clean=False, session_expiry=session_expiry)
+    assert again.connack.body[0] & 1, f"want session present, got {again.connack}"
+    resent = again.expect(PUBLISH, "the unacknowledged PUBLISH again")
     resent_topic, packet_id, payload = resent.publish_fields(version)
     assert (resent_topic, payload) == (topic, b"unacked")
     assert resent.flags & 0x08, "a resent PUBLISH has DUP=1 [MQTT-3.3.1-1]"
     assert packet_id == first.publish_fields(version)[1], "resent with its original packet identifier [MQTT-4.4.0-1]"
-    again.send(packet(PUBACK, 0, struct.pack("!H", packet_id)))
+    again.send(ack_packet(PUBACK, packet_id))
 
 
 def test_same_client_id_takes_over(mq, version):
