@@ -69,6 +69,10 @@ pub(crate) async fn serve(svc: Arc<MqttService>, stream: TcpStream, peer: Socket
             return;
         }
     };
+    if inbuf.is_empty() {
+        // The usual case: nothing after CONNECT yet; do not keep its buffer.
+        inbuf = BytesMut::new();
+    }
     let version = connect.version;
     if let Err(reason) = authenticate(&svc, &connect) {
         let _ = send_connack_refusal(&mut wr, version, reason).await;
@@ -229,8 +233,9 @@ struct Connection {
     next_packet_id: u16,
     to_ack: Vec<Receipt>,
     pumps: HashMap<Option<Arc<str>>, Pump>,
-    events_tx: mpsc::UnboundedSender<PumpEvent>,
-    events_rx: mpsc::UnboundedReceiver<PumpEvent>,
+    /// Created with the first pump: a publish-only client never needs it.
+    events_tx: Option<mpsc::UnboundedSender<PumpEvent>>,
+    events_rx: Option<mpsc::UnboundedReceiver<PumpEvent>>,
     // Inbound.
     aliases: HashMap<u16, String>,
     replies: VecDeque<PendingReply>,
@@ -298,7 +303,6 @@ impl Connection {
         client_id: String,
         claim: super::session::Claim,
     ) -> Connection {
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let window_size = u32::from(OUTBOUND_WINDOW_MAX);
         Connection {
             client_bytes: Bytes::copy_from_slice(client_id.as_bytes()),
@@ -330,8 +334,8 @@ impl Connection {
             next_packet_id: 1,
             to_ack: Vec::new(),
             pumps: HashMap::new(),
-            events_tx,
-            events_rx,
+            events_tx: None,
+            events_rx: None,
             aliases: HashMap::new(),
             replies: VecDeque::new(),
         }
@@ -452,6 +456,16 @@ impl Connection {
         }
     }
 
+    fn events_sender(&mut self) -> mpsc::UnboundedSender<PumpEvent> {
+        if let Some(tx) = &self.events_tx {
+            return tx.clone();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events_rx = Some(rx);
+        self.events_tx = Some(tx.clone());
+        tx
+    }
+
     fn start_pump(&mut self, key: Option<Arc<str>>, queue: QueueId) {
         let (stop_tx, stop_rx) = watch::channel(false);
         let source = match &key {
@@ -461,7 +475,7 @@ impl Connection {
         let ttl = self.svc.store.queue_info(queue).and_then(|i| i.options.idle_ttl_ms);
         let wait = ttl.map_or(POP_WAIT_MAX, |t| (Duration::from_millis(t) / 3).clamp(POP_WAIT_MIN, POP_WAIT_MAX));
         let task =
-            tokio::spawn(pump(Arc::clone(&self.svc.store), queue, source, Arc::clone(&self.window), self.events_tx.clone(), stop_rx, wait));
+            tokio::spawn(pump(Arc::clone(&self.svc.store), queue, source, Arc::clone(&self.window), self.events_sender(), stop_rx, wait));
         if let Some(old) = self.pumps.insert(key, Pump { stop: stop_tx, task }) {
             let _ = old.stop.send(true);
         }
@@ -543,7 +557,7 @@ impl Connection {
                         inbuf = BytesMut::new();
                     }
                 }
-                event = self.events_rx.recv() => {
+                event = recv_event(&mut self.events_rx) => {
                     let mut next = event;
                     let mut handled = 0;
                     while let Some(ev) = next.take() {
@@ -552,7 +566,7 @@ impl Connection {
                         }
                         handled += 1;
                         if handled < DELIVERIES_PER_TURN {
-                            next = self.events_rx.try_recv().ok();
+                            next = self.events_rx.as_mut().and_then(|rx| rx.try_recv().ok());
                         }
                     }
                 }
@@ -1064,9 +1078,11 @@ impl Connection {
             let _ = pump.stop.send(true);
             let _ = pump.task.await;
         }
-        self.events_rx.close();
+        if let Some(rx) = self.events_rx.as_mut() {
+            rx.close();
+        }
         let mut unacked: Vec<Receipt> = self.inflight.drain().filter_map(|(_, o)| o.receipt).collect();
-        while let Ok(ev) = self.events_rx.try_recv() {
+        while let Some(ev) = self.events_rx.as_mut().and_then(|rx| rx.try_recv().ok()) {
             if let PumpEvent::Deliveries(batch) = ev {
                 unacked.extend(batch.1.iter().map(|d| d.receipt));
             }
@@ -1191,6 +1207,14 @@ async fn publish_will(svc: &Arc<MqttService>, client_id: &str, client_bytes: &By
 
 fn shared_queue_name(group: &str, inner: &str) -> String {
     queue_name(SHARED_PREFIX, &format!("{group}/{inner}"))
+}
+
+/// The next pump event; never, before the first pump exists.
+async fn recv_event(rx: &mut Option<mpsc::UnboundedReceiver<PumpEvent>>) -> Option<PumpEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes the replies at the front whose store waits are done, in order.
