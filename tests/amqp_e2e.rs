@@ -470,3 +470,100 @@ async fn x_max_priority_delivers_higher_priorities_first() -> Result<()> {
     }
     Ok(())
 }
+
+fn args(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// The first x-death entry of a delivery: (count, reason, queue).
+fn first_death(d: &lapin::message::Delivery) -> Result<(i64, String, String)> {
+    let headers = d.properties.headers().clone().context("no headers")?;
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { anyhow::bail!("no x-death in {headers:?}") };
+    let Some(AMQPValue::FieldTable(e)) = deaths.as_slice().first() else { anyhow::bail!("empty x-death") };
+    let s = |k: &str| match e.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => String::new(),
+    };
+    let Some(AMQPValue::LongLongInt(count)) = e.inner().get("count") else { anyhow::bail!("no count in {e:?}") };
+    Ok((*count, s("reason"), s("queue")))
+}
+
+#[tokio::test]
+async fn x_message_ttl_drops_expired_messages_at_delivery() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let a = args(&[("x-message-ttl", AMQPValue::LongInt(200))]);
+    ch.queue_declare("ttl".into(), QueueDeclareOptions::default(), a).await?;
+    publish(&ch, "", "ttl", b"old").await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    publish(&ch, "", "ttl", b"fresh").await?;
+    let mut consumer = consume(&ch, "ttl", false).await?;
+    let d = next(&mut consumer).await?;
+    ensure!(d.data == b"fresh", "got {:?}", String::from_utf8_lossy(&d.data));
+    d.ack(BasicAckOptions::default()).await?;
+    nothing(&mut consumer).await?;
+    // basic.get sees the TTL too.
+    publish(&ch, "", "ttl", b"old").await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_c2, ch2) = broker.channel().await?;
+    ensure!(ch2.basic_get("ttl".into(), BasicGetOptions::default()).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rejected_message_is_dead_lettered_with_x_death() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    ch.exchange_declare("dlx".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default()).await?;
+    declare(&ch, "dead").await?;
+    ch.queue_bind("dead".into(), "dlx".into(), "dead-key".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    let a = args(&[("x-dead-letter-exchange", text("dlx")), ("x-dead-letter-routing-key", text("dead-key"))]);
+    ch.queue_declare("work".into(), QueueDeclareOptions::default(), a).await?;
+    let props = BasicProperties::default().with_message_id("m-1".into());
+    ch.basic_publish("".into(), "work".into(), BasicPublishOptions::default(), b"bad", props).await?;
+    publish(&ch, "", "work", b"also bad").await?;
+    let mut work = consume(&ch, "work", false).await?;
+    next(&mut work).await?.reject(BasicRejectOptions { requeue: false }).await?;
+    next(&mut work).await?.nack(BasicNackOptions { requeue: false, multiple: false }).await?;
+    let mut dead = consume(&ch, "dead", false).await?;
+    let d = next(&mut dead).await?;
+    ensure!(d.data == b"bad" && d.exchange.as_str() == "dlx" && d.routing_key.as_str() == "dead-key");
+    ensure!(d.properties.message_id().as_ref().map(|s| s.as_str()) == Some("m-1"));
+    let (count, reason, queue) = first_death(&d)?;
+    ensure!((count, reason.as_str(), queue.as_str()) == (1, "rejected", "work"), "x-death {count} {reason} {queue}");
+    ensure!(next(&mut dead).await?.data == b"also bad");
+    nothing(&mut work).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_message_is_dead_lettered_through_the_default_exchange() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "parking").await?;
+    let a = args(&[
+        ("x-message-ttl", AMQPValue::LongInt(100)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("parking")),
+    ]);
+    ch.queue_declare("delay".into(), QueueDeclareOptions::default(), a).await?;
+    let props = BasicProperties::default().with_expiration("50".into());
+    ch.basic_publish("".into(), "delay".into(), BasicPublishOptions::default(), b"later", props).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Expiry is noticed when the queue is read.
+    ensure!(ch.basic_get("delay".into(), BasicGetOptions::default()).await?.is_none());
+    let mut parking = consume(&ch, "parking", false).await?;
+    let d = next(&mut parking).await?;
+    ensure!(d.data == b"later" && d.properties.expiration().is_none(), "expiration kept: {:?}", d.properties);
+    let (count, reason, queue) = first_death(&d)?;
+    ensure!((count, reason.as_str(), queue.as_str()) == (1, "expired", "delay"));
+    Ok(())
+}

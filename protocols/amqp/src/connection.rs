@@ -31,6 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::codec::{self, decode_frame, short, AMQPValue, ContentHeader, FieldTable, Frame, FrameError, PROTOCOL_HEADER};
+use crate::deadletter::{dead_lettered, QueueArgs, Reason};
 use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeDef, Kind, DEFAULT_VHOST};
 use crate::limits::{
     DELIVERY_INVISIBLE, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT, PURGE_BATCH,
@@ -328,6 +329,9 @@ struct Consumer {
 
 struct Unacked {
     receipt: Receipt,
+    /// The message and its queue's arguments, kept when the queue has a
+    /// dead-letter exchange (a reject republishes it).
+    dead_letter: Option<(Arc<QueueArgs>, Message)>,
     /// The window slot it holds (none for basic.get and no-ack).
     window: Option<Arc<Semaphore>>,
 }
@@ -908,7 +912,8 @@ impl Connection {
             return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
         let core = queue_core_name(DEFAULT_VHOST, &name)?;
-        let opts = queue_options(&d)?;
+        let (opts, mut args) = queue_options(&d)?;
+        args.name = name.clone();
         let store = Arc::clone(&self.svc.store);
         if let Some(id) = store.queue_id(&core) {
             self.check_exclusive(id, &name)?;
@@ -941,6 +946,10 @@ impl Connection {
             }
             if d.auto_delete {
                 reg.auto_delete.insert(info.id);
+            }
+            if args.is_active() {
+                // The first declaration's arguments hold (they are not compared on redeclare yet).
+                reg.args.entry(info.id).or_insert_with(|| Arc::new(args));
             }
         }
         self.channel(ch)?.last_queue = Some(name.clone());
@@ -1082,11 +1091,14 @@ impl Connection {
                 };
                 let (no_ack, window) = (consumer.no_ack, Arc::clone(&consumer.window));
                 let out = Outgoing::from_core(&delivery.message);
-                if out.expire_at_ms.is_some_and(|at| at <= self.svc.store.now_ms()) {
+                let args = self.svc.queues().args.get(&delivery.receipt.queue).cloned();
+                let now = self.svc.store.now_ms();
+                if expired(args.as_deref(), &delivery.message, &out, now) {
                     window.add_permits(1);
-                    ack_in_background(&self.svc, vec![delivery.receipt]);
+                    expire_in_background(&self.svc, args, delivery.receipt, delivery.message);
                     return;
                 }
+                let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, delivery.message.clone()));
                 let Some(chan) = self.channels.get_mut(&channel) else { return };
                 let delivery_tag = chan.next_tag;
                 chan.next_tag += 1;
@@ -1094,7 +1106,7 @@ impl Connection {
                     window.add_permits(1);
                     ack_in_background(&self.svc, vec![delivery.receipt]);
                 } else {
-                    chan.unacked.insert(delivery_tag, Unacked { receipt: delivery.receipt, window: Some(window) });
+                    chan.unacked.insert(delivery_tag, Unacked { receipt: delivery.receipt, dead_letter, window: Some(window) });
                 }
                 self.io.method(
                     channel,
@@ -1134,12 +1146,17 @@ impl Connection {
         let id = self.find_queue(&name)?;
         let store = Arc::clone(&self.svc.store);
         let now = store.now_ms();
+        let args = self.svc.queues().args.get(&id).cloned();
         let delivery = loop {
             let mut got = store.pop(id, 1, DELIVERY_INVISIBLE, Duration::ZERO).await?;
             let Some(d) = got.pop() else { break None };
             let out = Outgoing::from_core(&d.message);
-            if out.expire_at_ms.is_some_and(|at| at <= now) {
-                store.ack(d.receipt).await?;
+            if expired(args.as_deref(), &d.message, &out, now) {
+                if args.as_ref().is_some_and(|a| a.dead_letter_exchange.is_some()) {
+                    dead_letter(&self.svc, args.clone(), d.receipt, d.message, Reason::Expired).await;
+                } else {
+                    store.ack(d.receipt).await?;
+                }
                 continue;
             }
             break Some((d, out));
@@ -1154,7 +1171,8 @@ impl Connection {
         if g.no_ack {
             ack_in_background(&self.svc, vec![d.receipt]);
         } else {
-            chan.unacked.insert(delivery_tag, Unacked { receipt: d.receipt, window: None });
+            let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, d.message.clone()));
+            chan.unacked.insert(delivery_tag, Unacked { receipt: d.receipt, dead_letter, window: None });
         }
         let remaining = store.queue_info(id).map(|i| i.ready).unwrap_or(0);
         self.io.method(
@@ -1207,10 +1225,10 @@ impl Connection {
             tx.settles.extend(entries.into_iter().map(|(t, u)| (t, u, negative)));
             return Ok(());
         }
-        let receipts: Vec<Receipt> = entries.into_iter().map(|(_, u)| release(u)).collect();
         match negative {
-            None => ack_in_background(&self.svc, receipts),
-            Some(requeue) => self.settle_negative(receipts, requeue),
+            None => ack_in_background(&self.svc, entries.into_iter().map(|(_, u)| release(u)).collect()),
+            Some(true) => requeue_in_background(&self.svc, entries.into_iter().map(|(_, u)| release(u)).collect()),
+            Some(false) => reject_in_background(&self.svc, entries.into_iter().map(|(_, u)| u).collect()),
         }
         Ok(())
     }
@@ -1228,36 +1246,22 @@ impl Connection {
             t.wait().await?;
         }
         let mut acks = Vec::new();
+        let mut rejects = Vec::new();
         for (_, u, negative) in buf.settles {
-            let receipt = release(u);
             match negative {
-                None => acks.push(receipt),
-                Some(requeue) => {
-                    let action = if requeue { NackAction::Requeue { delay_ms: 0 } } else { NackAction::DeadLetter };
-                    if let Err(e) = store.nack(receipt, action).await {
+                None => acks.push(release(u)),
+                Some(false) => rejects.push(u),
+                Some(true) => {
+                    if let Err(e) = store.nack(release(u), NackAction::Requeue { delay_ms: 0 }).await {
                         debug!(error = %e, "settling a delivery at commit");
                     }
                 }
             }
         }
+        reject_in_background(&self.svc, rejects);
         store.ack_many(&acks).await?;
         self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
         Ok(())
-    }
-
-    fn settle_negative(&self, receipts: Vec<Receipt>, requeue: bool) {
-        if requeue {
-            requeue_in_background(&self.svc, receipts);
-            return;
-        }
-        let store = Arc::clone(&self.svc.store);
-        tokio::spawn(async move {
-            for r in receipts {
-                if let Err(e) = store.nack(r, NackAction::DeadLetter).await {
-                    debug!(error = %e, "rejecting a delivery");
-                }
-            }
-        });
     }
 
     // ---- publishing ----
@@ -1367,32 +1371,7 @@ impl Connection {
 
     /// The queues a publish goes to.
     fn route(&self, exchange: &str, key: &str) -> Result<Vec<QueueId>, AmqpError> {
-        if exchange.is_empty() {
-            // The default exchange: the queue named by the routing key.
-            let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
-            return Ok(self.svc.store.queue_id(&core).into_iter().collect());
-        }
-        let sp = space(DEFAULT_VHOST, exchange);
-        let def = self
-            .svc
-            .exchanges
-            .get(&sp)
-            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
-        if def.internal {
-            return Err(AmqpError::channel(
-                reply::ACCESS_REFUSED,
-                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
-            ));
-        }
-        let store = &self.svc.store;
-        Ok(match def.kind {
-            Kind::Direct | Kind::Fanout => store.route(&sp, &[key], false),
-            Kind::Topic => {
-                let levels: Vec<&str> = key.split('.').collect();
-                store.route(&sp, &levels, false)
-            }
-            Kind::Headers => Vec::new(),
-        })
+        route_in(&self.svc, exchange, key)
     }
 
     /// basic.ack / basic.nack to publishers, in order, coalescing runs.
@@ -1440,6 +1419,93 @@ fn release(u: Unacked) -> Receipt {
     u.receipt
 }
 
+/// The queues a publish to `exchange` with `key` goes to.
+fn route_in(svc: &AmqpService, exchange: &str, key: &str) -> Result<Vec<QueueId>, AmqpError> {
+    if exchange.is_empty() {
+        // The default exchange: the queue named by the routing key.
+        let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
+        return Ok(svc.store.queue_id(&core).into_iter().collect());
+    }
+    let sp = space(DEFAULT_VHOST, exchange);
+    let def =
+        svc.exchanges.get(&sp).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+    if def.internal {
+        return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("cannot publish to internal exchange '{exchange}' in vhost '/'")));
+    }
+    let store = &svc.store;
+    Ok(match def.kind {
+        Kind::Direct | Kind::Fanout => store.route(&sp, &[key], false),
+        Kind::Topic => {
+            let levels: Vec<&str> = key.split('.').collect();
+            store.route(&sp, &levels, false)
+        }
+        Kind::Headers => Vec::new(),
+    })
+}
+
+/// Whether a delivery has expired: per-message `expiration` always, and the
+/// queue's `x-message-ttl` when it has one.
+fn expired(args: Option<&QueueArgs>, msg: &Message, out: &Outgoing, now_ms: u64) -> bool {
+    match args {
+        Some(a) => a.expired(msg, out, now_ms),
+        None => out.expire_at_ms.is_some_and(|at| at <= now_ms),
+    }
+}
+
+/// Republishes a message through its queue's dead-letter exchange (if it
+/// has one and the exchange routes it anywhere), waits until the copy is
+/// stored, then acks the original away. Without a DLX the message is dropped.
+async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: Receipt, msg: Message, reason: Reason) {
+    let store = &svc.store;
+    if let Some((exchange, key, copy)) = args.and_then(|a| dead_lettered(&a, &msg, reason, store.now_ms())) {
+        // A missing dead-letter exchange drops the message, as in RabbitMQ.
+        let targets = route_in(svc, &exchange, &key).unwrap_or_default();
+        if !targets.is_empty() {
+            let stored = match store.submit(copy, &targets).await {
+                Ok(ticket) => ticket.wait().await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
+                // Keep the original rather than lose the message.
+                debug!(error = %e, "dead-lettering a message; requeueing it");
+                let _ = store.nack(receipt, NackAction::Requeue { delay_ms: 0 }).await;
+                return;
+            }
+        }
+    }
+    if let Err(e) = store.ack(receipt).await {
+        debug!(error = %e, "acknowledging a dead-lettered delivery");
+    }
+}
+
+fn expire_in_background(svc: &Arc<AmqpService>, args: Option<Arc<QueueArgs>>, receipt: Receipt, msg: Message) {
+    let svc = Arc::clone(svc);
+    tokio::spawn(async move { dead_letter(&svc, args, receipt, msg, Reason::Expired).await });
+}
+
+/// basic.reject / basic.nack without requeue: dead-letter what has a DLX,
+/// hand the rest to the core (dropped, or its own dead-letter queue).
+fn reject_in_background(svc: &Arc<AmqpService>, mut entries: Vec<Unacked>) {
+    if entries.is_empty() {
+        return;
+    }
+    let dead: Vec<_> = entries.iter_mut().map(|u| u.dead_letter.take()).collect();
+    let receipts: Vec<Receipt> = entries.into_iter().map(release).collect();
+    let svc = Arc::clone(svc);
+    tokio::spawn(async move {
+        for (receipt, dl) in receipts.into_iter().zip(dead) {
+            match dl {
+                Some((args, msg)) => dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await,
+                None => {
+                    if let Err(e) = svc.store.nack(receipt, NackAction::DeadLetter).await {
+                        debug!(error = %e, "rejecting a delivery");
+                    }
+                }
+            }
+        }
+    });
+}
+
 fn not_transactional() -> AmqpError {
     AmqpError::channel(reply::PRECONDITION_FAILED, "channel is not transactional")
 }
@@ -1453,8 +1519,9 @@ fn window_size(prefetch: u16) -> usize {
 }
 
 /// Core options from queue.declare flags and arguments.
-fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
+fn queue_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpError> {
     let mut o = QueueOptions { transient: !d.durable || d.exclusive, ..QueueOptions::default() };
+    let mut a = QueueArgs::default();
     let int = |v: &AMQPValue| -> Option<i64> {
         Some(match v {
             AMQPValue::ShortShortInt(n) => i64::from(*n),
@@ -1484,6 +1551,18 @@ fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
                 // RabbitMQ counts redeliveries; the core counts deliveries.
                 o.max_deliveries = Some((n as u64 + 1).min(u64::from(u32::MAX)) as u32);
             }
+            "x-message-ttl" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-message-ttl", "expected a non-negative integer"))?;
+                a.message_ttl_ms = Some(n as u64);
+            }
+            "x-dead-letter-exchange" => match v {
+                AMQPValue::LongString(s) => a.dead_letter_exchange = Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                _ => return Err(bad("x-dead-letter-exchange", "expected a string")),
+            },
+            "x-dead-letter-routing-key" => match v {
+                AMQPValue::LongString(s) => a.dead_letter_routing_key = Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                _ => return Err(bad("x-dead-letter-routing-key", "expected a string")),
+            },
             "x-queue-type" => match v {
                 AMQPValue::LongString(s) if matches!(s.as_bytes(), b"classic" | b"quorum") => {}
                 _ => return Err(bad("x-queue-type", "only classic and quorum queues are supported so far")),
@@ -1492,7 +1571,7 @@ fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
             _ => {}
         }
     }
-    Ok(o)
+    Ok((o, a))
 }
 
 /// Removes every visible message of a queue; returns how many.

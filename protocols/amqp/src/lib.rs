@@ -6,6 +6,7 @@
 
 pub mod codec;
 mod connection;
+mod deadletter;
 mod exchange;
 pub mod limits;
 mod message;
@@ -75,6 +76,8 @@ pub(crate) struct QueueRegistry {
     pub exclusive: HashMap<QueueId, u64>,
     pub auto_delete: HashSet<QueueId>,
     pub consumers: HashMap<QueueId, usize>,
+    /// x-message-ttl / x-dead-letter-* of the queues that have them.
+    pub args: HashMap<QueueId, Arc<deadletter::QueueArgs>>,
 }
 
 /// The AMQP protocol service: register it with the server shell for the AMQP
