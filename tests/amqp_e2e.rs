@@ -567,3 +567,26 @@ async fn an_expired_message_is_dead_lettered_through_the_default_exchange() -> R
     ensure!((count, reason.as_str(), queue.as_str()) == (1, "expired", "delay"));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_durable_queue_keeps_its_dead_letter_arguments_across_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    {
+        let (conn, ch) = broker.channel().await?;
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        ch.queue_declare("dl-target".into(), durable, FieldTable::default()).await?;
+        let a = args(&[("x-dead-letter-exchange", text("")), ("x-dead-letter-routing-key", text("dl-target"))]);
+        ch.queue_declare("dl-source".into(), durable, a).await?;
+        publish(&ch, "", "dl-source", b"reject me after the restart").await?;
+        conn.close(200, "bye".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let got = ch.basic_get("dl-source".into(), BasicGetOptions::default()).await?.context("message kept")?;
+    got.delivery.reject(BasicRejectOptions { requeue: false }).await?;
+    let mut target = consume(&ch, "dl-target", false).await?;
+    let d = next(&mut target).await?;
+    ensure!(d.data == b"reject me after the restart");
+    ensure!(first_death(&d)?.1 == "rejected");
+    Ok(())
+}

@@ -606,6 +606,7 @@ impl Connection {
             reg.auto_delete.remove(&q);
             reg.exclusive.remove(&q);
             reg.consumers.remove(&q);
+            reg.args.remove(&q);
         }
         if let Err(e) = self.svc.store.delete_queue(q).await {
             warn!(error = %e, "deleting a queue");
@@ -939,6 +940,7 @@ impl Connection {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut persist_args = None;
         {
             let mut reg = self.svc.queues();
             if d.exclusive {
@@ -947,10 +949,16 @@ impl Connection {
             if d.auto_delete {
                 reg.auto_delete.insert(info.id);
             }
-            if args.is_active() {
+            if args.is_active() && !reg.args.contains_key(&info.id) {
                 // The first declaration's arguments hold (they are not compared on redeclare yet).
-                reg.args.entry(info.id).or_insert_with(|| Arc::new(args));
+                if !info.options.transient {
+                    persist_args = Some(args.record_pattern());
+                }
+                reg.args.insert(info.id, Arc::new(args));
             }
+        }
+        if let Some(p) = persist_args {
+            store.bind(crate::deadletter::ARGS_SPACE, &p, info.id).await?;
         }
         self.channel(ch)?.last_queue = Some(name.clone());
         self.declare_ok(ch, &name, info.id, d.nowait)

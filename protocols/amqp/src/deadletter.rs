@@ -7,6 +7,9 @@
 use std::collections::BTreeMap;
 
 use polymq::record::Message;
+use polymq::route::{Level, Pattern};
+
+use crate::codec;
 
 use crate::codec::{short, AMQPValue, FieldTable, LongString, ShortString};
 use crate::message::{self, Outgoing};
@@ -38,6 +41,49 @@ impl QueueArgs {
             Some(ttl) if msg.timestamp_ms > 0 => msg.timestamp_ms.saturating_add(ttl) <= now_ms,
             _ => false,
         }
+    }
+}
+
+/// The side space where a durable queue's arguments are kept, as a binding
+/// of the queue itself (deleted with it). Nothing routes there.
+pub(crate) const ARGS_SPACE: &str = "amqp.queue-args";
+
+impl QueueArgs {
+    /// The arguments as a one-level binding pattern: a field table, in hex.
+    pub fn record_pattern(&self) -> Pattern {
+        let mut t = FieldTable::default();
+        t.insert("name".into(), string(&self.name));
+        if let Some(v) = self.message_ttl_ms {
+            t.insert("x-message-ttl".into(), AMQPValue::LongLongInt(v.min(i64::MAX as u64) as i64));
+        }
+        if let Some(v) = &self.dead_letter_exchange {
+            t.insert("x-dead-letter-exchange".into(), string(v));
+        }
+        if let Some(v) = &self.dead_letter_routing_key {
+            t.insert("x-dead-letter-routing-key".into(), string(v));
+        }
+        let hex: String = codec::table_to_bytes(&t).iter().map(|b| format!("{b:02x}")).collect();
+        Pattern::exact(&hex)
+    }
+
+    pub fn from_record(p: &Pattern) -> Option<QueueArgs> {
+        let [Level::Word(hex)] = &p.0[..] else { return None };
+        let bytes: Option<Vec<u8>> =
+            (0..hex.len() / 2).map(|i| hex.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+        let t = codec::table_from_bytes(&bytes?)?;
+        let s = |k: &str| match t.inner().get(k) {
+            Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+            _ => None,
+        };
+        Some(QueueArgs {
+            name: s("name")?,
+            message_ttl_ms: match t.inner().get("x-message-ttl") {
+                Some(AMQPValue::LongLongInt(n)) => Some(*n as u64),
+                _ => None,
+            },
+            dead_letter_exchange: s("x-dead-letter-exchange"),
+            dead_letter_routing_key: s("x-dead-letter-routing-key"),
+        })
     }
 }
 
@@ -156,6 +202,12 @@ mod tests {
             dead_letter_exchange: Some("dlx".into()),
             dead_letter_routing_key: None,
         }
+    }
+
+    #[test]
+    fn arguments_round_trip_through_their_record() {
+        let a = QueueArgs { dead_letter_routing_key: Some("k.1".into()), ..args() };
+        assert_eq!(QueueArgs::from_record(&Pattern::from_canonical(&a.record_pattern().to_canonical())), Some(a));
     }
 
     #[test]

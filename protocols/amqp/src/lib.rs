@@ -94,13 +94,19 @@ impl AmqpService {
     /// Loads the durable exchange definitions and returns the service.
     pub async fn new(store: Arc<Store>, config: AmqpConfig) -> Result<Arc<AmqpService>, StoreError> {
         let exchanges = Exchanges::load(&store).await?;
-        Ok(Arc::new(AmqpService {
-            store,
-            config,
-            exchanges,
-            queues: Mutex::new(QueueRegistry::default()),
-            connection_seq: AtomicU64::new(1),
-        }))
+        let mut registry = QueueRegistry::default();
+        // Durable queues' AMQP-layer arguments: a walk over every queue, once
+        // at start (the core has no index of a space's bindings).
+        for (q, _) in store.list_queues() {
+            for (sp, p) in store.bindings_of(q) {
+                if sp == deadletter::ARGS_SPACE {
+                    if let Some(a) = deadletter::QueueArgs::from_record(&p) {
+                        registry.args.insert(q, Arc::new(a));
+                    }
+                }
+            }
+        }
+        Ok(Arc::new(AmqpService { store, config, exchanges, queues: Mutex::new(registry), connection_seq: AtomicU64::new(1) }))
     }
 
     fn next_connection_id(&self) -> u64 {
