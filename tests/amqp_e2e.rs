@@ -590,3 +590,103 @@ async fn a_durable_queue_keeps_its_dead_letter_arguments_across_a_restart() -> R
     ensure!(first_death(&d)?.1 == "rejected");
     Ok(())
 }
+
+/// Every body a queue holds, by basic.get (acked).
+async fn drain_bodies(ch: &Channel, queue: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await? {
+        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn x_max_length_drops_the_head_into_the_dead_letter_exchange() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "overflowed").await?;
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(2)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("overflowed")),
+    ]);
+    ch.queue_declare("bounded".into(), QueueDeclareOptions::default(), a).await?;
+    for i in 0..5 {
+        publish(&ch, "", "bounded", format!("m{i}").as_bytes()).await?;
+    }
+    let mut dropped = consume(&ch, "overflowed", false).await?;
+    for i in 0..3 {
+        let d = next(&mut dropped).await?;
+        ensure!(d.data == format!("m{i}").as_bytes(), "dropped {:?}", String::from_utf8_lossy(&d.data));
+        ensure!(first_death(&d)?.1 == "maxlen");
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    ensure!(drain_bodies(&ch, "bounded").await? == ["m3", "m4"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_max_length_bytes_keeps_the_newest_that_fit() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    // 100-byte bodies, 260 bytes: two fit with up to 60 bytes of stored overhead each, three never do.
+    ch.queue_declare("bytes".into(), QueueDeclareOptions::default(), args(&[("x-max-length-bytes", AMQPValue::LongInt(260))])).await?;
+    for i in 0..4u8 {
+        publish(&ch, "", "bytes", &[b'0' + i; 100]).await?;
+    }
+    let got = drain_bodies(&ch, "bytes").await?;
+    ensure!(got == ["2".repeat(100), "3".repeat(100)], "kept {:?}", got.iter().map(|b| &b[..1]).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_overflow_reject_publish_nacks_a_confirming_publisher() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let a = args(&[("x-max-length", AMQPValue::LongInt(2)), ("x-overflow", text("reject-publish"))]);
+    ch.queue_declare("full".into(), QueueDeclareOptions::default(), a).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        let c = ch
+            .basic_publish("".into(), "full".into(), BasicPublishOptions::default(), format!("r{i}").as_bytes(), BasicProperties::default())
+            .await?;
+        acks.push(tokio::time::timeout(WAIT, c).await??.is_ack());
+    }
+    ensure!(acks == [true, true, false], "{acks:?}");
+    ensure!(drain_bodies(&ch, "full").await? == ["r0", "r1"]);
+    // Room again: accepted.
+    let c = ch.basic_publish("".into(), "full".into(), BasicPublishOptions::default(), b"r3", BasicProperties::default()).await?;
+    ensure!(tokio::time::timeout(WAIT, c).await??.is_ack());
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_single_active_consumer_delivers_to_one_consumer_until_it_goes() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let a = args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+    ch.queue_declare("sac".into(), QueueDeclareOptions::default(), a).await?;
+    let (_c1, ch1) = broker.channel().await?;
+    let (_c2, ch2) = broker.channel().await?;
+    let mut first = consume(&ch1, "sac", false).await?;
+    let mut second = consume(&ch2, "sac", false).await?;
+    for i in 0..4 {
+        publish(&ch, "", "sac", format!("s{i}").as_bytes()).await?;
+    }
+    for i in 0..3 {
+        let d = next(&mut first).await?;
+        ensure!(d.data == format!("s{i}").as_bytes());
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    // s3 stays unacked on the active consumer, then its channel closes.
+    ensure!(next(&mut first).await?.data == b"s3");
+    nothing(&mut second).await?;
+    ch1.close(200, "bye".into()).await?;
+    let d = next(&mut second).await?;
+    ensure!(d.data == b"s3" && d.redelivered, "{:?} redelivered={}", String::from_utf8_lossy(&d.data), d.redelivered);
+    d.ack(BasicAckOptions::default()).await?;
+    publish(&ch, "", "sac", b"s4").await?;
+    ensure!(next(&mut second).await?.data == b"s4");
+    Ok(())
+}

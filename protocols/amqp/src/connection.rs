@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::codec::{self, decode_frame, short, AMQPValue, ContentHeader, FieldTable, Frame, FrameError, PROTOCOL_HEADER};
-use crate::deadletter::{dead_lettered, QueueArgs, Reason};
+use crate::deadletter::{dead_lettered, Overflow, QueueArgs, Reason};
 use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeDef, Kind, DEFAULT_VHOST};
 use crate::limits::{
     DELIVERY_INVISIBLE, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT, PURGE_BATCH,
@@ -607,6 +607,7 @@ impl Connection {
             reg.exclusive.remove(&q);
             reg.consumers.remove(&q);
             reg.args.remove(&q);
+            reg.active_consumer_gates.remove(&q);
         }
         if let Err(e) = self.svc.store.delete_queue(q).await {
             warn!(error = %e, "deleting a queue");
@@ -1071,7 +1072,15 @@ impl Connection {
             };
             epoch = chan.epoch;
         }
-        *self.svc.queues().consumers.entry(id).or_default() += 1;
+        let gate = {
+            let mut reg = self.svc.queues();
+            *reg.consumers.entry(id).or_default() += 1;
+            if reg.args.get(&id).is_some_and(|a| a.single_active_consumer) {
+                Some(Arc::clone(reg.active_consumer_gates.entry(id).or_default()))
+            } else {
+                None
+            }
+        };
         if !c.nowait {
             self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag) })));
         }
@@ -1083,6 +1092,7 @@ impl Connection {
             Arc::clone(&window),
             self.events_tx.clone(),
             stop_rx,
+            gate,
         ));
         self.channel(ch)?.consumers.insert(tag, Consumer { queue: id, no_ack: c.no_ack, window, stop: stop_tx });
         Ok(())
@@ -1360,11 +1370,20 @@ impl Connection {
             tx.publishes.push((msg, targets));
             return Ok(());
         }
+        let (targets, refused) = self.make_room(targets, msg.payload.len() as u64).await;
+        if targets.is_empty() {
+            // Every target is full with x-overflow reject-publish.
+            if confirm {
+                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: true });
+            }
+            return Ok(());
+        }
         match store.submit(msg, &targets).await {
             Ok(ticket) => {
                 if confirm {
                     let wait: StoreWait = Box::pin(async move { ticket.wait().await.map(drop) });
-                    self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: false });
+                    // Refused by one full queue: nacked, though stored in the others (as RabbitMQ).
+                    self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: refused });
                 }
                 Ok(())
             }
@@ -1375,6 +1394,42 @@ impl Connection {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// x-max-length / x-max-length-bytes before a publish of `size` body
+    /// bytes: drop-head queues lose (or dead-letter) their oldest ready
+    /// messages until the new one fits; full reject-publish queues are taken
+    /// out of the targets (the bool says whether any was).
+    async fn make_room(&self, targets: Vec<QueueId>, size: u64) -> (Vec<QueueId>, bool) {
+        let limited: Vec<(QueueId, Arc<QueueArgs>)> = {
+            let reg = self.svc.queues();
+            targets.iter().filter_map(|q| reg.args.get(q).filter(|a| a.has_length_limit()).map(|a| (*q, Arc::clone(a)))).collect()
+        };
+        if limited.is_empty() {
+            return (targets, false);
+        }
+        let store = &self.svc.store;
+        let mut refused = Vec::new();
+        for (q, a) in limited {
+            match a.overflow {
+                Overflow::RejectPublish => {
+                    if store.queue_info(q).is_some_and(|i| a.over_limit(i.ready + 1, i.stored_bytes + size)) {
+                        refused.push(q);
+                    }
+                }
+                Overflow::DropHead => loop {
+                    let Some(info) = store.queue_info(q) else { break };
+                    if info.ready == 0 || !a.over_limit(info.ready + 1, info.stored_bytes + size) {
+                        break;
+                    }
+                    let Ok(mut got) = store.pop(q, 1, DELIVERY_INVISIBLE, Duration::ZERO).await else { break };
+                    let Some(d) = got.pop() else { break };
+                    dead_letter(&self.svc, Some(Arc::clone(&a)), d.receipt, d.message, Reason::Maxlen).await;
+                },
+            }
+        }
+        let any = !refused.is_empty();
+        (targets.into_iter().filter(|q| !refused.contains(q)).collect(), any)
     }
 
     /// The queues a publish goes to.
@@ -1571,6 +1626,25 @@ fn queue_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpEr
                 AMQPValue::LongString(s) => a.dead_letter_routing_key = Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
                 _ => return Err(bad("x-dead-letter-routing-key", "expected a string")),
             },
+            "x-max-length" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-max-length", "expected a non-negative integer"))?;
+                a.max_length = Some(n as u64);
+            }
+            "x-max-length-bytes" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-max-length-bytes", "expected a non-negative integer"))?;
+                a.max_length_bytes = Some(n as u64);
+            }
+            "x-overflow" => {
+                a.overflow = match v {
+                    AMQPValue::LongString(s) => Overflow::parse(s.as_bytes()),
+                    _ => None,
+                }
+                .ok_or_else(|| bad("x-overflow", "expected drop-head, reject-publish or reject-publish-dlx"))?;
+            }
+            "x-single-active-consumer" => match v {
+                AMQPValue::Boolean(b) => a.single_active_consumer = *b,
+                _ => return Err(bad("x-single-active-consumer", "expected a boolean")),
+            },
             "x-queue-type" => match v {
                 AMQPValue::LongString(s) if matches!(s.as_bytes(), b"classic" | b"quorum") => {}
                 _ => return Err(bad("x-queue-type", "only classic and quorum queues are supported so far")),
@@ -1659,7 +1733,17 @@ async fn pump(
     window: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<PumpEvent>,
     mut stop: watch::Receiver<bool>,
+    single_active: Option<Arc<tokio::sync::Mutex<()>>>,
 ) {
+    // x-single-active-consumer: wait our turn (consumers are served in the
+    // order they registered); held until this pump ends.
+    let _active = match single_active {
+        Some(gate) => tokio::select! {
+            g = gate.lock_owned() => Some(g),
+            _ = stop.changed() => return,
+        },
+        None => None,
+    };
     let fail = |error: StoreError| PumpEvent::Failed { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), error };
     loop {
         let permit = tokio::select! {

@@ -23,12 +23,58 @@ pub(crate) struct QueueArgs {
     pub message_ttl_ms: Option<u64>,
     pub dead_letter_exchange: Option<String>,
     pub dead_letter_routing_key: Option<String>,
+    /// x-max-length: ready messages kept at most.
+    pub max_length: Option<u64>,
+    /// x-max-length-bytes: stored bytes kept at most (see `over_limit`).
+    pub max_length_bytes: Option<u64>,
+    pub overflow: Overflow,
+    /// x-single-active-consumer: one consumer gets deliveries at a time.
+    pub single_active_consumer: bool,
+}
+
+/// x-overflow: what a publish to a full queue does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum Overflow {
+    /// Drop (or dead-letter) the oldest ready messages to make room.
+    #[default]
+    DropHead,
+    /// Refuse the publish for this queue (a confirming publisher gets a nack).
+    RejectPublish,
+}
+
+impl Overflow {
+    pub fn parse(s: &[u8]) -> Option<Overflow> {
+        match s {
+            b"drop-head" => Some(Overflow::DropHead),
+            // reject-publish-dlx also dead-letters the refused message in
+            // RabbitMQ; here it only refuses it (see FINDINGS).
+            b"reject-publish" | b"reject-publish-dlx" => Some(Overflow::RejectPublish),
+            _ => None,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Overflow::DropHead => "drop-head",
+            Overflow::RejectPublish => "reject-publish",
+        }
+    }
 }
 
 impl QueueArgs {
     /// Whether the layer has anything to do for this queue.
     pub fn is_active(&self) -> bool {
-        self.message_ttl_ms.is_some() || self.dead_letter_exchange.is_some()
+        self.message_ttl_ms.is_some() || self.dead_letter_exchange.is_some() || self.has_length_limit() || self.single_active_consumer
+    }
+
+    pub fn has_length_limit(&self) -> bool {
+        self.max_length.is_some() || self.max_length_bytes.is_some()
+    }
+
+    /// Whether a queue holding `ready` messages and `bytes` stored bytes is
+    /// over the queue's limits.
+    pub fn over_limit(&self, ready: u64, bytes: u64) -> bool {
+        self.max_length.is_some_and(|m| ready > m) || self.max_length_bytes.is_some_and(|m| bytes > m)
     }
 
     /// Whether `msg` has expired in this queue at `now_ms`: its own
@@ -62,6 +108,14 @@ impl QueueArgs {
         if let Some(v) = &self.dead_letter_routing_key {
             t.insert("x-dead-letter-routing-key".into(), string(v));
         }
+        if let Some(v) = self.max_length {
+            t.insert("x-max-length".into(), AMQPValue::LongLongInt(v.min(i64::MAX as u64) as i64));
+        }
+        if let Some(v) = self.max_length_bytes {
+            t.insert("x-max-length-bytes".into(), AMQPValue::LongLongInt(v.min(i64::MAX as u64) as i64));
+        }
+        t.insert("x-overflow".into(), string(self.overflow.name()));
+        t.insert("x-single-active-consumer".into(), AMQPValue::Boolean(self.single_active_consumer));
         let hex: String = codec::table_to_bytes(&t).iter().map(|b| format!("{b:02x}")).collect();
         Pattern::exact(&hex)
     }
@@ -75,12 +129,17 @@ impl QueueArgs {
             Some(AMQPValue::LongString(s)) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
             _ => None,
         };
+        let n = |k: &str| match t.inner().get(k) {
+            Some(AMQPValue::LongLongInt(n)) => Some(*n as u64),
+            _ => None,
+        };
         Some(QueueArgs {
             name: s("name")?,
-            message_ttl_ms: match t.inner().get("x-message-ttl") {
-                Some(AMQPValue::LongLongInt(n)) => Some(*n as u64),
-                _ => None,
-            },
+            message_ttl_ms: n("x-message-ttl"),
+            max_length: n("x-max-length"),
+            max_length_bytes: n("x-max-length-bytes"),
+            overflow: s("x-overflow").and_then(|o| Overflow::parse(o.as_bytes())).unwrap_or_default(),
+            single_active_consumer: matches!(t.inner().get("x-single-active-consumer"), Some(AMQPValue::Boolean(true))),
             dead_letter_exchange: s("x-dead-letter-exchange"),
             dead_letter_routing_key: s("x-dead-letter-routing-key"),
         })
@@ -92,6 +151,8 @@ impl QueueArgs {
 pub(crate) enum Reason {
     Rejected,
     Expired,
+    /// Dropped from the head of a full queue (x-overflow drop-head).
+    Maxlen,
 }
 
 impl Reason {
@@ -99,6 +160,7 @@ impl Reason {
         match self {
             Reason::Rejected => "rejected",
             Reason::Expired => "expired",
+            Reason::Maxlen => "maxlen",
         }
     }
 }
@@ -201,12 +263,20 @@ mod tests {
             message_ttl_ms: Some(1000),
             dead_letter_exchange: Some("dlx".into()),
             dead_letter_routing_key: None,
+            ..QueueArgs::default()
         }
     }
 
     #[test]
     fn arguments_round_trip_through_their_record() {
-        let a = QueueArgs { dead_letter_routing_key: Some("k.1".into()), ..args() };
+        let a = QueueArgs {
+            dead_letter_routing_key: Some("k.1".into()),
+            max_length: Some(3),
+            max_length_bytes: Some(4096),
+            overflow: Overflow::RejectPublish,
+            single_active_consumer: true,
+            ..args()
+        };
         assert_eq!(QueueArgs::from_record(&Pattern::from_canonical(&a.record_pattern().to_canonical())), Some(a));
     }
 

@@ -78,6 +78,9 @@ pub(crate) struct QueueRegistry {
     pub consumers: HashMap<QueueId, usize>,
     /// x-message-ttl / x-dead-letter-* of the queues that have them.
     pub args: HashMap<QueueId, Arc<deadletter::QueueArgs>>,
+    /// x-single-active-consumer: a consumer's pump holds its queue's gate
+    /// while it runs; the next waiting consumer (FIFO) takes over when it stops.
+    pub active_consumer_gates: HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The AMQP protocol service: register it with the server shell for the AMQP
