@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 from kombu import Connection, Consumer, Exchange, Producer, Queue
@@ -77,3 +78,29 @@ def test_missing_queue_passive_declare_is_404(polymq):
             Queue("kombu-missing")(conn.channel()).queue_declare(passive=True)
         # The connection survives a channel error.
         conn.SimpleQueue("kombu-after").put("ok")
+
+
+def test_kombu_queue_arguments_dead_letter(polymq):
+    dlx = Exchange("kombu-dlx", type="direct")
+    dead = Queue("kombu-dead", dlx, routing_key="dead")
+    work = Queue("kombu-work", queue_arguments={"x-dead-letter-exchange": "kombu-dlx", "x-dead-letter-routing-key": "dead"})
+    with Connection(polymq.url) as conn:
+        ch = conn.channel()
+        dead(ch).declare()
+        work(ch).declare()
+        Producer(ch).publish({"job": 1}, routing_key="kombu-work", serializer="json")
+        msg = work(ch).get(no_ack=False)
+        for _ in range(50):
+            if msg is not None:
+                break
+            time.sleep(0.1)
+            msg = work(ch).get(no_ack=False)
+        msg.reject(requeue=False)
+        got = None
+        for _ in range(50):
+            got = dead(ch).get(no_ack=True)
+            if got is not None:
+                break
+            time.sleep(0.1)
+        assert got is not None and got.payload == {"job": 1}
+        assert got.headers["x-death"][0]["reason"] == "rejected"

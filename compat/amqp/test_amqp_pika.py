@@ -213,3 +213,66 @@ def test_asyncio_connection_publish_and_consume(polymq):
 
     asyncio.run(scenario())
     assert received == [(f"a{i}".encode(), str(i)) for i in range(5)]
+
+
+def test_dead_letter_exchange_on_reject_and_on_ttl(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.exchange_declare("dlx", exchange_type="fanout")
+    ch.queue_declare("dead")
+    ch.queue_bind("dead", "dlx")
+    ch.queue_declare("work", arguments={"x-dead-letter-exchange": "dlx", "x-message-ttl": 300})
+    ch.basic_publish("", "work", b"rejected", pika.BasicProperties(headers={"keep": "me"}))
+    method, _, body = ch.basic_get("work")
+    assert body == b"rejected"
+    ch.basic_reject(method.delivery_tag, requeue=False)
+    ch.basic_publish("", "work", b"expired")
+    time.sleep(0.6)
+    # Expiry is noticed when the queue is read (see FINDINGS).
+    assert ch.basic_get("work") == (None, None, None)
+    got = drain(ch, "dead", 2)
+    assert [b for _, _, b in got] == [b"rejected", b"expired"]
+    deaths = [p.headers["x-death"][0] for _, p, _ in got]
+    assert [(d["reason"], d["queue"], d["count"]) for d in deaths] == [("rejected", "work", 1), ("expired", "work", 1)]
+    assert got[0][1].headers["keep"] == "me"
+    assert got[0][1].headers["x-first-death-reason"] == "rejected"
+    conn.close()
+
+
+def test_max_length_drop_head_and_reject_publish(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("drop-head", arguments={"x-max-length": 2})
+    for i in range(4):
+        ch.basic_publish("", "drop-head", f"d{i}".encode())
+    assert ch.queue_declare("drop-head", passive=True).method.message_count == 2
+    assert ch.basic_get("drop-head", auto_ack=True)[2] == b"d2"
+    ch.queue_declare("reject", arguments={"x-max-length": 1, "x-overflow": "reject-publish"})
+    ch.basic_publish("", "reject", b"fits")
+    with pytest.raises(pika.exceptions.NackError):
+        ch.basic_publish("", "reject", b"refused")
+    conn.close()
+
+
+def test_single_active_consumer(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.queue_declare("sac", arguments={"x-single-active-consumer": True})
+    got = {"a": [], "b": []}
+    ch_a, ch_b = conn.channel(), conn.channel()
+    ch_a.basic_consume("sac", lambda c, m, p, b: (got["a"].append(b), c.basic_ack(m.delivery_tag)))
+    ch_b.basic_consume("sac", lambda c, m, p, b: (got["b"].append(b), c.basic_ack(m.delivery_tag)))
+    for i in range(5):
+        ch.basic_publish("", "sac", f"s{i}".encode())
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and len(got["a"]) < 5:
+        conn.process_data_events(time_limit=0.1)
+    assert got == {"a": [f"s{i}".encode() for i in range(5)], "b": []}
+    ch_a.close()
+    ch.basic_publish("", "sac", b"after")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not got["b"]:
+        conn.process_data_events(time_limit=0.1)
+    assert got["b"] == [b"after"]
+    conn.close()

@@ -1417,15 +1417,13 @@ impl Connection {
                         refused.push(q);
                     }
                 }
-                Overflow::DropHead => loop {
-                    let Some(info) = store.queue_info(q) else { break };
-                    if info.ready == 0 || !a.over_limit(info.ready + 1, info.stored_bytes + size) {
-                        break;
+                Overflow::DropHead => {
+                    while store.queue_info(q).is_some_and(|i| i.ready > 0 && a.over_limit(i.ready + 1, i.stored_bytes + size)) {
+                        let Ok(mut got) = store.pop(q, 1, DELIVERY_INVISIBLE, Duration::ZERO).await else { break };
+                        let Some(d) = got.pop() else { break };
+                        dead_letter(&self.svc, Some(Arc::clone(&a)), d.receipt, d.message, Reason::Maxlen).await;
                     }
-                    let Ok(mut got) = store.pop(q, 1, DELIVERY_INVISIBLE, Duration::ZERO).await else { break };
-                    let Some(d) = got.pop() else { break };
-                    dead_letter(&self.svc, Some(Arc::clone(&a)), d.receipt, d.message, Reason::Maxlen).await;
-                },
+                }
             }
         }
         let any = !refused.is_empty();
