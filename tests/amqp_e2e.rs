@@ -690,3 +690,41 @@ async fn x_single_active_consumer_delivers_to_one_consumer_until_it_goes() -> Re
     ensure!(next(&mut second).await?.data == b"s4");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_headers_exchange_routes_by_x_match_all_and_any_and_keeps_bindings_across_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let publish_with = |ch: Channel, headers: FieldTable, body: &'static [u8]| async move {
+        let props = BasicProperties::default().with_headers(headers);
+        ch.basic_publish("docs".into(), "ignored".into(), BasicPublishOptions::default(), body, props).await?.await?;
+        anyhow::Ok(())
+    };
+    {
+        let (conn, ch) = broker.channel().await?;
+        let opts = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        ch.exchange_declare("docs".into(), ExchangeKind::Headers, opts, FieldTable::default()).await?;
+        ch.queue_declare("pdf-reports".into(), durable, FieldTable::default()).await?;
+        ch.queue_declare("pdf-or-report".into(), durable, FieldTable::default()).await?;
+        let all = args(&[("x-match", text("all")), ("format", text("pdf")), ("type", text("report"))]);
+        let any = args(&[("x-match", text("any")), ("format", text("pdf")), ("type", text("report"))]);
+        ch.queue_bind("pdf-reports".into(), "docs".into(), "".into(), QueueBindOptions::default(), all).await?;
+        ch.queue_bind("pdf-or-report".into(), "docs".into(), "".into(), QueueBindOptions::default(), any).await?;
+        publish_with(ch.clone(), args(&[("format", text("pdf")), ("type", text("report"))]), b"both").await?;
+        publish_with(ch.clone(), args(&[("format", text("pdf")), ("type", text("log"))]), b"pdf only").await?;
+        publish_with(ch.clone(), args(&[("format", text("zip"))]), b"neither").await?;
+        conn.close(200, "bye".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    publish_with(ch.clone(), args(&[("type", text("report")), ("pages", AMQPValue::LongInt(3))]), b"report only").await?;
+    ensure!(drain_bodies(&ch, "pdf-reports").await? == ["both"]);
+    ensure!(drain_bodies(&ch, "pdf-or-report").await? == ["both", "pdf only", "report only"]);
+    // Unbinding stops the routing.
+    let any = args(&[("x-match", text("any")), ("format", text("pdf")), ("type", text("report"))]);
+    ch.queue_unbind("pdf-or-report".into(), "docs".into(), "".into(), any).await?;
+    publish_with(ch.clone(), args(&[("format", text("pdf")), ("type", text("report"))]), b"after unbind").await?;
+    ensure!(drain_bodies(&ch, "pdf-or-report").await?.is_empty());
+    ensure!(drain_bodies(&ch, "pdf-reports").await? == ["after unbind"]);
+    Ok(())
+}

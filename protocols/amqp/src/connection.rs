@@ -704,14 +704,14 @@ impl Connection {
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => self.queue_declare(ch, d).await,
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
                 let nowait = b.nowait;
-                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), true).await?;
+                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, true).await?;
                 if !nowait {
                     self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
                 }
                 Ok(())
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
-                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), false).await?;
+                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, false).await?;
                 self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
                 Ok(())
             }
@@ -858,6 +858,7 @@ impl Connection {
                 return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("exchange '{name}' in vhost '/' in use")));
             }
             self.svc.exchanges.remove(&self.svc.store, &sp).await?;
+            self.svc.headers.forget(&sp);
         }
         if !d.nowait {
             self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
@@ -983,7 +984,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn queue_bind(&mut self, ch: u16, queue: &str, exchange: &str, key: &str, add: bool) -> Flow {
+    async fn queue_bind(&mut self, ch: u16, queue: &str, exchange: &str, key: &str, arguments: &FieldTable, add: bool) -> Flow {
         let queue = self.resolve_queue_name(ch, queue)?;
         let id = self.find_queue(&queue)?;
         if exchange.is_empty() {
@@ -998,11 +999,17 @@ impl Connection {
             .exchanges
             .get(&sp)
             .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
-        let pattern = binding_pattern(def.kind, key)?;
+        let pattern = match def.kind {
+            Kind::Headers => crate::headers::binding_pattern(key, arguments),
+            kind => binding_pattern(kind, key)?,
+        };
         if add {
             self.svc.store.bind(&sp, &pattern, id).await?;
         } else {
             self.svc.store.unbind(&sp, &pattern, id).await?;
+        }
+        if def.kind == Kind::Headers {
+            self.svc.headers.update(&sp, id, arguments, add);
         }
         Ok(())
     }
@@ -1345,7 +1352,7 @@ impl Connection {
             c.next_publish_seq += 1;
         }
         let props = p.header.take().map(|h| h.properties).unwrap_or_default();
-        let targets = self.route(&p.exchange, &p.routing_key)?;
+        let targets = self.route(&p.exchange, &p.routing_key, props.headers().as_ref())?;
         let store = Arc::clone(&self.svc.store);
         if targets.is_empty() {
             if p.mandatory {
@@ -1431,8 +1438,8 @@ impl Connection {
     }
 
     /// The queues a publish goes to.
-    fn route(&self, exchange: &str, key: &str) -> Result<Vec<QueueId>, AmqpError> {
-        route_in(&self.svc, exchange, key)
+    fn route(&self, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
+        route_in(&self.svc, exchange, key, headers)
     }
 
     /// basic.ack / basic.nack to publishers, in order, coalescing runs.
@@ -1481,7 +1488,7 @@ fn release(u: Unacked) -> Receipt {
 }
 
 /// The queues a publish to `exchange` with `key` goes to.
-fn route_in(svc: &AmqpService, exchange: &str, key: &str) -> Result<Vec<QueueId>, AmqpError> {
+fn route_in(svc: &AmqpService, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
     if exchange.is_empty() {
         // The default exchange: the queue named by the routing key.
         let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
@@ -1500,7 +1507,7 @@ fn route_in(svc: &AmqpService, exchange: &str, key: &str) -> Result<Vec<QueueId>
             let levels: Vec<&str> = key.split('.').collect();
             store.route(&sp, &levels, false)
         }
-        Kind::Headers => Vec::new(),
+        Kind::Headers => svc.headers.route(store, &sp, headers),
     })
 }
 
@@ -1520,7 +1527,8 @@ async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: R
     let store = &svc.store;
     if let Some((exchange, key, copy)) = args.and_then(|a| dead_lettered(&a, &msg, reason, store.now_ms())) {
         // A missing dead-letter exchange drops the message, as in RabbitMQ.
-        let targets = route_in(svc, &exchange, &key).unwrap_or_default();
+        let headers = Outgoing::from_core(&copy).properties.headers().clone();
+        let targets = route_in(svc, &exchange, &key, headers.as_ref()).unwrap_or_default();
         if !targets.is_empty() {
             let stored = match store.submit(copy, &targets).await {
                 Ok(ticket) => ticket.wait().await.map(drop),

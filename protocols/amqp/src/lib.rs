@@ -8,6 +8,7 @@ pub mod codec;
 mod connection;
 mod deadletter;
 mod exchange;
+mod headers;
 pub mod limits;
 mod message;
 pub mod reply;
@@ -89,6 +90,7 @@ pub struct AmqpService {
     store: Arc<Store>,
     config: AmqpConfig,
     exchanges: Exchanges,
+    headers: headers::HeadersIndex,
     queues: Mutex<QueueRegistry>,
     connection_seq: AtomicU64,
 }
@@ -109,7 +111,14 @@ impl AmqpService {
                 }
             }
         }
-        Ok(Arc::new(AmqpService { store, config, exchanges, queues: Mutex::new(registry), connection_seq: AtomicU64::new(1) }))
+        Ok(Arc::new(AmqpService {
+            store,
+            config,
+            exchanges,
+            headers: headers::HeadersIndex::default(),
+            queues: Mutex::new(registry),
+            connection_seq: AtomicU64::new(1),
+        }))
     }
 
     fn next_connection_id(&self) -> u64 {
