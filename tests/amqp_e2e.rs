@@ -728,3 +728,44 @@ async fn a_headers_exchange_routes_by_x_match_all_and_any_and_keeps_bindings_acr
     ensure!(drain_bodies(&ch, "pdf-reports").await? == ["after unbind"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn exchange_to_exchange_bindings_route_through_chains_and_cycles_and_survive_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let durable_x = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let durable_q = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    {
+        let (conn, ch) = broker.channel().await?;
+        ch.exchange_declare("ingress".into(), ExchangeKind::Topic, durable_x, FieldTable::default()).await?;
+        let internal = ExchangeDeclareOptions { internal: true, ..durable_x };
+        ch.exchange_declare("audit".into(), ExchangeKind::Fanout, internal, FieldTable::default()).await?;
+        ch.queue_declare("audit-q".into(), durable_q, FieldTable::default()).await?;
+        ch.queue_declare("eu-q".into(), durable_q, FieldTable::default()).await?;
+        ch.queue_bind("audit-q".into(), "audit".into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind("eu-q".into(), "ingress".into(), "orders.eu".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        // ingress -> audit for orders.#, and a cycle back audit -> ingress.
+        ch.exchange_bind("audit".into(), "ingress".into(), "orders.#".into(), ExchangeBindOptions::default(), FieldTable::default())
+            .await?;
+        ch.exchange_bind("ingress".into(), "audit".into(), "".into(), ExchangeBindOptions::default(), FieldTable::default()).await?;
+        conn.close(200, "bye".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    for key in ["orders.eu", "orders.us.west", "users.eu"] {
+        publish(&ch, "ingress", key, key.as_bytes()).await?;
+    }
+    ensure!(drain_bodies(&ch, "eu-q").await? == ["orders.eu"]);
+    ensure!(drain_bodies(&ch, "audit-q").await? == ["orders.eu", "orders.us.west"], "one copy each, the cycle ends");
+    // Publishing to the internal exchange itself is still refused: the channel is closed
+    // (403; lapin reports the next call on the closed channel as a state error).
+    let (_c2, ch2) = broker.channel().await?;
+    let _ = ch2.basic_publish("audit".into(), "".into(), BasicPublishOptions::default(), b"x", BasicProperties::default()).await;
+    let after = ch2.queue_declare("after".into(), QueueDeclareOptions::default(), FieldTable::default()).await;
+    ensure!(after.is_err() && !ch2.status().connected(), "{after:?}");
+    ch.exchange_unbind("audit".into(), "ingress".into(), "orders.#".into(), ExchangeUnbindOptions::default(), FieldTable::default())
+        .await?;
+    publish(&ch, "ingress", "orders.eu", b"after unbind").await?;
+    ensure!(drain_bodies(&ch, "audit-q").await?.is_empty());
+    ensure!(drain_bodies(&ch, "eu-q").await? == ["after unbind"]);
+    Ok(())
+}

@@ -32,10 +32,10 @@ use tracing::{debug, warn};
 
 use crate::codec::{self, decode_frame, short, AMQPValue, ContentHeader, FieldTable, Frame, FrameError, PROTOCOL_HEADER};
 use crate::deadletter::{dead_lettered, Overflow, QueueArgs, Reason};
-use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeDef, Kind, DEFAULT_VHOST};
+use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeBinding, ExchangeDef, Kind, DEFAULT_VHOST};
 use crate::limits::{
-    DELIVERY_INVISIBLE, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT, PURGE_BATCH,
-    UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT,
+    PURGE_BATCH, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
 };
 use crate::message::{self, Outgoing};
 use crate::reply::{self, AmqpError};
@@ -698,8 +698,19 @@ impl Connection {
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => self.exchange_declare(ch, d).await,
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => self.exchange_delete(ch, d).await,
-            AMQPClass::Exchange(exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_)) => {
-                Err(AmqpError::connection(reply::NOT_IMPLEMENTED, "exchange-to-exchange bindings are not supported yet"))
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => {
+                self.exchange_bind(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), &b.arguments, true).await?;
+                if !b.nowait {
+                    self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+                }
+                Ok(())
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => {
+                self.exchange_bind(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), &b.arguments, false).await?;
+                if !b.nowait {
+                    self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+                }
+                Ok(())
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => self.queue_declare(ch, d).await,
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
@@ -981,6 +992,25 @@ impl Connection {
                 consumer_count: consumers,
             })),
         );
+        Ok(())
+    }
+
+    async fn exchange_bind(&mut self, destination: &str, source: &str, key: &str, arguments: &FieldTable, add: bool) -> Flow {
+        for name in [destination, source] {
+            if name.is_empty() {
+                return Err(AmqpError::channel(reply::ACCESS_REFUSED, "operation not permitted on the default exchange"));
+            }
+            if self.svc.exchanges.get(&space(DEFAULT_VHOST, name)).is_none() {
+                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
+            }
+        }
+        let b = ExchangeBinding {
+            source: space(DEFAULT_VHOST, source),
+            destination: space(DEFAULT_VHOST, destination),
+            routing_key: key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        self.svc.exchanges.bind_exchange(&self.svc.store, b, add).await?;
         Ok(())
     }
 
@@ -1500,15 +1530,43 @@ fn route_in(svc: &AmqpService, exchange: &str, key: &str, headers: Option<&Field
     if def.internal {
         return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("cannot publish to internal exchange '{exchange}' in vhost '/'")));
     }
+    let mut out = Vec::new();
+    let mut visited = vec![sp.clone()];
+    route_exchange(svc, &sp, &def, key, headers, &mut visited, &mut out);
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Routes in one exchange's space, then through its exchange-to-exchange
+/// bindings (each exchange visited once: cycles end; a queue reached twice
+/// gets one copy). Internal destinations are fine.
+fn route_exchange(
+    svc: &AmqpService,
+    sp: &str,
+    def: &ExchangeDef,
+    key: &str,
+    headers: Option<&FieldTable>,
+    visited: &mut Vec<String>,
+    out: &mut Vec<QueueId>,
+) {
     let store = &svc.store;
-    Ok(match def.kind {
-        Kind::Direct | Kind::Fanout => store.route(&sp, &[key], false),
+    out.extend(match def.kind {
+        Kind::Direct | Kind::Fanout => store.route(sp, &[key], false),
         Kind::Topic => {
             let levels: Vec<&str> = key.split('.').collect();
-            store.route(&sp, &levels, false)
+            store.route(sp, &levels, false)
         }
-        Kind::Headers => svc.headers.route(store, &sp, headers),
-    })
+        Kind::Headers => svc.headers.route(store, sp, headers),
+    });
+    for b in svc.exchanges.bindings_from(sp) {
+        if visited.len() >= E2E_HOPS_MAX || visited.contains(&b.destination) || !b.matches(def.kind, key, headers) {
+            continue;
+        }
+        let Some(dest) = svc.exchanges.get(&b.destination) else { continue };
+        visited.push(b.destination.clone());
+        route_exchange(svc, &b.destination, &dest, key, headers, visited, out);
+    }
 }
 
 /// Whether a delivery has expired: per-message `expiration` always, and the
