@@ -29,6 +29,16 @@ def drain(ch: pika.adapters.blocking_connection.BlockingChannel, queue: str, cou
     return got
 
 
+def get_all(ch, queue: str) -> list[bytes]:
+    """Every body in `queue`, by basic.get (auto-acked)."""
+    out = []
+    while True:
+        _, _, body = ch.basic_get(queue, auto_ack=True)
+        if body is None:
+            return out
+        out.append(body)
+
+
 def test_publish_consume_round_trip_with_properties(polymq):
     conn = connect(polymq)
     ch = conn.channel()
@@ -275,4 +285,22 @@ def test_single_active_consumer(polymq):
     while time.monotonic() < deadline and not got["b"]:
         conn.process_data_events(time_limit=0.1)
     assert got["b"] == [b"after"]
+    conn.close()
+
+
+def test_headers_exchange_and_exchange_to_exchange_binding(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.exchange_declare("hdr", exchange_type="headers")
+    ch.exchange_declare("front", exchange_type="direct")
+    ch.exchange_bind(destination="hdr", source="front", routing_key="docs")
+    ch.queue_declare("all-q")
+    ch.queue_declare("any-q")
+    ch.queue_bind("all-q", "hdr", arguments={"x-match": "all", "format": "pdf", "size": 10})
+    ch.queue_bind("any-q", "hdr", arguments={"x-match": "any", "format": "pdf", "size": 10})
+    for body, headers in ((b"both", {"format": "pdf", "size": 10}), (b"one", {"format": "pdf"}), (b"none", {"format": "txt"})):
+        ch.basic_publish("front", "docs", body, pika.BasicProperties(headers=headers))
+    ch.basic_publish("front", "other-key", b"not bound", pika.BasicProperties(headers={"format": "pdf"}))
+    assert get_all(ch, "all-q") == [b"both"]
+    assert get_all(ch, "any-q") == [b"both", b"one"]
     conn.close()
