@@ -769,3 +769,29 @@ async fn exchange_to_exchange_bindings_route_through_chains_and_cycles_and_survi
     ensure!(drain_bodies(&ch, "eu-q").await? == ["after unbind"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_redeclare_with_other_queue_arguments_is_406_and_internal_names_are_403() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let conn = broker.connect().await?;
+    let ch = conn.create_channel().await?;
+    let a = args(&[("x-message-ttl", AMQPValue::LongInt(1000))]);
+    ch.queue_declare("argq".into(), QueueDeclareOptions::default(), a.clone()).await?;
+    ch.queue_declare("argq".into(), QueueDeclareOptions::default(), a).await?;
+    let err = ch
+        .queue_declare("argq".into(), QueueDeclareOptions::default(), args(&[("x-message-ttl", AMQPValue::LongInt(5))]))
+        .await
+        .expect_err("other ttl");
+    ensure!(error_text(&err).contains("PRECONDITION_FAILED") && error_text(&err).contains("x-message-ttl"), "{}", error_text(&err));
+    let ch = conn.create_channel().await?;
+    declare(&ch, "plain").await?;
+    let err = ch.queue_declare("plain".into(), QueueDeclareOptions::default(), args(&[("x-max-length", AMQPValue::LongInt(5))])).await;
+    ensure!(err.is_err(), "adding arguments to an existing queue is 406 too");
+    let ch = conn.create_channel().await?;
+    let err = ch
+        .exchange_declare("amqp.queue-args".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect_err("reserved");
+    ensure!(error_text(&err).contains("ACCESS_REFUSED"), "{}", error_text(&err));
+    Ok(())
+}

@@ -826,6 +826,12 @@ impl Connection {
                 return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
             }
         } else {
+            if [crate::exchange::EXCHANGES_SPACE, crate::exchange::E2E_SPACE, crate::deadletter::ARGS_SPACE].contains(&name) {
+                return Err(AmqpError::channel(
+                    reply::ACCESS_REFUSED,
+                    format!("exchange name '{name}' is reserved (used by polymq internals)"),
+                ));
+            }
             let Some(kind) = Kind::parse(d.kind.as_str()) else {
                 return Err(AmqpError::connection(reply::COMMAND_INVALID, format!("unknown exchange type '{}'", d.kind)));
             };
@@ -931,6 +937,19 @@ impl Connection {
         let store = Arc::clone(&self.svc.store);
         if let Some(id) = store.queue_id(&core) {
             self.check_exclusive(id, &name)?;
+            let current = self
+                .svc
+                .queues()
+                .args
+                .get(&id)
+                .map(|a| QueueArgs::clone(a))
+                .unwrap_or_else(|| QueueArgs { name: name.clone(), ..QueueArgs::default() });
+            if let Some((arg, got, have)) = current.inequivalence(&args) {
+                return Err(AmqpError::channel(
+                    reply::PRECONDITION_FAILED,
+                    format!("inequivalent arg '{arg}' for queue '{name}' in vhost '/': received '{got}' but current is '{have}'"),
+                ));
+            }
             if let Some(info) = store.queue_info(id) {
                 if info.options.transient != opts.transient {
                     return Err(AmqpError::channel(
@@ -963,7 +982,6 @@ impl Connection {
                 reg.auto_delete.insert(info.id);
             }
             if args.is_active() && !reg.args.contains_key(&info.id) {
-                // The first declaration's arguments hold (they are not compared on redeclare yet).
                 if !info.options.transient {
                     persist_args = Some(args.record_pattern());
                 }

@@ -67,6 +67,36 @@ impl QueueArgs {
         self.message_ttl_ms.is_some() || self.dead_letter_exchange.is_some() || self.has_length_limit() || self.single_active_consumer
     }
 
+    /// The first argument in which `other` differs, with both values, for
+    /// RabbitMQ's `inequivalent arg` text.
+    pub fn inequivalence(&self, other: &QueueArgs) -> Option<(&'static str, String, String)> {
+        fn show<T: std::fmt::Debug>(v: &Option<T>) -> String {
+            v.as_ref().map_or_else(|| "none".to_owned(), |v| format!("{v:?}").trim_matches('"').to_owned())
+        }
+        if self.message_ttl_ms != other.message_ttl_ms {
+            return Some(("x-message-ttl", show(&other.message_ttl_ms), show(&self.message_ttl_ms)));
+        }
+        if self.dead_letter_exchange != other.dead_letter_exchange {
+            return Some(("x-dead-letter-exchange", show(&other.dead_letter_exchange), show(&self.dead_letter_exchange)));
+        }
+        if self.dead_letter_routing_key != other.dead_letter_routing_key {
+            return Some(("x-dead-letter-routing-key", show(&other.dead_letter_routing_key), show(&self.dead_letter_routing_key)));
+        }
+        if self.max_length != other.max_length {
+            return Some(("x-max-length", show(&other.max_length), show(&self.max_length)));
+        }
+        if self.max_length_bytes != other.max_length_bytes {
+            return Some(("x-max-length-bytes", show(&other.max_length_bytes), show(&self.max_length_bytes)));
+        }
+        if self.overflow != other.overflow {
+            return Some(("x-overflow", other.overflow.name().to_owned(), self.overflow.name().to_owned()));
+        }
+        if self.single_active_consumer != other.single_active_consumer {
+            return Some(("x-single-active-consumer", other.single_active_consumer.to_string(), self.single_active_consumer.to_string()));
+        }
+        None
+    }
+
     pub fn has_length_limit(&self) -> bool {
         self.max_length.is_some() || self.max_length_bytes.is_some()
     }
