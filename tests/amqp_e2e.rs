@@ -470,3 +470,328 @@ async fn x_max_priority_delivers_higher_priorities_first() -> Result<()> {
     }
     Ok(())
 }
+
+fn args(entries: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in entries {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s))
+}
+
+/// The first x-death entry of a delivery: (count, reason, queue).
+fn first_death(d: &lapin::message::Delivery) -> Result<(i64, String, String)> {
+    let headers = d.properties.headers().clone().context("no headers")?;
+    let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death") else { anyhow::bail!("no x-death in {headers:?}") };
+    let Some(AMQPValue::FieldTable(e)) = deaths.as_slice().first() else { anyhow::bail!("empty x-death") };
+    let s = |k: &str| match e.inner().get(k) {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        _ => String::new(),
+    };
+    let Some(AMQPValue::LongLongInt(count)) = e.inner().get("count") else { anyhow::bail!("no count in {e:?}") };
+    Ok((*count, s("reason"), s("queue")))
+}
+
+#[tokio::test]
+async fn x_message_ttl_drops_expired_messages_at_delivery() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let a = args(&[("x-message-ttl", AMQPValue::LongInt(200))]);
+    ch.queue_declare("ttl".into(), QueueDeclareOptions::default(), a).await?;
+    publish(&ch, "", "ttl", b"old").await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    publish(&ch, "", "ttl", b"fresh").await?;
+    let mut consumer = consume(&ch, "ttl", false).await?;
+    let d = next(&mut consumer).await?;
+    ensure!(d.data == b"fresh", "got {:?}", String::from_utf8_lossy(&d.data));
+    d.ack(BasicAckOptions::default()).await?;
+    nothing(&mut consumer).await?;
+    // basic.get sees the TTL too.
+    publish(&ch, "", "ttl", b"old").await?;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (_c2, ch2) = broker.channel().await?;
+    ensure!(ch2.basic_get("ttl".into(), BasicGetOptions::default()).await?.is_none());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rejected_message_is_dead_lettered_with_x_death() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    ch.exchange_declare("dlx".into(), ExchangeKind::Direct, ExchangeDeclareOptions::default(), FieldTable::default()).await?;
+    declare(&ch, "dead").await?;
+    ch.queue_bind("dead".into(), "dlx".into(), "dead-key".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    let a = args(&[("x-dead-letter-exchange", text("dlx")), ("x-dead-letter-routing-key", text("dead-key"))]);
+    ch.queue_declare("work".into(), QueueDeclareOptions::default(), a).await?;
+    let props = BasicProperties::default().with_message_id("m-1".into());
+    ch.basic_publish("".into(), "work".into(), BasicPublishOptions::default(), b"bad", props).await?;
+    publish(&ch, "", "work", b"also bad").await?;
+    let mut work = consume(&ch, "work", false).await?;
+    next(&mut work).await?.reject(BasicRejectOptions { requeue: false }).await?;
+    next(&mut work).await?.nack(BasicNackOptions { requeue: false, multiple: false }).await?;
+    let mut dead = consume(&ch, "dead", false).await?;
+    let d = next(&mut dead).await?;
+    ensure!(d.data == b"bad" && d.exchange.as_str() == "dlx" && d.routing_key.as_str() == "dead-key");
+    ensure!(d.properties.message_id().as_ref().map(|s| s.as_str()) == Some("m-1"));
+    let (count, reason, queue) = first_death(&d)?;
+    ensure!((count, reason.as_str(), queue.as_str()) == (1, "rejected", "work"), "x-death {count} {reason} {queue}");
+    ensure!(next(&mut dead).await?.data == b"also bad");
+    nothing(&mut work).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_expired_message_is_dead_lettered_through_the_default_exchange() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "parking").await?;
+    let a = args(&[
+        ("x-message-ttl", AMQPValue::LongInt(100)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("parking")),
+    ]);
+    ch.queue_declare("delay".into(), QueueDeclareOptions::default(), a).await?;
+    let props = BasicProperties::default().with_expiration("50".into());
+    ch.basic_publish("".into(), "delay".into(), BasicPublishOptions::default(), b"later", props).await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Expiry is noticed when the queue is read.
+    ensure!(ch.basic_get("delay".into(), BasicGetOptions::default()).await?.is_none());
+    let mut parking = consume(&ch, "parking", false).await?;
+    let d = next(&mut parking).await?;
+    ensure!(d.data == b"later" && d.properties.expiration().is_none(), "expiration kept: {:?}", d.properties);
+    let (count, reason, queue) = first_death(&d)?;
+    ensure!((count, reason.as_str(), queue.as_str()) == (1, "expired", "delay"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_durable_queue_keeps_its_dead_letter_arguments_across_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    {
+        let (conn, ch) = broker.channel().await?;
+        let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+        ch.queue_declare("dl-target".into(), durable, FieldTable::default()).await?;
+        let a = args(&[("x-dead-letter-exchange", text("")), ("x-dead-letter-routing-key", text("dl-target"))]);
+        ch.queue_declare("dl-source".into(), durable, a).await?;
+        publish(&ch, "", "dl-source", b"reject me after the restart").await?;
+        conn.close(200, "bye".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let got = ch.basic_get("dl-source".into(), BasicGetOptions::default()).await?.context("message kept")?;
+    got.delivery.reject(BasicRejectOptions { requeue: false }).await?;
+    let mut target = consume(&ch, "dl-target", false).await?;
+    let d = next(&mut target).await?;
+    ensure!(d.data == b"reject me after the restart");
+    ensure!(first_death(&d)?.1 == "rejected");
+    Ok(())
+}
+
+/// Every body a queue holds, by basic.get (acked).
+async fn drain_bodies(ch: &Channel, queue: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    while let Some(m) = ch.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await? {
+        out.push(String::from_utf8_lossy(&m.delivery.data).into_owned());
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn x_max_length_drops_the_head_into_the_dead_letter_exchange() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "overflowed").await?;
+    let a = args(&[
+        ("x-max-length", AMQPValue::LongInt(2)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text("overflowed")),
+    ]);
+    ch.queue_declare("bounded".into(), QueueDeclareOptions::default(), a).await?;
+    for i in 0..5 {
+        publish(&ch, "", "bounded", format!("m{i}").as_bytes()).await?;
+    }
+    let mut dropped = consume(&ch, "overflowed", false).await?;
+    for i in 0..3 {
+        let d = next(&mut dropped).await?;
+        ensure!(d.data == format!("m{i}").as_bytes(), "dropped {:?}", String::from_utf8_lossy(&d.data));
+        ensure!(first_death(&d)?.1 == "maxlen");
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    ensure!(drain_bodies(&ch, "bounded").await? == ["m3", "m4"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_max_length_bytes_keeps_the_newest_that_fit() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    // 100-byte bodies, 260 bytes: two fit with up to 60 bytes of stored overhead each, three never do.
+    ch.queue_declare("bytes".into(), QueueDeclareOptions::default(), args(&[("x-max-length-bytes", AMQPValue::LongInt(260))])).await?;
+    for i in 0..4u8 {
+        publish(&ch, "", "bytes", &[b'0' + i; 100]).await?;
+    }
+    let got = drain_bodies(&ch, "bytes").await?;
+    ensure!(got == ["2".repeat(100), "3".repeat(100)], "kept {:?}", got.iter().map(|b| &b[..1]).collect::<Vec<_>>());
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_overflow_reject_publish_nacks_a_confirming_publisher() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let a = args(&[("x-max-length", AMQPValue::LongInt(2)), ("x-overflow", text("reject-publish"))]);
+    ch.queue_declare("full".into(), QueueDeclareOptions::default(), a).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let mut acks = Vec::new();
+    for i in 0..3 {
+        let c = ch
+            .basic_publish("".into(), "full".into(), BasicPublishOptions::default(), format!("r{i}").as_bytes(), BasicProperties::default())
+            .await?;
+        acks.push(tokio::time::timeout(WAIT, c).await??.is_ack());
+    }
+    ensure!(acks == [true, true, false], "{acks:?}");
+    ensure!(drain_bodies(&ch, "full").await? == ["r0", "r1"]);
+    // Room again: accepted.
+    let c = ch.basic_publish("".into(), "full".into(), BasicPublishOptions::default(), b"r3", BasicProperties::default()).await?;
+    ensure!(tokio::time::timeout(WAIT, c).await??.is_ack());
+    Ok(())
+}
+
+#[tokio::test]
+async fn x_single_active_consumer_delivers_to_one_consumer_until_it_goes() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let a = args(&[("x-single-active-consumer", AMQPValue::Boolean(true))]);
+    ch.queue_declare("sac".into(), QueueDeclareOptions::default(), a).await?;
+    let (_c1, ch1) = broker.channel().await?;
+    let (_c2, ch2) = broker.channel().await?;
+    let mut first = consume(&ch1, "sac", false).await?;
+    let mut second = consume(&ch2, "sac", false).await?;
+    for i in 0..4 {
+        publish(&ch, "", "sac", format!("s{i}").as_bytes()).await?;
+    }
+    for i in 0..3 {
+        let d = next(&mut first).await?;
+        ensure!(d.data == format!("s{i}").as_bytes());
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    // s3 stays unacked on the active consumer, then its channel closes.
+    ensure!(next(&mut first).await?.data == b"s3");
+    nothing(&mut second).await?;
+    ch1.close(200, "bye".into()).await?;
+    let d = next(&mut second).await?;
+    ensure!(d.data == b"s3" && d.redelivered, "{:?} redelivered={}", String::from_utf8_lossy(&d.data), d.redelivered);
+    d.ack(BasicAckOptions::default()).await?;
+    publish(&ch, "", "sac", b"s4").await?;
+    ensure!(next(&mut second).await?.data == b"s4");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_headers_exchange_routes_by_x_match_all_and_any_and_keeps_bindings_across_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let durable = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    let publish_with = |ch: Channel, headers: FieldTable, body: &'static [u8]| async move {
+        let props = BasicProperties::default().with_headers(headers);
+        ch.basic_publish("docs".into(), "ignored".into(), BasicPublishOptions::default(), body, props).await?.await?;
+        anyhow::Ok(())
+    };
+    {
+        let (conn, ch) = broker.channel().await?;
+        let opts = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+        ch.exchange_declare("docs".into(), ExchangeKind::Headers, opts, FieldTable::default()).await?;
+        ch.queue_declare("pdf-reports".into(), durable, FieldTable::default()).await?;
+        ch.queue_declare("pdf-or-report".into(), durable, FieldTable::default()).await?;
+        let all = args(&[("x-match", text("all")), ("format", text("pdf")), ("type", text("report"))]);
+        let any = args(&[("x-match", text("any")), ("format", text("pdf")), ("type", text("report"))]);
+        ch.queue_bind("pdf-reports".into(), "docs".into(), "".into(), QueueBindOptions::default(), all).await?;
+        ch.queue_bind("pdf-or-report".into(), "docs".into(), "".into(), QueueBindOptions::default(), any).await?;
+        publish_with(ch.clone(), args(&[("format", text("pdf")), ("type", text("report"))]), b"both").await?;
+        publish_with(ch.clone(), args(&[("format", text("pdf")), ("type", text("log"))]), b"pdf only").await?;
+        publish_with(ch.clone(), args(&[("format", text("zip"))]), b"neither").await?;
+        conn.close(200, "bye".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    publish_with(ch.clone(), args(&[("type", text("report")), ("pages", AMQPValue::LongInt(3))]), b"report only").await?;
+    ensure!(drain_bodies(&ch, "pdf-reports").await? == ["both"]);
+    ensure!(drain_bodies(&ch, "pdf-or-report").await? == ["both", "pdf only", "report only"]);
+    // Unbinding stops the routing.
+    let any = args(&[("x-match", text("any")), ("format", text("pdf")), ("type", text("report"))]);
+    ch.queue_unbind("pdf-or-report".into(), "docs".into(), "".into(), any).await?;
+    publish_with(ch.clone(), args(&[("format", text("pdf")), ("type", text("report"))]), b"after unbind").await?;
+    ensure!(drain_bodies(&ch, "pdf-or-report").await?.is_empty());
+    ensure!(drain_bodies(&ch, "pdf-reports").await? == ["after unbind"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn exchange_to_exchange_bindings_route_through_chains_and_cycles_and_survive_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let durable_x = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    let durable_q = QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() };
+    {
+        let (conn, ch) = broker.channel().await?;
+        ch.exchange_declare("ingress".into(), ExchangeKind::Topic, durable_x, FieldTable::default()).await?;
+        let internal = ExchangeDeclareOptions { internal: true, ..durable_x };
+        ch.exchange_declare("audit".into(), ExchangeKind::Fanout, internal, FieldTable::default()).await?;
+        ch.queue_declare("audit-q".into(), durable_q, FieldTable::default()).await?;
+        ch.queue_declare("eu-q".into(), durable_q, FieldTable::default()).await?;
+        ch.queue_bind("audit-q".into(), "audit".into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind("eu-q".into(), "ingress".into(), "orders.eu".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        // ingress -> audit for orders.#, and a cycle back audit -> ingress.
+        ch.exchange_bind("audit".into(), "ingress".into(), "orders.#".into(), ExchangeBindOptions::default(), FieldTable::default())
+            .await?;
+        ch.exchange_bind("ingress".into(), "audit".into(), "".into(), ExchangeBindOptions::default(), FieldTable::default()).await?;
+        conn.close(200, "bye".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    for key in ["orders.eu", "orders.us.west", "users.eu"] {
+        publish(&ch, "ingress", key, key.as_bytes()).await?;
+    }
+    ensure!(drain_bodies(&ch, "eu-q").await? == ["orders.eu"]);
+    ensure!(drain_bodies(&ch, "audit-q").await? == ["orders.eu", "orders.us.west"], "one copy each, the cycle ends");
+    // Publishing to the internal exchange itself is still refused: the channel is closed
+    // (403; lapin reports the next call on the closed channel as a state error).
+    let (_c2, ch2) = broker.channel().await?;
+    let _ = ch2.basic_publish("audit".into(), "".into(), BasicPublishOptions::default(), b"x", BasicProperties::default()).await;
+    let after = ch2.queue_declare("after".into(), QueueDeclareOptions::default(), FieldTable::default()).await;
+    ensure!(after.is_err() && !ch2.status().connected(), "{after:?}");
+    ch.exchange_unbind("audit".into(), "ingress".into(), "orders.#".into(), ExchangeUnbindOptions::default(), FieldTable::default())
+        .await?;
+    publish(&ch, "ingress", "orders.eu", b"after unbind").await?;
+    ensure!(drain_bodies(&ch, "audit-q").await?.is_empty());
+    ensure!(drain_bodies(&ch, "eu-q").await? == ["after unbind"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redeclare_with_other_queue_arguments_is_406_and_internal_names_are_403() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let conn = broker.connect().await?;
+    let ch = conn.create_channel().await?;
+    let a = args(&[("x-message-ttl", AMQPValue::LongInt(1000))]);
+    ch.queue_declare("argq".into(), QueueDeclareOptions::default(), a.clone()).await?;
+    ch.queue_declare("argq".into(), QueueDeclareOptions::default(), a).await?;
+    let err = ch
+        .queue_declare("argq".into(), QueueDeclareOptions::default(), args(&[("x-message-ttl", AMQPValue::LongInt(5))]))
+        .await
+        .expect_err("other ttl");
+    ensure!(error_text(&err).contains("PRECONDITION_FAILED") && error_text(&err).contains("x-message-ttl"), "{}", error_text(&err));
+    let ch = conn.create_channel().await?;
+    declare(&ch, "plain").await?;
+    let err = ch.queue_declare("plain".into(), QueueDeclareOptions::default(), args(&[("x-max-length", AMQPValue::LongInt(5))])).await;
+    ensure!(err.is_err(), "adding arguments to an existing queue is 406 too");
+    let ch = conn.create_channel().await?;
+    let err = ch
+        .exchange_declare("amqp.queue-args".into(), ExchangeKind::Fanout, ExchangeDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect_err("reserved");
+    ensure!(error_text(&err).contains("ACCESS_REFUSED"), "{}", error_text(&err));
+    Ok(())
+}

@@ -31,10 +31,11 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::codec::{self, decode_frame, short, AMQPValue, ContentHeader, FieldTable, Frame, FrameError, PROTOCOL_HEADER};
-use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeDef, Kind, DEFAULT_VHOST};
+use crate::deadletter::{dead_lettered, Overflow, QueueArgs, Reason};
+use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeBinding, ExchangeDef, Kind, DEFAULT_VHOST};
 use crate::limits::{
-    DELIVERY_INVISIBLE, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT, PURGE_BATCH,
-    UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT,
+    PURGE_BATCH, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
 };
 use crate::message::{self, Outgoing};
 use crate::reply::{self, AmqpError};
@@ -328,6 +329,9 @@ struct Consumer {
 
 struct Unacked {
     receipt: Receipt,
+    /// The message and its queue's arguments, kept when the queue has a
+    /// dead-letter exchange (a reject republishes it).
+    dead_letter: Option<(Arc<QueueArgs>, Message)>,
     /// The window slot it holds (none for basic.get and no-ack).
     window: Option<Arc<Semaphore>>,
 }
@@ -602,6 +606,8 @@ impl Connection {
             reg.auto_delete.remove(&q);
             reg.exclusive.remove(&q);
             reg.consumers.remove(&q);
+            reg.args.remove(&q);
+            reg.active_consumer_gates.remove(&q);
         }
         if let Err(e) = self.svc.store.delete_queue(q).await {
             warn!(error = %e, "deleting a queue");
@@ -692,20 +698,31 @@ impl Connection {
             }
             AMQPClass::Exchange(exchange::AMQPMethod::Declare(d)) => self.exchange_declare(ch, d).await,
             AMQPClass::Exchange(exchange::AMQPMethod::Delete(d)) => self.exchange_delete(ch, d).await,
-            AMQPClass::Exchange(exchange::AMQPMethod::Bind(_) | exchange::AMQPMethod::Unbind(_)) => {
-                Err(AmqpError::connection(reply::NOT_IMPLEMENTED, "exchange-to-exchange bindings are not supported yet"))
+            AMQPClass::Exchange(exchange::AMQPMethod::Bind(b)) => {
+                self.exchange_bind(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), &b.arguments, true).await?;
+                if !b.nowait {
+                    self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})));
+                }
+                Ok(())
+            }
+            AMQPClass::Exchange(exchange::AMQPMethod::Unbind(b)) => {
+                self.exchange_bind(b.destination.as_str(), b.source.as_str(), b.routing_key.as_str(), &b.arguments, false).await?;
+                if !b.nowait {
+                    self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})));
+                }
+                Ok(())
             }
             AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => self.queue_declare(ch, d).await,
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
                 let nowait = b.nowait;
-                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), true).await?;
+                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, true).await?;
                 if !nowait {
                     self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})));
                 }
                 Ok(())
             }
             AMQPClass::Queue(queue::AMQPMethod::Unbind(b)) => {
-                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), false).await?;
+                self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, false).await?;
                 self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
                 Ok(())
             }
@@ -809,6 +826,12 @@ impl Connection {
                 return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
             }
         } else {
+            if [crate::exchange::EXCHANGES_SPACE, crate::exchange::E2E_SPACE, crate::deadletter::ARGS_SPACE].contains(&name) {
+                return Err(AmqpError::channel(
+                    reply::ACCESS_REFUSED,
+                    format!("exchange name '{name}' is reserved (used by polymq internals)"),
+                ));
+            }
             let Some(kind) = Kind::parse(d.kind.as_str()) else {
                 return Err(AmqpError::connection(reply::COMMAND_INVALID, format!("unknown exchange type '{}'", d.kind)));
             };
@@ -852,6 +875,7 @@ impl Connection {
                 return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("exchange '{name}' in vhost '/' in use")));
             }
             self.svc.exchanges.remove(&self.svc.store, &sp).await?;
+            self.svc.headers.forget(&sp);
         }
         if !d.nowait {
             self.io.method(ch, AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})));
@@ -908,10 +932,24 @@ impl Connection {
             return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
         let core = queue_core_name(DEFAULT_VHOST, &name)?;
-        let opts = queue_options(&d)?;
+        let (opts, mut args) = queue_options(&d)?;
+        args.name = name.clone();
         let store = Arc::clone(&self.svc.store);
         if let Some(id) = store.queue_id(&core) {
             self.check_exclusive(id, &name)?;
+            let current = self
+                .svc
+                .queues()
+                .args
+                .get(&id)
+                .map(|a| QueueArgs::clone(a))
+                .unwrap_or_else(|| QueueArgs { name: name.clone(), ..QueueArgs::default() });
+            if let Some((arg, got, have)) = current.inequivalence(&args) {
+                return Err(AmqpError::channel(
+                    reply::PRECONDITION_FAILED,
+                    format!("inequivalent arg '{arg}' for queue '{name}' in vhost '/': received '{got}' but current is '{have}'"),
+                ));
+            }
             if let Some(info) = store.queue_info(id) {
                 if info.options.transient != opts.transient {
                     return Err(AmqpError::channel(
@@ -934,6 +972,7 @@ impl Connection {
             }
             Err(e) => return Err(e.into()),
         };
+        let mut persist_args = None;
         {
             let mut reg = self.svc.queues();
             if d.exclusive {
@@ -942,6 +981,15 @@ impl Connection {
             if d.auto_delete {
                 reg.auto_delete.insert(info.id);
             }
+            if args.is_active() && !reg.args.contains_key(&info.id) {
+                if !info.options.transient {
+                    persist_args = Some(args.record_pattern());
+                }
+                reg.args.insert(info.id, Arc::new(args));
+            }
+        }
+        if let Some(p) = persist_args {
+            store.bind(crate::deadletter::ARGS_SPACE, &p, info.id).await?;
         }
         self.channel(ch)?.last_queue = Some(name.clone());
         self.declare_ok(ch, &name, info.id, d.nowait)
@@ -965,7 +1013,26 @@ impl Connection {
         Ok(())
     }
 
-    async fn queue_bind(&mut self, ch: u16, queue: &str, exchange: &str, key: &str, add: bool) -> Flow {
+    async fn exchange_bind(&mut self, destination: &str, source: &str, key: &str, arguments: &FieldTable, add: bool) -> Flow {
+        for name in [destination, source] {
+            if name.is_empty() {
+                return Err(AmqpError::channel(reply::ACCESS_REFUSED, "operation not permitted on the default exchange"));
+            }
+            if self.svc.exchanges.get(&space(DEFAULT_VHOST, name)).is_none() {
+                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
+            }
+        }
+        let b = ExchangeBinding {
+            source: space(DEFAULT_VHOST, source),
+            destination: space(DEFAULT_VHOST, destination),
+            routing_key: key.to_owned(),
+            arguments: arguments.clone(),
+        };
+        self.svc.exchanges.bind_exchange(&self.svc.store, b, add).await?;
+        Ok(())
+    }
+
+    async fn queue_bind(&mut self, ch: u16, queue: &str, exchange: &str, key: &str, arguments: &FieldTable, add: bool) -> Flow {
         let queue = self.resolve_queue_name(ch, queue)?;
         let id = self.find_queue(&queue)?;
         if exchange.is_empty() {
@@ -980,11 +1047,17 @@ impl Connection {
             .exchanges
             .get(&sp)
             .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
-        let pattern = binding_pattern(def.kind, key)?;
+        let pattern = match def.kind {
+            Kind::Headers => crate::headers::binding_pattern(key, arguments),
+            kind => binding_pattern(kind, key)?,
+        };
         if add {
             self.svc.store.bind(&sp, &pattern, id).await?;
         } else {
             self.svc.store.unbind(&sp, &pattern, id).await?;
+        }
+        if def.kind == Kind::Headers {
+            self.svc.headers.update(&sp, id, arguments, add);
         }
         Ok(())
     }
@@ -1054,7 +1127,15 @@ impl Connection {
             };
             epoch = chan.epoch;
         }
-        *self.svc.queues().consumers.entry(id).or_default() += 1;
+        let gate = {
+            let mut reg = self.svc.queues();
+            *reg.consumers.entry(id).or_default() += 1;
+            if reg.args.get(&id).is_some_and(|a| a.single_active_consumer) {
+                Some(Arc::clone(reg.active_consumer_gates.entry(id).or_default()))
+            } else {
+                None
+            }
+        };
         if !c.nowait {
             self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag) })));
         }
@@ -1066,6 +1147,7 @@ impl Connection {
             Arc::clone(&window),
             self.events_tx.clone(),
             stop_rx,
+            gate,
         ));
         self.channel(ch)?.consumers.insert(tag, Consumer { queue: id, no_ack: c.no_ack, window, stop: stop_tx });
         Ok(())
@@ -1082,11 +1164,14 @@ impl Connection {
                 };
                 let (no_ack, window) = (consumer.no_ack, Arc::clone(&consumer.window));
                 let out = Outgoing::from_core(&delivery.message);
-                if out.expire_at_ms.is_some_and(|at| at <= self.svc.store.now_ms()) {
+                let args = self.svc.queues().args.get(&delivery.receipt.queue).cloned();
+                let now = self.svc.store.now_ms();
+                if expired(args.as_deref(), &delivery.message, &out, now) {
                     window.add_permits(1);
-                    ack_in_background(&self.svc, vec![delivery.receipt]);
+                    expire_in_background(&self.svc, args, delivery.receipt, delivery.message);
                     return;
                 }
+                let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, delivery.message.clone()));
                 let Some(chan) = self.channels.get_mut(&channel) else { return };
                 let delivery_tag = chan.next_tag;
                 chan.next_tag += 1;
@@ -1094,7 +1179,7 @@ impl Connection {
                     window.add_permits(1);
                     ack_in_background(&self.svc, vec![delivery.receipt]);
                 } else {
-                    chan.unacked.insert(delivery_tag, Unacked { receipt: delivery.receipt, window: Some(window) });
+                    chan.unacked.insert(delivery_tag, Unacked { receipt: delivery.receipt, dead_letter, window: Some(window) });
                 }
                 self.io.method(
                     channel,
@@ -1134,12 +1219,17 @@ impl Connection {
         let id = self.find_queue(&name)?;
         let store = Arc::clone(&self.svc.store);
         let now = store.now_ms();
+        let args = self.svc.queues().args.get(&id).cloned();
         let delivery = loop {
             let mut got = store.pop(id, 1, DELIVERY_INVISIBLE, Duration::ZERO).await?;
             let Some(d) = got.pop() else { break None };
             let out = Outgoing::from_core(&d.message);
-            if out.expire_at_ms.is_some_and(|at| at <= now) {
-                store.ack(d.receipt).await?;
+            if expired(args.as_deref(), &d.message, &out, now) {
+                if args.as_ref().is_some_and(|a| a.dead_letter_exchange.is_some()) {
+                    dead_letter(&self.svc, args.clone(), d.receipt, d.message, Reason::Expired).await;
+                } else {
+                    store.ack(d.receipt).await?;
+                }
                 continue;
             }
             break Some((d, out));
@@ -1154,7 +1244,8 @@ impl Connection {
         if g.no_ack {
             ack_in_background(&self.svc, vec![d.receipt]);
         } else {
-            chan.unacked.insert(delivery_tag, Unacked { receipt: d.receipt, window: None });
+            let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, d.message.clone()));
+            chan.unacked.insert(delivery_tag, Unacked { receipt: d.receipt, dead_letter, window: None });
         }
         let remaining = store.queue_info(id).map(|i| i.ready).unwrap_or(0);
         self.io.method(
@@ -1207,10 +1298,10 @@ impl Connection {
             tx.settles.extend(entries.into_iter().map(|(t, u)| (t, u, negative)));
             return Ok(());
         }
-        let receipts: Vec<Receipt> = entries.into_iter().map(|(_, u)| release(u)).collect();
         match negative {
-            None => ack_in_background(&self.svc, receipts),
-            Some(requeue) => self.settle_negative(receipts, requeue),
+            None => ack_in_background(&self.svc, entries.into_iter().map(|(_, u)| release(u)).collect()),
+            Some(true) => requeue_in_background(&self.svc, entries.into_iter().map(|(_, u)| release(u)).collect()),
+            Some(false) => reject_in_background(&self.svc, entries.into_iter().map(|(_, u)| u).collect()),
         }
         Ok(())
     }
@@ -1228,36 +1319,22 @@ impl Connection {
             t.wait().await?;
         }
         let mut acks = Vec::new();
+        let mut rejects = Vec::new();
         for (_, u, negative) in buf.settles {
-            let receipt = release(u);
             match negative {
-                None => acks.push(receipt),
-                Some(requeue) => {
-                    let action = if requeue { NackAction::Requeue { delay_ms: 0 } } else { NackAction::DeadLetter };
-                    if let Err(e) = store.nack(receipt, action).await {
+                None => acks.push(release(u)),
+                Some(false) => rejects.push(u),
+                Some(true) => {
+                    if let Err(e) = store.nack(release(u), NackAction::Requeue { delay_ms: 0 }).await {
                         debug!(error = %e, "settling a delivery at commit");
                     }
                 }
             }
         }
+        reject_in_background(&self.svc, rejects);
         store.ack_many(&acks).await?;
         self.io.method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
         Ok(())
-    }
-
-    fn settle_negative(&self, receipts: Vec<Receipt>, requeue: bool) {
-        if requeue {
-            requeue_in_background(&self.svc, receipts);
-            return;
-        }
-        let store = Arc::clone(&self.svc.store);
-        tokio::spawn(async move {
-            for r in receipts {
-                if let Err(e) = store.nack(r, NackAction::DeadLetter).await {
-                    debug!(error = %e, "rejecting a delivery");
-                }
-            }
-        });
     }
 
     // ---- publishing ----
@@ -1323,7 +1400,7 @@ impl Connection {
             c.next_publish_seq += 1;
         }
         let props = p.header.take().map(|h| h.properties).unwrap_or_default();
-        let targets = self.route(&p.exchange, &p.routing_key)?;
+        let targets = self.route(&p.exchange, &p.routing_key, props.headers().as_ref())?;
         let store = Arc::clone(&self.svc.store);
         if targets.is_empty() {
             if p.mandatory {
@@ -1348,11 +1425,20 @@ impl Connection {
             tx.publishes.push((msg, targets));
             return Ok(());
         }
+        let (targets, refused) = self.make_room(targets, msg.payload.len() as u64).await;
+        if targets.is_empty() {
+            // Every target is full with x-overflow reject-publish.
+            if confirm {
+                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: true });
+            }
+            return Ok(());
+        }
         match store.submit(msg, &targets).await {
             Ok(ticket) => {
                 if confirm {
                     let wait: StoreWait = Box::pin(async move { ticket.wait().await.map(drop) });
-                    self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: false });
+                    // Refused by one full queue: nacked, though stored in the others (as RabbitMQ).
+                    self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: refused });
                 }
                 Ok(())
             }
@@ -1365,34 +1451,43 @@ impl Connection {
         }
     }
 
-    /// The queues a publish goes to.
-    fn route(&self, exchange: &str, key: &str) -> Result<Vec<QueueId>, AmqpError> {
-        if exchange.is_empty() {
-            // The default exchange: the queue named by the routing key.
-            let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
-            return Ok(self.svc.store.queue_id(&core).into_iter().collect());
-        }
-        let sp = space(DEFAULT_VHOST, exchange);
-        let def = self
-            .svc
-            .exchanges
-            .get(&sp)
-            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
-        if def.internal {
-            return Err(AmqpError::channel(
-                reply::ACCESS_REFUSED,
-                format!("cannot publish to internal exchange '{exchange}' in vhost '/'"),
-            ));
+    /// x-max-length / x-max-length-bytes before a publish of `size` body
+    /// bytes: drop-head queues lose (or dead-letter) their oldest ready
+    /// messages until the new one fits; full reject-publish queues are taken
+    /// out of the targets (the bool says whether any was).
+    async fn make_room(&self, targets: Vec<QueueId>, size: u64) -> (Vec<QueueId>, bool) {
+        let limited: Vec<(QueueId, Arc<QueueArgs>)> = {
+            let reg = self.svc.queues();
+            targets.iter().filter_map(|q| reg.args.get(q).filter(|a| a.has_length_limit()).map(|a| (*q, Arc::clone(a)))).collect()
+        };
+        if limited.is_empty() {
+            return (targets, false);
         }
         let store = &self.svc.store;
-        Ok(match def.kind {
-            Kind::Direct | Kind::Fanout => store.route(&sp, &[key], false),
-            Kind::Topic => {
-                let levels: Vec<&str> = key.split('.').collect();
-                store.route(&sp, &levels, false)
+        let mut refused = Vec::new();
+        for (q, a) in limited {
+            match a.overflow {
+                Overflow::RejectPublish => {
+                    if store.queue_info(q).is_some_and(|i| a.over_limit(i.ready + 1, i.stored_bytes + size)) {
+                        refused.push(q);
+                    }
+                }
+                Overflow::DropHead => {
+                    while store.queue_info(q).is_some_and(|i| i.ready > 0 && a.over_limit(i.ready + 1, i.stored_bytes + size)) {
+                        let Ok(mut got) = store.pop(q, 1, DELIVERY_INVISIBLE, Duration::ZERO).await else { break };
+                        let Some(d) = got.pop() else { break };
+                        dead_letter(&self.svc, Some(Arc::clone(&a)), d.receipt, d.message, Reason::Maxlen).await;
+                    }
+                }
             }
-            Kind::Headers => Vec::new(),
-        })
+        }
+        let any = !refused.is_empty();
+        (targets.into_iter().filter(|q| !refused.contains(q)).collect(), any)
+    }
+
+    /// The queues a publish goes to.
+    fn route(&self, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
+        route_in(&self.svc, exchange, key, headers)
     }
 
     /// basic.ack / basic.nack to publishers, in order, coalescing runs.
@@ -1440,6 +1535,122 @@ fn release(u: Unacked) -> Receipt {
     u.receipt
 }
 
+/// The queues a publish to `exchange` with `key` goes to.
+fn route_in(svc: &AmqpService, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
+    if exchange.is_empty() {
+        // The default exchange: the queue named by the routing key.
+        let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
+        return Ok(svc.store.queue_id(&core).into_iter().collect());
+    }
+    let sp = space(DEFAULT_VHOST, exchange);
+    let def =
+        svc.exchanges.get(&sp).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+    if def.internal {
+        return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("cannot publish to internal exchange '{exchange}' in vhost '/'")));
+    }
+    let mut out = Vec::new();
+    let mut visited = vec![sp.clone()];
+    route_exchange(svc, &sp, &def, key, headers, &mut visited, &mut out);
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
+/// Routes in one exchange's space, then through its exchange-to-exchange
+/// bindings (each exchange visited once: cycles end; a queue reached twice
+/// gets one copy). Internal destinations are fine.
+fn route_exchange(
+    svc: &AmqpService,
+    sp: &str,
+    def: &ExchangeDef,
+    key: &str,
+    headers: Option<&FieldTable>,
+    visited: &mut Vec<String>,
+    out: &mut Vec<QueueId>,
+) {
+    let store = &svc.store;
+    out.extend(match def.kind {
+        Kind::Direct | Kind::Fanout => store.route(sp, &[key], false),
+        Kind::Topic => {
+            let levels: Vec<&str> = key.split('.').collect();
+            store.route(sp, &levels, false)
+        }
+        Kind::Headers => svc.headers.route(store, sp, headers),
+    });
+    for b in svc.exchanges.bindings_from(sp) {
+        if visited.len() >= E2E_HOPS_MAX || visited.contains(&b.destination) || !b.matches(def.kind, key, headers) {
+            continue;
+        }
+        let Some(dest) = svc.exchanges.get(&b.destination) else { continue };
+        visited.push(b.destination.clone());
+        route_exchange(svc, &b.destination, &dest, key, headers, visited, out);
+    }
+}
+
+/// Whether a delivery has expired: per-message `expiration` always, and the
+/// queue's `x-message-ttl` when it has one.
+fn expired(args: Option<&QueueArgs>, msg: &Message, out: &Outgoing, now_ms: u64) -> bool {
+    match args {
+        Some(a) => a.expired(msg, out, now_ms),
+        None => out.expire_at_ms.is_some_and(|at| at <= now_ms),
+    }
+}
+
+/// Republishes a message through its queue's dead-letter exchange (if it
+/// has one and the exchange routes it anywhere), waits until the copy is
+/// stored, then acks the original away. Without a DLX the message is dropped.
+async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: Receipt, msg: Message, reason: Reason) {
+    let store = &svc.store;
+    if let Some((exchange, key, copy)) = args.and_then(|a| dead_lettered(&a, &msg, reason, store.now_ms())) {
+        // A missing dead-letter exchange drops the message, as in RabbitMQ.
+        let headers = Outgoing::from_core(&copy).properties.headers().clone();
+        let targets = route_in(svc, &exchange, &key, headers.as_ref()).unwrap_or_default();
+        if !targets.is_empty() {
+            let stored = match store.submit(copy, &targets).await {
+                Ok(ticket) => ticket.wait().await.map(drop),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = stored {
+                // Keep the original rather than lose the message.
+                debug!(error = %e, "dead-lettering a message; requeueing it");
+                let _ = store.nack(receipt, NackAction::Requeue { delay_ms: 0 }).await;
+                return;
+            }
+        }
+    }
+    if let Err(e) = store.ack(receipt).await {
+        debug!(error = %e, "acknowledging a dead-lettered delivery");
+    }
+}
+
+fn expire_in_background(svc: &Arc<AmqpService>, args: Option<Arc<QueueArgs>>, receipt: Receipt, msg: Message) {
+    let svc = Arc::clone(svc);
+    tokio::spawn(async move { dead_letter(&svc, args, receipt, msg, Reason::Expired).await });
+}
+
+/// basic.reject / basic.nack without requeue: dead-letter what has a DLX,
+/// hand the rest to the core (dropped, or its own dead-letter queue).
+fn reject_in_background(svc: &Arc<AmqpService>, mut entries: Vec<Unacked>) {
+    if entries.is_empty() {
+        return;
+    }
+    let dead: Vec<_> = entries.iter_mut().map(|u| u.dead_letter.take()).collect();
+    let receipts: Vec<Receipt> = entries.into_iter().map(release).collect();
+    let svc = Arc::clone(svc);
+    tokio::spawn(async move {
+        for (receipt, dl) in receipts.into_iter().zip(dead) {
+            match dl {
+                Some((args, msg)) => dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await,
+                None => {
+                    if let Err(e) = svc.store.nack(receipt, NackAction::DeadLetter).await {
+                        debug!(error = %e, "rejecting a delivery");
+                    }
+                }
+            }
+        }
+    });
+}
+
 fn not_transactional() -> AmqpError {
     AmqpError::channel(reply::PRECONDITION_FAILED, "channel is not transactional")
 }
@@ -1453,8 +1664,9 @@ fn window_size(prefetch: u16) -> usize {
 }
 
 /// Core options from queue.declare flags and arguments.
-fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
+fn queue_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpError> {
     let mut o = QueueOptions { transient: !d.durable || d.exclusive, ..QueueOptions::default() };
+    let mut a = QueueArgs::default();
     let int = |v: &AMQPValue| -> Option<i64> {
         Some(match v {
             AMQPValue::ShortShortInt(n) => i64::from(*n),
@@ -1484,6 +1696,37 @@ fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
                 // RabbitMQ counts redeliveries; the core counts deliveries.
                 o.max_deliveries = Some((n as u64 + 1).min(u64::from(u32::MAX)) as u32);
             }
+            "x-message-ttl" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-message-ttl", "expected a non-negative integer"))?;
+                a.message_ttl_ms = Some(n as u64);
+            }
+            "x-dead-letter-exchange" => match v {
+                AMQPValue::LongString(s) => a.dead_letter_exchange = Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                _ => return Err(bad("x-dead-letter-exchange", "expected a string")),
+            },
+            "x-dead-letter-routing-key" => match v {
+                AMQPValue::LongString(s) => a.dead_letter_routing_key = Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+                _ => return Err(bad("x-dead-letter-routing-key", "expected a string")),
+            },
+            "x-max-length" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-max-length", "expected a non-negative integer"))?;
+                a.max_length = Some(n as u64);
+            }
+            "x-max-length-bytes" => {
+                let n = int(v).filter(|n| *n >= 0).ok_or_else(|| bad("x-max-length-bytes", "expected a non-negative integer"))?;
+                a.max_length_bytes = Some(n as u64);
+            }
+            "x-overflow" => {
+                a.overflow = match v {
+                    AMQPValue::LongString(s) => Overflow::parse(s.as_bytes()),
+                    _ => None,
+                }
+                .ok_or_else(|| bad("x-overflow", "expected drop-head, reject-publish or reject-publish-dlx"))?;
+            }
+            "x-single-active-consumer" => match v {
+                AMQPValue::Boolean(b) => a.single_active_consumer = *b,
+                _ => return Err(bad("x-single-active-consumer", "expected a boolean")),
+            },
             "x-queue-type" => match v {
                 AMQPValue::LongString(s) if matches!(s.as_bytes(), b"classic" | b"quorum") => {}
                 _ => return Err(bad("x-queue-type", "only classic and quorum queues are supported so far")),
@@ -1492,7 +1735,7 @@ fn queue_options(d: &queue::Declare) -> Result<QueueOptions, AmqpError> {
             _ => {}
         }
     }
-    Ok(o)
+    Ok((o, a))
 }
 
 /// Removes every visible message of a queue; returns how many.
@@ -1572,7 +1815,17 @@ async fn pump(
     window: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<PumpEvent>,
     mut stop: watch::Receiver<bool>,
+    single_active: Option<Arc<tokio::sync::Mutex<()>>>,
 ) {
+    // x-single-active-consumer: wait our turn (consumers are served in the
+    // order they registered); held until this pump ends.
+    let _active = match single_active {
+        Some(gate) => tokio::select! {
+            g = gate.lock_owned() => Some(g),
+            _ = stop.changed() => return,
+        },
+        None => None,
+    };
     let fail = |error: StoreError| PumpEvent::Failed { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), error };
     loop {
         let permit = tokio::select! {

@@ -18,6 +18,9 @@ pub(crate) const META_QUEUE: &str = "amqp/meta";
 /// Side space of exchange definitions: one binding per durable exchange,
 /// pattern `[name, type, flags, arguments-hex]`. Nothing routes in it.
 pub(crate) const EXCHANGES_SPACE: &str = "amqp.exchanges";
+/// Side space of exchange-to-exchange bindings between durable exchanges:
+/// pattern `[source, destination, routing-key, arguments-hex]`.
+pub(crate) const E2E_SPACE: &str = "amqp.e2e-bindings";
 /// The only virtual host so far.
 pub(crate) const DEFAULT_VHOST: &str = "/";
 
@@ -150,9 +153,68 @@ pub(crate) fn binding_pattern(kind: Kind, routing_key: &str) -> Result<Pattern, 
     }
 }
 
+/// An exchange-to-exchange binding (spaces, not names).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ExchangeBinding {
+    pub source: String,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+impl ExchangeBinding {
+    fn record_pattern(&self) -> Pattern {
+        let args: String = codec::table_to_bytes(&self.arguments).iter().map(|b| format!("{b:02x}")).collect();
+        Pattern(vec![
+            Level::Word(self.source.as_str().into()),
+            Level::Word(self.destination.as_str().into()),
+            Level::Word(self.routing_key.as_str().into()),
+            Level::Word(args.into()),
+        ])
+    }
+
+    fn from_record(p: &Pattern) -> Option<ExchangeBinding> {
+        let [Level::Word(source), Level::Word(destination), Level::Word(key), Level::Word(args)] = &p.0[..] else { return None };
+        let bytes: Option<Vec<u8>> =
+            (0..args.len() / 2).map(|i| args.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+        Some(ExchangeBinding {
+            source: source.to_string(),
+            destination: destination.to_string(),
+            routing_key: key.to_string(),
+            arguments: codec::table_from_bytes(&bytes?)?,
+        })
+    }
+
+    /// Whether a publish with `key` and `headers` to the source goes on to
+    /// the destination, by the source's type.
+    pub fn matches(&self, source_kind: Kind, key: &str, headers: Option<&FieldTable>) -> bool {
+        match source_kind {
+            Kind::Direct => self.routing_key == key,
+            Kind::Fanout => true,
+            Kind::Topic => topic_matches(&self.routing_key, key),
+            Kind::Headers => crate::headers::matches(&self.arguments, headers),
+        }
+    }
+}
+
+/// AMQP topic matching (`*` one word, `#` zero or more, anywhere).
+pub(crate) fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(p: &[&str], k: &[&str]) -> bool {
+        match p.split_first() {
+            None => k.is_empty(),
+            Some((&"#", rest)) => (0..=k.len()).any(|i| go(rest, &k[i..])),
+            Some((&w, rest)) => k.split_first().is_some_and(|(&kw, krest)| (w == "*" || w == kw) && go(rest, krest)),
+        }
+    }
+    let p: Vec<&str> = pattern.split('.').collect();
+    let k: Vec<&str> = key.split('.').collect();
+    go(&p, &k)
+}
+
 /// The known exchanges of every vhost, by topic space.
 pub(crate) struct Exchanges {
     map: Mutex<HashMap<String, ExchangeDef>>,
+    e2e: Mutex<Vec<ExchangeBinding>>,
     meta: QueueId,
 }
 
@@ -171,14 +233,44 @@ impl Exchanges {
         ] {
             map.insert(space(DEFAULT_VHOST, name), ExchangeDef::builtin(kind));
         }
+        let mut e2e = Vec::new();
         for (sp, p) in store.bindings_of(meta) {
             if sp == EXCHANGES_SPACE {
                 if let Some((name, def)) = ExchangeDef::from_record(&p) {
                     map.insert(name, def);
                 }
+            } else if sp == E2E_SPACE {
+                e2e.extend(ExchangeBinding::from_record(&p));
             }
         }
-        Ok(Exchanges { map: Mutex::new(map), meta })
+        Ok(Exchanges { map: Mutex::new(map), e2e: Mutex::new(e2e), meta })
+    }
+
+    fn e2e(&self) -> MutexGuard<'_, Vec<ExchangeBinding>> {
+        self.e2e.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The exchange-to-exchange bindings out of `source`.
+    pub fn bindings_from(&self, source: &str) -> Vec<ExchangeBinding> {
+        self.e2e().iter().filter(|b| b.source == source).cloned().collect()
+    }
+
+    /// exchange.bind / exchange.unbind. Durable when both ends are.
+    pub async fn bind_exchange(&self, store: &Store, b: ExchangeBinding, add: bool) -> Result<(), StoreError> {
+        let durable = [&b.source, &b.destination].iter().all(|sp| self.get(sp).is_some_and(|d| d.durable));
+        if durable {
+            if add {
+                store.bind(E2E_SPACE, &b.record_pattern(), self.meta).await?;
+            } else {
+                store.unbind(E2E_SPACE, &b.record_pattern(), self.meta).await?;
+            }
+        }
+        let mut e2e = self.e2e();
+        e2e.retain(|x| x != &b);
+        if add {
+            e2e.push(b);
+        }
+        Ok(())
     }
 
     fn map(&self) -> MutexGuard<'_, HashMap<String, ExchangeDef>> {
@@ -203,6 +295,16 @@ impl Exchanges {
         let Some(def) = self.map().remove(space) else { return Ok(()) };
         if def.durable {
             store.unbind(EXCHANGES_SPACE, &def.record_pattern(space), self.meta).await?;
+        }
+        let gone: Vec<ExchangeBinding> = {
+            let mut e2e = self.e2e();
+            let (gone, kept) = e2e.drain(..).partition(|b| b.source == space || b.destination == space);
+            *e2e = kept;
+            gone
+        };
+        for b in gone {
+            // Unbinding a record that was never written (non-durable) is harmless.
+            store.unbind(E2E_SPACE, &b.record_pattern(), self.meta).await?;
         }
         for (q, p) in bindings_in(store, space) {
             store.unbind(space, &p, q).await?;
@@ -238,6 +340,15 @@ mod tests {
         let p = def.record_pattern("logs/x.y");
         let back = ExchangeDef::from_record(&Pattern::from_canonical(&p.to_canonical()));
         assert_eq!(back, Some(("logs/x.y".to_owned(), def)));
+    }
+
+    #[test]
+    fn topic_keys_match_with_hash_anywhere() {
+        assert!(topic_matches("#.error", "kern.disk.error"));
+        assert!(topic_matches("#", ""));
+        assert!(topic_matches("a.*.c", "a.b.c"));
+        assert!(!topic_matches("a.*", "a.b.c"));
+        assert!(topic_matches("a.#.c", "a.c"));
     }
 
     #[test]

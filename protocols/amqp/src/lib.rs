@@ -6,7 +6,9 @@
 
 pub mod codec;
 mod connection;
+mod deadletter;
 mod exchange;
+mod headers;
 pub mod limits;
 mod message;
 pub mod reply;
@@ -75,6 +77,11 @@ pub(crate) struct QueueRegistry {
     pub exclusive: HashMap<QueueId, u64>,
     pub auto_delete: HashSet<QueueId>,
     pub consumers: HashMap<QueueId, usize>,
+    /// x-message-ttl / x-dead-letter-* of the queues that have them.
+    pub args: HashMap<QueueId, Arc<deadletter::QueueArgs>>,
+    /// x-single-active-consumer: a consumer's pump holds its queue's gate
+    /// while it runs; the next waiting consumer (FIFO) takes over when it stops.
+    pub active_consumer_gates: HashMap<QueueId, Arc<tokio::sync::Mutex<()>>>,
 }
 
 /// The AMQP protocol service: register it with the server shell for the AMQP
@@ -83,6 +90,7 @@ pub struct AmqpService {
     store: Arc<Store>,
     config: AmqpConfig,
     exchanges: Exchanges,
+    headers: headers::HeadersIndex,
     queues: Mutex<QueueRegistry>,
     connection_seq: AtomicU64,
 }
@@ -91,11 +99,24 @@ impl AmqpService {
     /// Loads the durable exchange definitions and returns the service.
     pub async fn new(store: Arc<Store>, config: AmqpConfig) -> Result<Arc<AmqpService>, StoreError> {
         let exchanges = Exchanges::load(&store).await?;
+        let mut registry = QueueRegistry::default();
+        // Durable queues' AMQP-layer arguments: a walk over every queue, once
+        // at start (the core has no index of a space's bindings).
+        for (q, _) in store.list_queues() {
+            for (sp, p) in store.bindings_of(q) {
+                if sp == deadletter::ARGS_SPACE {
+                    if let Some(a) = deadletter::QueueArgs::from_record(&p) {
+                        registry.args.insert(q, Arc::new(a));
+                    }
+                }
+            }
+        }
         Ok(Arc::new(AmqpService {
             store,
             config,
             exchanges,
-            queues: Mutex::new(QueueRegistry::default()),
+            headers: headers::HeadersIndex::default(),
+            queues: Mutex::new(registry),
             connection_seq: AtomicU64::new(1),
         }))
     }

@@ -44,3 +44,7 @@ pub const PURGE_BATCH: usize = 1024;
 
 const _: () = assert!(FRAME_MIN as usize > crate::codec::FRAME_OVERHEAD);
 const _: () = assert!(FRAME_MAX_DEFAULT >= FRAME_MIN);
+
+/// Exchanges one publish may pass through (exchange-to-exchange bindings):
+/// bounds the routing work and the recursion depth.
+pub const E2E_HOPS_MAX: usize = 64;
