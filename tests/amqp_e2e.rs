@@ -795,3 +795,25 @@ async fn a_redeclare_with_other_queue_arguments_is_406_and_internal_names_are_40
     ensure!(error_text(&err).contains("ACCESS_REFUSED"), "{}", error_text(&err));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_get_after_a_publish_on_the_same_connection_sees_it() -> Result<()> {
+    // Publishes without confirms are not answered; a basic.get or a passive
+    // declare that follows them on the same channel must still see every one
+    // (RabbitMQ orders them), even while the log is still writing them: a
+    // burst keeps the log writer busy when the declare arrives.
+    let broker = TestBroker::start_fsync_always().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "read-your-writes").await?;
+    let body = vec![b'x'; 4096];
+    for _ in 0..2000 {
+        publish(&ch, "", "read-your-writes", &body).await?;
+    }
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let q = ch.queue_declare("read-your-writes".into(), passive, FieldTable::default()).await?;
+    ensure!(q.message_count() == 2000, "a passive declare after 2000 publishes counts {}", q.message_count());
+    publish(&ch, "", "read-your-writes", b"last").await?;
+    let got = ch.basic_get("read-your-writes".into(), BasicGetOptions { no_ack: true }).await?;
+    ensure!(got.is_some(), "a get right after publishes finds a message");
+    Ok(())
+}

@@ -35,6 +35,7 @@ struct Running {
 
 pub struct TestBroker {
     cfg: AmqpConfig,
+    fsync: polymq::FsyncPolicy,
     dir: tempfile::TempDir,
     running: Option<Running>,
 }
@@ -45,9 +46,19 @@ impl TestBroker {
     }
 
     pub async fn start_with(cfg: AmqpConfig) -> Result<TestBroker> {
+        TestBroker::start_full(cfg, polymq::FsyncPolicy::default()).await
+    }
+
+    /// With `fsync = always` every append waits for an fsync: what a client
+    /// does right after a publish then races the log.
+    pub async fn start_fsync_always() -> Result<TestBroker> {
+        TestBroker::start_full(AmqpConfig::default(), polymq::FsyncPolicy::Always).await
+    }
+
+    async fn start_full(cfg: AmqpConfig, fsync: polymq::FsyncPolicy) -> Result<TestBroker> {
         let dir = tempfile::tempdir().context("creating the store's temporary directory")?;
-        let running = start_server(dir.path(), &cfg).await?;
-        Ok(TestBroker { cfg, dir, running: Some(running) })
+        let running = start_server(dir.path(), &cfg, fsync).await?;
+        Ok(TestBroker { cfg, fsync, dir, running: Some(running) })
     }
 
     pub fn amqp_addr(&self) -> SocketAddr {
@@ -86,7 +97,7 @@ impl TestBroker {
             .context("server did not stop within 15 s of the shutdown signal")?
             .context("server task panicked")?;
         stopped.context("server stopped with an error")?;
-        self.running = Some(start_server(self.dir.path(), &self.cfg).await.context("restarting on the same data directory")?);
+        self.running = Some(start_server(self.dir.path(), &self.cfg, self.fsync).await.context("restarting on the same data directory")?);
         Ok(())
     }
 }
@@ -99,10 +110,16 @@ impl Drop for TestBroker {
     }
 }
 
-async fn start_server(dir: &Path, cfg: &AmqpConfig) -> Result<Running> {
+async fn start_server(dir: &Path, cfg: &AmqpConfig, fsync: polymq::FsyncPolicy) -> Result<Running> {
     let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let config =
-        Config { data_dir: dir.to_path_buf(), mqtt_listen: loopback, amqp_listen: loopback, http_listen: loopback, ..Config::default() };
+    let config = Config {
+        data_dir: dir.to_path_buf(),
+        mqtt_listen: loopback,
+        amqp_listen: loopback,
+        http_listen: loopback,
+        fsync,
+        ..Config::default()
+    };
     let store_config = config.store_config();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await.context("store open panicked")??;
     let amqp: Arc<dyn ProtocolService> = AmqpService::new(Arc::clone(&store), cfg.clone()).await.context("starting AMQP")?;

@@ -74,6 +74,7 @@ pub(crate) async fn serve(svc: Arc<AmqpService>, stream: TcpStream, peer: Socket
         channels: HashMap::new(),
         epoch_seq: 0,
         confirms: VecDeque::new(),
+        unsettled: None,
         events_tx,
         events_rx,
         closing: None,
@@ -383,6 +384,12 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     epoch_seq: u64,
     confirms: VecDeque<PendingConfirm>,
+    /// The newest publish without confirms still on its way to the log. A
+    /// later basic.get, queue.declare (message count), purge or delete on
+    /// this connection waits for it, so it sees what this connection
+    /// published before, as with RabbitMQ (the log applies appends in order,
+    /// so the newest one done means all are).
+    unsettled: Option<polymq::store::Ticket>,
     events_tx: mpsc::UnboundedSender<PumpEvent>,
     events_rx: mpsc::UnboundedReceiver<PumpEvent>,
     /// We sent connection.close: wait for close-ok until this deadline.
@@ -712,7 +719,10 @@ impl Connection {
                 }
                 Ok(())
             }
-            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => self.queue_declare(ch, d).await,
+            AMQPClass::Queue(queue::AMQPMethod::Declare(d)) => {
+                self.settle_publishes().await;
+                self.queue_declare(ch, d).await
+            }
             AMQPClass::Queue(queue::AMQPMethod::Bind(b)) => {
                 let nowait = b.nowait;
                 self.queue_bind(ch, b.queue.as_str(), b.exchange.as_str(), b.routing_key.as_str(), &b.arguments, true).await?;
@@ -726,8 +736,14 @@ impl Connection {
                 self.io.method(ch, AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})));
                 Ok(())
             }
-            AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => self.queue_purge(ch, p).await,
-            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => self.queue_delete(ch, d).await,
+            AMQPClass::Queue(queue::AMQPMethod::Purge(p)) => {
+                self.settle_publishes().await;
+                self.queue_purge(ch, p).await
+            }
+            AMQPClass::Queue(queue::AMQPMethod::Delete(d)) => {
+                self.settle_publishes().await;
+                self.queue_delete(ch, d).await
+            }
             AMQPClass::Basic(basic::AMQPMethod::Qos(q)) => {
                 let c = self.channel(ch)?;
                 if q.global {
@@ -760,7 +776,10 @@ impl Connection {
                 });
                 Ok(())
             }
-            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => self.basic_get(ch, g).await,
+            AMQPClass::Basic(basic::AMQPMethod::Get(g)) => {
+                self.settle_publishes().await;
+                self.basic_get(ch, g).await
+            }
             AMQPClass::Basic(basic::AMQPMethod::Ack(a)) => self.settle(ch, a.delivery_tag, a.multiple, None),
             AMQPClass::Basic(basic::AMQPMethod::Nack(n)) => self.settle(ch, n.delivery_tag, n.multiple, Some(n.requeue)),
             AMQPClass::Basic(basic::AMQPMethod::Reject(r)) => self.settle(ch, r.delivery_tag, false, Some(r.requeue)),
@@ -1439,6 +1458,8 @@ impl Connection {
                     let wait: StoreWait = Box::pin(async move { ticket.wait().await.map(drop) });
                     // Refused by one full queue: nacked, though stored in the others (as RabbitMQ).
                     self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: refused });
+                } else {
+                    self.unsettled = Some(ticket);
                 }
                 Ok(())
             }
@@ -1491,6 +1512,18 @@ impl Connection {
     }
 
     /// basic.ack / basic.nack to publishers, in order, coalescing runs.
+    /// Waits until this connection's publishes so far are applied (see
+    /// `unsettled`), answering the confirms that completes.
+    async fn settle_publishes(&mut self) {
+        if let Some(ticket) = self.unsettled.take() {
+            let _ = ticket.wait().await;
+        }
+        while !self.confirms.is_empty() {
+            let done = poll_confirms(&mut self.confirms).await;
+            self.answer_confirms(done);
+        }
+    }
+
     fn answer_confirms(&mut self, done: Vec<(PendingConfirm, Result<(), StoreError>)>) {
         let mut run: Option<(u16, u64, u64, usize)> = None; // channel, epoch, last seq, count
         let emit = |io: &mut Io, run: Option<(u16, u64, u64, usize)>, channels: &HashMap<u16, Channel>| {
