@@ -712,6 +712,15 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// A latency quantile in ms; NaN (printed `NaN`, JSON null) when nothing was measured.
+fn q_ms(h: &Hist, q: f64) -> f64 {
+    if h.count() == 0 {
+        f64::NAN
+    } else {
+        ms(h.quantile(q))
+    }
+}
+
 /// Runs every (scenario, QoS, rate) combination against the broker at `a.mqtt`.
 pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>> {
     let (host, port) = split_addr(&a.mqtt)?;
@@ -738,6 +747,7 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
     );
     let mut table = Table::new(format!("mqtt: {label}"));
     let mut out = Vec::new();
+    let mut failed = 0;
     for &shape in &a.scenario {
         for &qos in &a.qos {
             for &rate in &a.rate {
@@ -763,7 +773,16 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
                 let r = rt.block_on(one_run(&spec, ctr.clone()));
                 drop(progress);
                 let p = probe.finish();
-                let (h, t_sent, t_recv, expected) = r.with_context(|| format!("{label}: {} qos{qos} {mode}", shape.name()))?;
+                let (h, t_sent, t_recv, expected) = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // One broken run (a refused connection, a closed socket) must not
+                        // hide the others: say what failed and go on.
+                        rep.note(&format!("{label} {} qos{qos} {mode}: FAILED: {e:#}", shape.name()));
+                        failed += 1;
+                        continue;
+                    }
+                };
                 let published = ctr.published.load(Ordering::Relaxed);
                 let completed = ctr.completed.load(Ordering::Relaxed);
                 let received = ctr.received.load(Ordering::Relaxed);
@@ -787,10 +806,10 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
                     .num("lost%", if expected == 0 { 0.0 } else { 100.0 * lost as f64 / expected as f64 }, 2)
                     .put("ooo", ctr.out_of_order.load(Ordering::Relaxed))
                     .put("errors", errors)
-                    .num("p50_ms", ms(h.quantile(0.5)), 2)
-                    .num("p99_ms", ms(h.quantile(0.99)), 2)
-                    .num("p99.9_ms", ms(h.quantile(0.999)), 2)
-                    .num("max_ms", ms(h.max()), 2);
+                    .num("p50_ms", q_ms(&h, 0.5), 2)
+                    .num("p99_ms", q_ms(&h, 0.99), 2)
+                    .num("p99.9_ms", q_ms(&h, 0.999), 2)
+                    .num("max_ms", q_ms(&h, 1.0), 2);
                 row = row
                     .num("broker_cpu%", p.broker_cpu.unwrap_or(f64::NAN), 0)
                     .num("broker_rss_MiB", p.broker_rss_peak.map(mib).unwrap_or(f64::NAN), 1)
@@ -805,6 +824,9 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
         }
     }
     rep.flush_table(&mut table);
+    if failed > 0 {
+        bail!("{failed} MQTT run(s) against {label} failed (see the notes above)");
+    }
     Ok(out)
 }
 
@@ -1008,8 +1030,8 @@ pub fn conns(rt: &Runtime, rep: &Reporter, a: &ConnsArgs) -> Result<Vec<ConnsRes
             .put("dropped", dropped)
             .num("connect_s", connect_time.as_secs_f64(), 2)
             .num("conn/s", ok as f64 / connect_time.as_secs_f64().max(1e-9), 0)
-            .num("connect_p50_ms", ms(h.quantile(0.5)), 2)
-            .num("connect_p99_ms", ms(h.quantile(0.99)), 2)
+            .num("connect_p50_ms", q_ms(&h, 0.5), 2)
+            .num("connect_p99_ms", q_ms(&h, 0.99), 2)
             .num("rss_before_MiB", opt_mib(rss0), 1)
             .num("rss_held_MiB", opt_mib(rss_held), 1)
             .num("rss_end_MiB", opt_mib(rss_end), 1)
