@@ -220,7 +220,15 @@ impl Probe {
                 })
                 .ok()
         });
-        Probe { pid, t0: Instant::now(), broker_cpu0: pid.and_then(|p| cpu_seconds(Some(p))), self_cpu0: cpu_seconds(None), peak, stop, sampler }
+        Probe {
+            pid,
+            t0: Instant::now(),
+            broker_cpu0: pid.and_then(|p| cpu_seconds(Some(p))),
+            self_cpu0: cpu_seconds(None),
+            peak,
+            stop,
+            sampler,
+        }
     }
 
     fn finish(mut self) -> ProbeResult {
@@ -472,7 +480,14 @@ async fn goodbye(c: &AsyncClient, el: &mut EventLoop) {
 /// (that is what the MQTT spec says to do). We give rumqttc ten times as many
 /// ids as we let be in flight, so an id comes round again only long after its
 /// flow ended; if one ever comes round early, it is counted as an error.
-async fn drive_publisher(mut el: EventLoop, qos: QoS, ctr: Arc<Counters>, mine: Arc<AtomicU64>, window: Arc<Semaphore>, ending: Arc<AtomicBool>) {
+async fn drive_publisher(
+    mut el: EventLoop,
+    qos: QoS,
+    ctr: Arc<Counters>,
+    mine: Arc<AtomicU64>,
+    window: Arc<Semaphore>,
+    ending: Arc<AtomicBool>,
+) {
     let mut open = vec![false; usize::from(el.mqtt_options.inflight()) + 1];
     let done = |pkid: u16, open: &mut Vec<bool>| {
         if let Some(o) = open.get_mut(usize::from(pkid)) {
@@ -626,7 +641,9 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
     let (subs, pubs, fan): (Vec<String>, Vec<String>, u64) = match spec.shape {
         Shape::FanIn => (vec![format!("{prefix}/in/+")], (0..spec.n).map(|i| format!("{prefix}/in/{i}")).collect(), 1),
         Shape::FanOut => (vec![format!("{prefix}/out"); spec.n], vec![format!("{prefix}/out")], spec.n as u64),
-        Shape::Pairs => ((0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), (0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), 1),
+        Shape::Pairs => {
+            ((0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), (0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), 1)
+        }
     };
     let publishers = pubs.len();
     // Client ids stay within MQTT 3.1.1's guaranteed 23 characters.
@@ -931,7 +948,10 @@ pub fn conns(rt: &Runtime, rep: &Reporter, a: &ConnsArgs) -> Result<Vec<ConnsRes
             .put("address", a.mqtt.clone())
             .put("keep_alive_s", a.keep_alive as u64)
             .put("concurrency", a.concurrency)
-            .put("client", "plain sockets: MQTT 3.1.1 CONNECT (clean session), wait for CONNACK, then idle with PINGREQ every 0.9 x keep-alive")
+            .put(
+                "client",
+                "plain sockets: MQTT 3.1.1 CONNECT (clean session), wait for CONNACK, then idle with PINGREQ every 0.9 x keep-alive",
+            )
             .put("open_files_limit", format!("bench {mine}, broker {}", theirs.map(|n| n.to_string()).unwrap_or_else(|| "?".into())))
             .put("rss_per_conn", "(broker RSS with the connections held, after 1 s) - (RSS before), / count"),
     );
@@ -967,7 +987,8 @@ pub fn conns(rt: &Runtime, rep: &Reporter, a: &ConnsArgs) -> Result<Vec<ConnsRes
                 let permit = gate.clone().acquire_owned().await.context("semaphore")?;
                 let src = Ipv4Addr::new(127, 0, 0, 1 + (i % ips) as u8);
                 let cid = format!("c{}-{i}", &id[..id.len().min(8)]);
-                let (stop_rx, failures, first_err, lat, done) = (stop_rx.clone(), failures.clone(), first_err.clone(), lat.clone(), done.clone());
+                let (stop_rx, failures, first_err, lat, done) =
+                    (stop_rx.clone(), failures.clone(), first_err.clone(), lat.clone(), done.clone());
                 holders.spawn(async move {
                     let t = Instant::now();
                     let r = tokio::time::timeout(Duration::from_secs(30), connect_idle(broker, src, &cid, ka)).await;
@@ -1069,7 +1090,8 @@ impl InProcess {
             config.http_listen = "127.0.0.1:0".parse().context("address")?;
             let svc = polymq_mqtt::MqttService::new(store.clone(), polymq_mqtt::MqttConfig::from_config(&config)).await?;
             let listen: SocketAddr = "127.0.0.1:0".parse().context("address")?;
-            let server = polymq::server::Server::bind(&config, store, vec![(listen, svc as Arc<dyn polymq::server::ProtocolService>)]).await?;
+            let server =
+                polymq::server::Server::bind(&config, store, vec![(listen, svc as Arc<dyn polymq::server::ProtocolService>)]).await?;
             let addr = server.local_addrs().first().map(|(_, a)| *a).context("no MQTT listener")?;
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server.run(async move {
