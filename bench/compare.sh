@@ -22,6 +22,7 @@
 #   COMPARE_SIZE        payload bytes (100)
 #   COMPARE_INFLIGHT    QoS 1/2 publishes a publisher keeps unacknowledged (20)
 #   COMPARE_RATE        msg/s of the paced (latency at load) runs; 0 skips them (5000)
+#   COMPARE_PERSISTENT  1: also QoS 1 with persistent subscriber sessions (polymq: through the log) (1)
 #   COMPARE_CONNS       idle connections of the connection-scale run; 0 skips it (10000)
 #   COMPARE_WAIT_IDLE   seconds each run may wait for the machine to go idle (0)
 #   COMPARE_PEERS       peers to run (mosquitto); rabbitmq and kafka are hooks for later
@@ -40,6 +41,7 @@ PAIRS=${COMPARE_PAIRS:-32}
 SIZE=${COMPARE_SIZE:-100}
 INFLIGHT=${COMPARE_INFLIGHT:-20}
 RATE=${COMPARE_RATE:-5000}
+PERSISTENT=${COMPARE_PERSISTENT:-1}
 CONNS=${COMPARE_CONNS:-10000}
 WAIT_IDLE=${COMPARE_WAIT_IDLE:-0}
 PEERS=${COMPARE_PEERS:-mosquitto}
@@ -217,6 +219,11 @@ run_broker() {
         log "$name: paced at $RATE msg/s (latency at load)"
         bench --json mqtt "${common[@]}" --scenario "$SCENARIOS" --qos 1 --rate "$RATE" >>"$json" ||
             log "$name: some paced runs failed (exit $?); the notes in $json say which"
+    fi
+    if [[ $PERSISTENT == 1 ]]; then
+        log "$name: QoS 1 with persistent subscriber sessions"
+        bench --json mqtt "${common[@]}" --scenario "$SCENARIOS" --qos 1 --rate 0 --persistent >>"$json" ||
+            log "$name: some persistent-session runs failed (exit $?); the notes in $json say which"
     fi
     stop_broker "$BROKER_PID"
     python3 "$ROOT/bench/compare_table.py" --human "$json" >"$txt"

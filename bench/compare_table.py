@@ -57,7 +57,7 @@ def ratio(a, b, decimals=2):
 
 
 def key(row):
-    return (row.get("scenario"), row.get("qos"), row.get("mode"), row.get("clients"), row.get("size"))
+    return (row.get("scenario"), row.get("qos"), row.get("mode"), row.get("session", "clean"), row.get("clients"), row.get("size"))
 
 
 def human(path):
@@ -117,18 +117,18 @@ def compare(args):
         q = load(path)
         peer_rows = {key(r): r for r in q["mqtt"]}
         print(f"## Throughput and latency: polymq vs {name}\n")
-        print(f"| scenario | QoS | mode | clients | recv msg/s polymq | {name} | ratio | sent msg/s polymq | {name} | ratio "
+        print(f"| scenario | QoS | mode | session | clients | recv msg/s polymq | {name} | ratio | sent msg/s polymq | {name} | ratio "
               f"| p50 ms polymq / {name} | p99 ms polymq / {name} | p99.9 ms polymq / {name} | p99 ratio "
               f"| lost % polymq / {name} | errors | cpu% polymq / {name} | bench% polymq / {name} |")
-        print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         own_rows = {key(r): r for r in p["mqtt"]}
         keys = list(own_rows) + [k for k in peer_rows if k not in own_rows]
         for k in keys:
             r, o = own_rows.get(k), peer_rows.get(k, {})
             if r is None:
-                r = {"scenario": k[0], "qos": k[1], "mode": k[2], "clients": k[3]}
+                r = {"scenario": k[0], "qos": k[1], "mode": k[2], "session": k[3], "clients": k[4]}
             pair = lambda k, d=0: f"{fmt(r.get(k), d)} / {fmt(o.get(k), d)}"
-            print(f"| {r.get('scenario')} | {r.get('qos')} | {r.get('mode')} | {r.get('clients')} "
+            print(f"| {r.get('scenario')} | {r.get('qos')} | {r.get('mode')} | {r.get('session', 'clean')} | {r.get('clients')} "
                   f"| {fmt(r.get('recv/s'))} | {fmt(o.get('recv/s'))} | **{ratio(r.get('recv/s'), o.get('recv/s'))}** "
                   f"| {fmt(r.get('sent/s'))} | {fmt(o.get('sent/s'))} | {ratio(r.get('sent/s'), o.get('sent/s'))} "
                   f"| {pair('p50_ms', 2)} | {pair('p99_ms', 2)} | {pair('p99.9_ms', 2)} | {ratio(r.get('p99_ms'), o.get('p99_ms'))} "

@@ -281,10 +281,11 @@ fn mqtt_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -
                 rate: vec![0.0],
                 seconds: 0.3,
                 inflight: 20,
+                persistent: false,
                 drain_seconds: 3.0,
             },
         )?;
-        // A paced run too: the rate mode's scheduler.
+        // A paced run too (the rate mode's scheduler), with persistent sessions (the log).
         let paced = mqtt::run(
             rt,
             rep,
@@ -300,6 +301,7 @@ fn mqtt_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -
                 rate: vec![2_000.0],
                 seconds: 0.3,
                 inflight: 20,
+                persistent: true,
                 drain_seconds: 3.0,
             },
         )?;

@@ -98,6 +98,12 @@ pub struct MqttArgs {
     /// publishes and drops them.
     #[arg(long, default_value_t = 20)]
     pub inflight: u16,
+    /// Subscribers keep a persistent session (MQTT 3.1.1 clean session 0), so the
+    /// broker must keep what they have not acknowledged: in polymq that puts every
+    /// delivery through the log (clean sessions are served from memory). Each
+    /// session is discarded after the run.
+    #[arg(long)]
+    pub persistent: bool,
     /// After publishing stops, wait up to this many seconds for deliveries still under way.
     #[arg(long, default_value_t = 10.0)]
     pub drain_seconds: f64,
@@ -352,12 +358,13 @@ struct ClientSpec<'a> {
     id: String,
     size: usize,
     inflight: u16,
+    clean: bool,
 }
 
 fn client(spec: &ClientSpec) -> (AsyncClient, EventLoop) {
     let mut o = MqttOptions::new(spec.id.clone(), spec.host, spec.port);
     o.set_keep_alive(Duration::from_secs(60));
-    o.set_clean_session(true);
+    o.set_clean_session(spec.clean);
     // Ten packet ids per window slot: see `drive_publisher`.
     o.set_inflight(spec.inflight.max(1).saturating_mul(10));
     let max = (spec.size + 1024).max(10 * 1024);
@@ -629,6 +636,7 @@ struct RunSpec<'a> {
     inflight: u16,
     drain: Duration,
     run_id: String,
+    persistent: bool,
 }
 
 /// Sets up the clients of one run, publishes, drains, and measures.
@@ -636,7 +644,7 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
     let _ = epoch();
     let qos = qos_of(spec.qos)?;
     let prefix = format!("pmqb/{}", spec.run_id);
-    let cs = |id: String| ClientSpec { host: spec.host, port: spec.port, id, size: spec.size, inflight: spec.inflight };
+    let cs = |id: String, clean: bool| ClientSpec { host: spec.host, port: spec.port, id, size: spec.size, inflight: spec.inflight, clean };
     // (subscriber filter, publishers it hears) and (publisher topic)
     let (subs, pubs, fan): (Vec<String>, Vec<String>, u64) = match spec.shape {
         Shape::FanIn => (vec![format!("{prefix}/in/+")], (0..spec.n).map(|i| format!("{prefix}/in/{i}")).collect(), 1),
@@ -646,13 +654,14 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
         }
     };
     let publishers = pubs.len();
+    let subs_count = subs.len();
     // Client ids stay within MQTT 3.1.1's guaranteed 23 characters.
     let short = &spec.run_id[..spec.run_id.len().min(8)];
 
     // Subscribers first, each subscribed before anyone publishes.
     let mut setup = JoinSet::new();
     for (i, filter) in subs.into_iter().enumerate() {
-        let (c, mut el) = client(&cs(format!("s{short}-{i}")));
+        let (c, mut el) = client(&cs(format!("s{short}-{i}"), !spec.persistent));
         setup.spawn(async move {
             establish(&c, &mut el, Some((&filter, qos))).await.with_context(|| format!("subscriber {i}"))?;
             anyhow::Ok(Sub { client: c, el, publishers })
@@ -671,7 +680,7 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
     let per_pub_rate = if spec.rate > 0.0 { spec.rate / pubs.len() as f64 } else { 0.0 };
     let mut setup = JoinSet::new();
     for (i, topic) in pubs.into_iter().enumerate() {
-        let (c, mut el) = client(&cs(format!("p{short}-{i}")));
+        let (c, mut el) = client(&cs(format!("p{short}-{i}"), true));
         setup.spawn(async move {
             establish(&c, &mut el, None).await.with_context(|| format!("publisher {i}"))?;
             anyhow::Ok(Pub { client: c, el, topic, index: i as u32, rate: per_pub_rate, completed: Arc::new(AtomicU64::new(0)) })
@@ -695,7 +704,7 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
         r.context("publisher panicked")?;
     }
     // Deliveries still under way: wait until everything arrived, or nothing
-    // arrived for a second, or the drain time is over.
+    // arrived for 2 s, or the drain time is over.
     let expected = ctr.published.load(Ordering::Relaxed) * fan;
     let drain_end = tokio::time::Instant::now() + spec.drain;
     let mut last = (ctr.received.load(Ordering::Relaxed), tokio::time::Instant::now());
@@ -706,7 +715,7 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
         }
         if got != last.0 {
             last = (got, tokio::time::Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(5) {
+        } else if last.1.elapsed() > Duration::from_secs(2) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -715,6 +724,19 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
     let mut h = Hist::default();
     while let Some(r) = sub_tasks.join_next().await {
         h.merge(&r.context("subscriber panicked")?);
+    }
+    if spec.persistent {
+        // Connecting again with clean session 1 discards each persistent session.
+        let mut gone = JoinSet::new();
+        for i in 0..subs_count {
+            let (c, mut el) = client(&cs(format!("s{short}-{i}"), true));
+            gone.spawn(async move {
+                if establish(&c, &mut el, None).await.is_ok() {
+                    goodbye(&c, &mut el).await;
+                }
+            });
+        }
+        while gone.join_next().await.is_some() {}
     }
     let end_ns = |t: u64| Duration::from_nanos(t.saturating_sub(t0_ns));
     Ok((h, end_ns(ctr.last_completed_ns.load(Ordering::Relaxed)), end_ns(ctr.last_received_ns.load(Ordering::Relaxed)), expected))
@@ -754,7 +776,14 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
             .put("broker", label.clone())
             .put("address", a.mqtt.clone())
             .put("broker_pid", a.broker_pid.map(|p| p.to_string()).unwrap_or_else(|| "- (no broker CPU/RSS)".into()))
-            .put("client", "rumqttc 0.25, MQTT 3.1.1, clean session, keep-alive 60 s, TCP_NODELAY")
+            .put(
+                "client",
+                if a.persistent {
+                    "rumqttc 0.25, MQTT 3.1.1, subscribers persistent (clean session 0), publishers clean, keep-alive 60 s, TCP_NODELAY"
+                } else {
+                    "rumqttc 0.25, MQTT 3.1.1, clean session, keep-alive 60 s, TCP_NODELAY"
+                },
+            )
             .put("size", a.size)
             .put("seconds", format!("{} per run", a.seconds))
             .put("inflight", a.inflight as u64)
@@ -784,6 +813,7 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
                     inflight: a.inflight,
                     drain: Duration::from_secs_f64(a.drain_seconds),
                     run_id: run_id(),
+                    persistent: a.persistent,
                 };
                 let probe = Probe::start(a.broker_pid);
                 let progress = Progress::start(format!("{label} {} qos{qos} {mode}", shape.name()), "msg recv", ctr.received.clone());
@@ -814,6 +844,7 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
                     .put("clients", n)
                     .put("size", a.size)
                     .put("mode", mode.clone())
+                    .put("session", if a.persistent { "persistent" } else { "clean" })
                     .num("sent/s", per_s(completed, t_sent), 0)
                     .num("sent_MB/s", mb_s(completed, t_sent), 1)
                     .num("recv/s", per_s(received, t_recv), 0)
