@@ -7,9 +7,11 @@
 # Builds polymq (release), installs mosquitto if it is missing (apt-get), and
 # for each broker: starts a fresh one on a free loopback port (polymq with a
 # fresh temporary data dir and its default fsync policy, interval=50;
-# mosquitto with persistence off), opens N idle connections (memory per
-# connection is measured on the fresh process), restarts it, runs the MQTT
-# scenarios, and stops it. The same polymq-bench binary drives both. Writes
+# mosquitto with persistence off) and opens N idle connections (memory per
+# connection is measured on the fresh process). Then it starts all of them
+# again and runs each MQTT scenario against every broker back to back, so
+# that other work on the machine skews both sides of a ratio alike. The same
+# polymq-bench binary drives every broker. Writes
 # a markdown table with polymq/peer ratios to stdout and to
 # bench/results/<date>/compare-mqtt.md, next to the raw JSON lines and tables.
 #
@@ -196,37 +198,55 @@ bench() {
     POLYMQ_BENCH_DATA_DIR=$WORK RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --wait-idle "$WAIT_IDLE" "$@"
 }
 
-# run_broker NAME: every MQTT scenario against a fresh NAME, raw output into $OUT.
-run_broker() {
+# conns_run NAME: idle connections against a fresh NAME (memory per
+# connection means little on a process whose heap earlier runs have grown).
+conns_run() {
     local name=$1
-    local json=$OUT/compare-mqtt-$name.jsonl txt=$OUT/compare-mqtt-$name.txt
-    : >"$json"
-    : >"$txt"
-    if ((CONNS > 0)); then
-        log "$name: $CONNS idle connections (fresh broker)"
-        "start_$name"
-        bench --json mqtt-conns --mqtt "$BROKER_ADDR" --label "$name" --broker-pid "$BROKER_PID" --count "$CONNS" >>"$json" ||
-            log "$name: the connection run failed (exit $?); its notes are in $json"
-        stop_broker "$BROKER_PID"
-    fi
-    log "$name: $SCENARIOS x QoS $QOS, ${SECS} s each, flat out"
+    log "$name: $CONNS idle connections (fresh broker)"
     "start_$name"
-    local common=(--mqtt "$BROKER_ADDR" --label "$name" --broker-pid "$BROKER_PID" --size "$SIZE" --clients "$CLIENTS"
-        --pairs "$PAIRS" --inflight "$INFLIGHT" --seconds "$SECS")
-    bench --json mqtt "${common[@]}" --scenario "$SCENARIOS" --qos "$QOS" --rate 0 >>"$json" ||
-        log "$name: some runs failed (exit $?); the notes in $json say which"
+    bench --json mqtt-conns --mqtt "$BROKER_ADDR" --label "$name" --broker-pid "$BROKER_PID" --count "$CONNS" >>"$OUT/compare-mqtt-$name.jsonl" ||
+        log "$name: the connection run failed (exit $?); its notes are in $OUT/compare-mqtt-$name.jsonl"
+    stop_broker "$BROKER_PID"
+}
+
+# one_run NAME ARGS...: one scenario against the running NAME.
+one_run() {
+    local name=$1
+    shift
+    bench --json mqtt --mqtt "${ADDR[$name]}" --label "$name" --broker-pid "${PID[$name]}" --size "$SIZE" --clients "$CLIENTS" \
+        --pairs "$PAIRS" --inflight "$INFLIGHT" --seconds "$SECS" "$@" >>"$OUT/compare-mqtt-$name.jsonl" ||
+        log "$name: a run failed (exit $?): $*; the notes in $OUT/compare-mqtt-$name.jsonl say what"
+}
+
+# The scenarios, each run against every broker back to back (all brokers
+# are up, the idle ones cost nothing), so a change in the machine's load
+# (it is shared) hits both sides of a ratio alike.
+scenario_runs() {
+    local shape qos name
+    for shape in ${SCENARIOS//,/ }; do
+        for qos in ${QOS//,/ }; do
+            for name in "${BROKERS[@]}"; do
+                log "$name: $shape QoS $qos, flat out, ${SECS} s"
+                one_run "$name" --scenario "$shape" --qos "$qos" --rate 0
+            done
+        done
+    done
     if [[ $RATE != 0 ]]; then
-        log "$name: paced at $RATE msg/s (latency at load)"
-        bench --json mqtt "${common[@]}" --scenario "$SCENARIOS" --qos 1 --rate "$RATE" >>"$json" ||
-            log "$name: some paced runs failed (exit $?); the notes in $json say which"
+        for shape in ${SCENARIOS//,/ }; do
+            for name in "${BROKERS[@]}"; do
+                log "$name: $shape QoS 1 paced at $RATE msg/s, ${SECS} s"
+                one_run "$name" --scenario "$shape" --qos 1 --rate "$RATE"
+            done
+        done
     fi
     if [[ $PERSISTENT == 1 ]]; then
-        log "$name: QoS 1 with persistent subscriber sessions"
-        bench --json mqtt "${common[@]}" --scenario "$SCENARIOS" --qos 1 --rate 0 --persistent >>"$json" ||
-            log "$name: some persistent-session runs failed (exit $?); the notes in $json say which"
+        for shape in ${SCENARIOS//,/ }; do
+            for name in "${BROKERS[@]}"; do
+                log "$name: $shape QoS 1, persistent subscriber sessions, ${SECS} s"
+                one_run "$name" --scenario "$shape" --qos 1 --rate 0 --persistent
+            done
+        done
     fi
-    stop_broker "$BROKER_PID"
-    python3 "$ROOT/bench/compare_table.py" --human "$json" >"$txt"
 }
 
 if [[ -z ${COMPARE_NO_BUILD:-} ]]; then
@@ -244,9 +264,25 @@ for peer in ${PEERS//,/ }; do
     fi
 done
 
-run_broker polymq
-for peer in "${peers[@]}"; do
-    run_broker "$peer"
+BROKERS=(polymq "${peers[@]}")
+declare -A ADDR PID
+for name in "${BROKERS[@]}"; do
+    : >"$OUT/compare-mqtt-$name.jsonl"
+done
+if ((CONNS > 0)); then
+    for name in "${BROKERS[@]}"; do
+        conns_run "$name"
+    done
+fi
+for name in "${BROKERS[@]}"; do
+    "start_$name"
+    ADDR[$name]=$BROKER_ADDR
+    PID[$name]=$BROKER_PID
+done
+scenario_runs
+for name in "${BROKERS[@]}"; do
+    stop_broker "${PID[$name]}"
+    python3 "$ROOT/bench/compare_table.py" --human "$OUT/compare-mqtt-$name.jsonl" >"$OUT/compare-mqtt-$name.txt"
 done
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
