@@ -25,6 +25,7 @@
 #   COMPARE_INFLIGHT    QoS 1/2 publishes a publisher keeps unacknowledged (20)
 #   COMPARE_RATE        msg/s of the paced (latency at load) runs; 0 skips them (5000)
 #   COMPARE_PERSISTENT  1: also QoS 1 with persistent subscriber sessions (polymq: through the log) (1)
+#   COMPARE_REPEAT      runs of each scenario per broker, interleaved; the table shows the median (1)
 #   COMPARE_CONNS       idle connections of the connection-scale run; 0 skips it (10000)
 #   COMPARE_WAIT_IDLE   seconds each run may wait for the machine to go idle (0)
 #   COMPARE_PEERS       peers to run (mosquitto); rabbitmq and kafka are hooks for later
@@ -44,6 +45,7 @@ SIZE=${COMPARE_SIZE:-100}
 INFLIGHT=${COMPARE_INFLIGHT:-20}
 RATE=${COMPARE_RATE:-5000}
 PERSISTENT=${COMPARE_PERSISTENT:-1}
+REPEAT=${COMPARE_REPEAT:-1}
 CONNS=${COMPARE_CONNS:-10000}
 WAIT_IDLE=${COMPARE_WAIT_IDLE:-0}
 PEERS=${COMPARE_PEERS:-mosquitto}
@@ -222,28 +224,34 @@ one_run() {
 # are up, the idle ones cost nothing), so a change in the machine's load
 # (it is shared) hits both sides of a ratio alike.
 scenario_runs() {
-    local shape qos name
+    local shape qos name rep
     for shape in ${SCENARIOS//,/ }; do
         for qos in ${QOS//,/ }; do
-            for name in "${BROKERS[@]}"; do
-                log "$name: $shape QoS $qos, flat out, ${SECS} s"
-                one_run "$name" --scenario "$shape" --qos "$qos" --rate 0
+            for ((rep = 1; rep <= REPEAT; rep++)); do
+                for name in "${BROKERS[@]}"; do
+                    log "$name: $shape QoS $qos, flat out, ${SECS} s (run $rep of $REPEAT)"
+                    one_run "$name" --scenario "$shape" --qos "$qos" --rate 0
+                done
             done
         done
     done
     if [[ $RATE != 0 ]]; then
         for shape in ${SCENARIOS//,/ }; do
-            for name in "${BROKERS[@]}"; do
-                log "$name: $shape QoS 1 paced at $RATE msg/s, ${SECS} s"
-                one_run "$name" --scenario "$shape" --qos 1 --rate "$RATE"
+            for ((rep = 1; rep <= REPEAT; rep++)); do
+                for name in "${BROKERS[@]}"; do
+                    log "$name: $shape QoS 1 paced at $RATE msg/s, ${SECS} s (run $rep of $REPEAT)"
+                    one_run "$name" --scenario "$shape" --qos 1 --rate "$RATE"
+                done
             done
         done
     fi
     if [[ $PERSISTENT == 1 ]]; then
         for shape in ${SCENARIOS//,/ }; do
-            for name in "${BROKERS[@]}"; do
-                log "$name: $shape QoS 1, persistent subscriber sessions, ${SECS} s"
-                one_run "$name" --scenario "$shape" --qos 1 --rate 0 --persistent
+            for ((rep = 1; rep <= REPEAT; rep++)); do
+                for name in "${BROKERS[@]}"; do
+                    log "$name: $shape QoS 1, persistent subscriber sessions, ${SECS} s (run $rep of $REPEAT)"
+                    one_run "$name" --scenario "$shape" --qos 1 --rate 0 --persistent
+                done
             done
         done
     fi
@@ -288,7 +296,7 @@ done
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo " (with local changes)" || true)
 md=$OUT/compare-mqtt.md
-args=(--polymq "$OUT/compare-mqtt-polymq.jsonl" --commit "$commit$dirty" --seconds "$SECS")
+args=(--polymq "$OUT/compare-mqtt-polymq.jsonl" --commit "$commit$dirty" --seconds "$SECS" --repeat "$REPEAT")
 for peer in "${peers[@]}"; do
     args+=(--peer "$peer=$OUT/compare-mqtt-$peer.jsonl")
 done

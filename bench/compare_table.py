@@ -60,6 +60,23 @@ def key(row):
     return (row.get("scenario"), row.get("qos"), row.get("mode"), row.get("session", "clean"), row.get("clients"), row.get("size"))
 
 
+def medians(rows):
+    """One row per key: with repeated runs, the run with the median recv msg/s
+    (the whole row, so its latencies belong to the same run); `runs` and the
+    range of recv msg/s are added."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(key(r), []).append(r)
+    out = {}
+    for k, g in groups.items():
+        g = sorted(g, key=lambda r: num(r.get("recv/s")) or 0)
+        pick = dict(g[(len(g) - 1) // 2])
+        pick["runs"] = len(g)
+        pick["recv_min"], pick["recv_max"] = g[0].get("recv/s"), g[-1].get("recv/s")
+        out[k] = pick
+    return out
+
+
 def human(path):
     data = load(path)
     for name, rows in (("mqtt", data["mqtt"]), ("mqtt-conns", data["conns"])):
@@ -109,19 +126,24 @@ def compare(args):
         if name in versions:
             print(f"- {name}: {versions[name]}" + (", persistence off, max_queued_messages 10000000, other settings default"
                                                     if name == "mosquitto" else ""))
+    if str(args.repeat) != "1":
+        print(f"- every scenario ran {args.repeat} times per broker, interleaved; each row is the run with the median "
+              "recv msg/s, and `range` gives the lowest and highest recv msg/s of the runs")
     print("- ratios are polymq / peer. msg/s: higher is better for polymq; latency, memory: lower is better")
     print()
 
     for spec in args.peer:
         name, path = spec.split("=", 1)
         q = load(path)
-        peer_rows = {key(r): r for r in q["mqtt"]}
+        peer_rows = medians(q["mqtt"])
         print(f"## Throughput and latency: polymq vs {name}\n")
         print(f"| scenario | QoS | mode | session | clients | recv msg/s polymq | {name} | ratio | sent msg/s polymq | {name} | ratio "
               f"| p50 ms polymq / {name} | p99 ms polymq / {name} | p99.9 ms polymq / {name} | p99 ratio "
-              f"| lost % polymq / {name} | errors | cpu% polymq / {name} | bench% polymq / {name} |")
-        print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        own_rows = {key(r): r for r in p["mqtt"]}
+              f"| lost % polymq / {name} | errors | cpu% polymq / {name} | bench% polymq / {name} |"
+              + (f" range recv msg/s polymq / {name} |" if str(args.repeat) != "1" else ""))
+        print("| --- | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+              + (" ---: |" if str(args.repeat) != "1" else ""))
+        own_rows = medians(p["mqtt"])
         keys = list(own_rows) + [k for k in peer_rows if k not in own_rows]
         for k in keys:
             r, o = own_rows.get(k), peer_rows.get(k, {})
@@ -133,7 +155,9 @@ def compare(args):
                   f"| {fmt(r.get('sent/s'))} | {fmt(o.get('sent/s'))} | {ratio(r.get('sent/s'), o.get('sent/s'))} "
                   f"| {pair('p50_ms', 2)} | {pair('p99_ms', 2)} | {pair('p99.9_ms', 2)} | {ratio(r.get('p99_ms'), o.get('p99_ms'))} "
                   f"| {pair('lost%', 2)} | {fmt(r.get('errors'))} / {fmt(o.get('errors'))} "
-                  f"| {pair('broker_cpu%')} | {pair('bench_cpu%')} |")
+                  f"| {pair('broker_cpu%')} | {pair('bench_cpu%')} |"
+                  + (f" {fmt(r.get('recv_min'))}-{fmt(r.get('recv_max'))} / {fmt(o.get('recv_min'))}-{fmt(o.get('recv_max'))} |"
+                     if str(args.repeat) != "1" else ""))
         print()
         busy = [x for x in p["mqtt"] + q["mqtt"] if (num(x.get("others%")) or 0) > 10]
         if busy:
@@ -177,6 +201,7 @@ def main():
     ap.add_argument("--peer-version", action="append", default=[])
     ap.add_argument("--commit", default="?")
     ap.add_argument("--seconds", default="?")
+    ap.add_argument("--repeat", default="1")
     args = ap.parse_args()
     if args.human:
         human(args.human)
