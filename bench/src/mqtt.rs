@@ -1117,8 +1117,7 @@ pub struct InProcess {
 impl InProcess {
     pub fn start(rt: &Runtime, store: Arc<polymq::Store>) -> Result<InProcess> {
         rt.block_on(async {
-            let mut config = polymq::config::Config::default();
-            config.http_listen = "127.0.0.1:0".parse().context("address")?;
+            let config = polymq::config::Config { http_listen: "127.0.0.1:0".parse().context("address")?, ..Default::default() };
             let svc = polymq_mqtt::MqttService::new(store.clone(), polymq_mqtt::MqttConfig::from_config(&config)).await?;
             let listen: SocketAddr = "127.0.0.1:0".parse().context("address")?;
             let server =
