@@ -14,6 +14,7 @@
 mod disk;
 mod hist;
 mod load;
+mod mqtt;
 mod queues;
 mod report;
 
@@ -71,6 +72,10 @@ enum Scenario {
     PopAck(load::PopAckArgs),
     /// Declares many idle queues: declares/s, memory per queue, and the restart (replay) cost.
     Queues(queues::QueuesArgs),
+    /// MQTT fan-in, fan-out and pairs at QoS 0/1/2 against any broker (--mqtt host:port): msg/s, MB/s, end-to-end latency.
+    Mqtt(mqtt::MqttArgs),
+    /// N idle MQTT connections against any broker: connect rate and broker memory per connection.
+    MqttConns(mqtt::ConnsArgs),
     /// Every scenario for about a second with tiny sizes (CI runs this so the tool cannot rot).
     Smoke,
     /// (internal) Reopens a store and reports replay time and memory, in a fresh process.
@@ -160,6 +165,8 @@ fn main() -> Result<()> {
         Scenario::AppendLatency(a) => load::latency(&rt, &rep, &scratch, &a),
         Scenario::PopAck(a) => load::pop_ack(&rt, &rep, &scratch, &a),
         Scenario::Queues(a) => queues::run(&rt, &rep, &scratch, &a),
+        Scenario::Mqtt(a) => mqtt::run(&rt, &rep, &a).map(drop),
+        Scenario::MqttConns(a) => mqtt::conns(&rt, &rep, &a).map(drop),
         Scenario::Smoke => smoke(&rt, &rep, &scratch),
         Scenario::QueuesReopen { .. } => Ok(()),
     }
@@ -233,8 +240,110 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
             segment_mib: None,
         },
     )?;
+    mqtt_smoke(rt, rep, scratch)?;
     rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
     // Give the tick/maintenance threads of the last store a moment to exit cleanly.
     std::thread::sleep(Duration::from_millis(10));
     Ok(())
+}
+
+/// The MQTT scenarios for a few seconds against an in-process polymq (its
+/// MQTT service on a loopback port, real sockets), or against the broker at
+/// `POLYMQ_BENCH_SMOKE_MQTT=host:port` (say, a mosquitto, to check the tool
+/// itself).
+fn mqtt_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Result<()> {
+    let target = std::env::var("POLYMQ_BENCH_SMOKE_MQTT").unwrap_or_default();
+    let mut inproc = None;
+    let addr = if target.is_empty() || target == "inproc" {
+        let dir = scratch.fresh("mqtt")?;
+        let store = load::open_store(&dir, "interval=50".parse().map_err(anyhow::Error::msg)?, Some(8))?;
+        let server = mqtt::InProcess::start(rt, store.clone())?;
+        let addr = server.addr.to_string();
+        inproc = Some((server, store, dir));
+        addr
+    } else {
+        target
+    };
+    let label = if inproc.is_some() { "polymq (in-process)".to_owned() } else { addr.clone() };
+    let result = (|| {
+        let runs = mqtt::run(
+            rt,
+            rep,
+            &mqtt::MqttArgs {
+                mqtt: addr.clone(),
+                label: Some(label.clone()),
+                broker_pid: None,
+                scenario: vec![mqtt::Shape::FanIn, mqtt::Shape::FanOut, mqtt::Shape::Pairs],
+                qos: vec![0, 1, 2],
+                clients: 3,
+                pairs: 4,
+                size: 64,
+                rate: vec![0.0],
+                seconds: 0.3,
+                inflight: 20,
+                persistent: false,
+                drain_seconds: 3.0,
+            },
+        )?;
+        // A paced run too (the rate mode's scheduler), with persistent sessions (the log).
+        let paced = mqtt::run(
+            rt,
+            rep,
+            &mqtt::MqttArgs {
+                mqtt: addr.clone(),
+                label: Some(label.clone()),
+                broker_pid: None,
+                scenario: vec![mqtt::Shape::FanIn],
+                qos: vec![1],
+                clients: 2,
+                pairs: 2,
+                size: 200,
+                rate: vec![2_000.0],
+                seconds: 0.3,
+                inflight: 20,
+                persistent: true,
+                drain_seconds: 3.0,
+            },
+        )?;
+        for r in runs.iter().chain(&paced) {
+            let what = format!("smoke: mqtt {} qos{} rate {}", r.shape.name(), r.qos, r.rate);
+            if r.errors > 0 {
+                bail!("{what}: {} error(s)", r.errors);
+            }
+            if r.completed > r.published {
+                bail!("{what}: {} publishes completed but only {} were made", r.completed, r.published);
+            }
+            if r.completed == 0 || r.received == 0 {
+                bail!("{what}: nothing went through (completed {}, received {})", r.completed, r.received);
+            }
+            // QoS 1 and 2 lose nothing; QoS 0 may drop under overload.
+            if r.qos > 0 && r.received < r.expected {
+                bail!("{what}: {} of {} expected deliveries arrived", r.received, r.expected);
+            }
+        }
+        let c = mqtt::conns(
+            rt,
+            rep,
+            &mqtt::ConnsArgs {
+                mqtt: addr.clone(),
+                label: Some(label.clone()),
+                broker_pid: None,
+                count: vec![200],
+                concurrency: 32,
+                source_ips: 2,
+                keep_alive: 60,
+                hold_seconds: 0.2,
+            },
+        )?;
+        if let Some(c) = c.iter().find(|c| c.failed > 0 || c.dropped > 0) {
+            bail!("smoke: mqtt-conns: of {} connections {} failed and {} were dropped", c.count, c.failed, c.dropped);
+        }
+        anyhow::Ok(())
+    })();
+    if let Some((server, store, dir)) = inproc {
+        server.stop(rt)?;
+        drop(store);
+        scratch.discard(&dir);
+    }
+    result
 }

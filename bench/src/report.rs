@@ -82,6 +82,14 @@ impl Row {
     pub fn pre(self, p: Pre) -> Row {
         self.num("busy%", p.busy, 0).num("others%", p.others_pct(), 0).num("load1", p.load1, 2)
     }
+    /// As `pre`, for a run against a broker in another process: that
+    /// process's CPU (`broker_pct`, % of one core) is part of the run, not
+    /// "other work", so it is taken out of others%.
+    pub fn pre_with_broker(self, p: Pre, broker_pct: Option<f64>) -> Row {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let others = (p.others_pct() - broker_pct.unwrap_or(0.0) / cores).max(0.0);
+        self.num("busy%", p.busy, 0).num("others%", others, 0).num("load1", p.load1, 2)
+    }
     /// Microseconds from nanoseconds, one decimal (latency columns).
     pub fn us(self, k: &'static str, ns: u64) -> Row {
         self.num(k, ns as f64 / 1000.0, 1)
