@@ -812,7 +812,7 @@ impl Connection {
         self.send(&Packet::SubAck(SubAck { packet_id: s.packet_id, reason_codes: codes, properties: Default::default() }));
         let now = store.now_ms();
         for (filter, opts) in retained_to_send {
-            for msg in self.svc.retained.matching(&filter) {
+            for msg in self.svc.retained.matching(&filter).await {
                 let Some(stored) = Stored::from_core(&msg) else { continue };
                 if stored.remaining_secs(now) == Some(0) {
                     continue;

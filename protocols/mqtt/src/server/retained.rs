@@ -140,20 +140,40 @@ impl Retained {
     }
 
     /// The retained messages whose topics match `filter`.
-    pub fn matching(&self, filter: &str) -> Vec<Message> {
+    pub async fn matching(&self, filter: &str) -> Vec<Message> {
         let levels: Vec<&str> = filter.split('/').collect();
         let mut ids = Vec::new();
         self.lock().collect(&levels, true, &mut ids);
-        ids.into_iter().filter_map(|id| self.latest(id)).collect()
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.latest_applied(id).await {
+                out.push(m);
+            }
+        }
+        out
     }
 
-    /// The newest message of a retained stream.
+    /// The newest message of a retained stream (at start, nothing is in flight).
     fn latest(&self, id: QueueId) -> Option<Message> {
         let next = self.store.queue_info(id)?.next_offset;
         let read = self.store.read(id, next.checked_sub(1)?, 1, u64::MAX).ok()?;
         read.messages.into_iter().last().map(|m| m.message)
     }
+
+    /// Like `latest`, but a retained publish whose offset is assigned and
+    /// whose record the log has not applied yet is waited for. It happens: a
+    /// message also routed to transient queues reaches their consumers before
+    /// the log has written it, so a subscriber that reacts to it can ask for
+    /// the retained copy inside that window (seen with a will under load).
+    async fn latest_applied(&self, id: QueueId) -> Option<Message> {
+        let next = self.store.queue_info(id)?.next_offset;
+        let read = self.store.read_wait(id, next.checked_sub(1)?, 1, u64::MAX, RETAINED_APPLY_WAIT).await.ok()?;
+        read.messages.into_iter().last().map(|m| m.message)
+    }
 }
+
+/// How long a subscribe waits for a retained message the log is still writing.
+const RETAINED_APPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
