@@ -1186,10 +1186,15 @@ async fn publish_message(
     if targets.is_empty() {
         return Ok(None);
     }
-    let ticket = store.submit(msg, &targets).await?;
+    // Into the retained index before the append, so no subscriber can see the
+    // message delivered elsewhere while the index does not know the topic yet
+    // (the thread could be preempted between the two). A subscribe that then
+    // finds the offset assigned but not yet applied waits for it
+    // (`Retained::matching`); one that finds no offset yet simply comes first.
     if let Some(id) = retained_in {
         svc.retained.insert(topic, id);
     }
+    let ticket = store.submit(msg, &targets).await?;
     Ok(Some(ticket))
 }
 
