@@ -16,6 +16,7 @@ pub mod record;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod topic;
 
 pub use error::StoreError;
 pub use log::FsyncPolicy;

@@ -130,7 +130,7 @@ pub(crate) fn space(vhost: &str, exchange: &str) -> String {
 /// The core name of an AMQP queue. Names the other protocols and this one
 /// use internally are refused.
 pub(crate) fn queue_core_name(vhost: &str, name: &str) -> Result<String, AmqpError> {
-    for reserved in ["mqtt/", "amqp/"] {
+    for reserved in ["mqtt/", "amqp/", polymq::topic::PREFIX] {
         if name.starts_with(reserved) {
             return Err(AmqpError::channel(
                 reply::ACCESS_REFUSED,
