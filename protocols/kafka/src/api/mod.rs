@@ -1,0 +1,91 @@
+//! The APIs we serve: one module per API key, registered in [`APIS`], the one
+//! table that dispatch and the ApiVersions response both read.
+//!
+//! A handler gets the decoded request header and the body as a bounded
+//! [`Reader`]; it decodes the body itself (with the version's `flexible`
+//! flag), does the work over the core, and encodes its response with
+//! `kafka-protocol`'s response types ([`encode`]).
+
+pub(crate) mod api_versions;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::ApiKey;
+use kafka_protocol::protocol::Encodable;
+
+use crate::connection::Session;
+use crate::wire::{Reader, WireError};
+
+/// A request as the connection hands it to a handler.
+pub(crate) struct Request {
+    pub api_key: ApiKey,
+    pub version: i16,
+    pub correlation_id: i32,
+    pub client_id: Option<String>,
+    /// Whether this version is "flexible" (compact encodings, tagged fields).
+    pub flexible: bool,
+    pub body: Reader,
+}
+
+/// What a handler answers.
+pub(crate) enum Reply {
+    /// No response at all (Produce with acks=0).
+    None,
+    /// The encoded response body; the connection adds the response header.
+    Body(Bytes),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    /// The body does not decode: the connection is closed, as Kafka does.
+    #[error("malformed {api:?} v{version} request: {source}")]
+    Malformed {
+        api: ApiKey,
+        version: i16,
+        #[source]
+        source: WireError,
+    },
+    /// Our response did not encode (a bug; the connection is closed).
+    #[error("encoding the {0:?} response failed: {1}")]
+    Encode(ApiKey, String),
+    /// Handled as a closed connection without a response (e.g. failed SASL).
+    #[error("closing the connection: {0}")]
+    Close(String),
+}
+
+pub(crate) type HandlerResult = Result<Reply, HandlerError>;
+pub(crate) type HandlerFuture<'a> = Pin<Box<dyn Future<Output = HandlerResult> + Send + 'a>>;
+pub(crate) type Handler = for<'a> fn(&'a mut Session, Request) -> HandlerFuture<'a>;
+
+/// One served API: the versions we accept and who handles them.
+pub(crate) struct Api {
+    pub key: ApiKey,
+    pub min_version: i16,
+    pub max_version: i16,
+    pub handler: Handler,
+}
+
+/// Every API we serve. ApiVersions answers from this table; an API missing
+/// here is not advertised and a request for it closes the connection.
+pub(crate) static APIS: &[Api] = &[Api { key: ApiKey::ApiVersions, min_version: 0, max_version: 3, handler: api_versions::handle }];
+
+/// The table entry of `key`.
+pub(crate) fn lookup(key: i16) -> Option<&'static Api> {
+    APIS.iter().find(|a| a.key as i16 == key)
+}
+
+/// Encodes `response` at `version`.
+pub(crate) fn encode<T: Encodable>(api: ApiKey, response: &T, version: i16) -> HandlerResult {
+    let mut buf = BytesMut::new();
+    response.encode(&mut buf, version).map_err(|e| HandlerError::Encode(api, e.to_string()))?;
+    Ok(Reply::Body(buf.freeze()))
+}
+
+impl Request {
+    /// Maps a body decode error to [`HandlerError::Malformed`].
+    pub(crate) fn malformed(&self, source: WireError) -> HandlerError {
+        HandlerError::Malformed { api: self.api_key, version: self.version, source }
+    }
+}
