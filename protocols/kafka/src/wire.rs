@@ -202,7 +202,7 @@ mod tests {
 
     #[test]
     fn fixed_width_integers_are_big_endian() {
-        let mut x = r(&[0xff, 0x01, 0x02, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 2]);
+        let mut x = r(&[0xff, 0x01, 0x02, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
         assert_eq!(x.i8().unwrap(), -1);
         assert_eq!(x.i16().unwrap(), 0x0102);
         assert_eq!(x.i32().unwrap(), 256);
