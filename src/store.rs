@@ -63,6 +63,8 @@ pub struct StoreMetrics {
     pub append_bytes_total: u64,
     pub write_batches_total: u64,
     pub fsyncs_total: u64,
+    /// Appends refused because the disk was full (nothing else was lost).
+    pub appends_refused_no_space_total: u64,
     pub log_bytes: u64,
     pub segments: u64,
     pub queues: u64,
@@ -457,6 +459,7 @@ impl Store {
             append_bytes_total: c.append_bytes.load(Ordering::Relaxed),
             write_batches_total: c.batches.load(Ordering::Relaxed),
             fsyncs_total: c.fsyncs.load(Ordering::Relaxed),
+            appends_refused_no_space_total: c.refused_no_space.load(Ordering::Relaxed),
             log_bytes: self.inner.log.disk_bytes(),
             segments: self.inner.log.segment_count() as u64,
             queues,
