@@ -36,18 +36,40 @@ pub struct KafkaConfig {
     pub advertised: Option<String>,
     /// Largest request frame (bytes after the size prefix); larger closes the connection.
     pub max_request_bytes: usize,
+    /// Metadata / Produce naming an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub num_partitions: u32,
+    /// Require SASL authentication before any other request.
+    pub sasl: bool,
+    /// name -> password, for SASL.
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { advertised: None, max_request_bytes: MAX_REQUEST_BYTES_DEFAULT }
+        KafkaConfig {
+            advertised: None,
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            auto_create_topics: true,
+            num_partitions: 1,
+            sasl: false,
+            users: Default::default(),
+        }
     }
 }
 
 impl KafkaConfig {
     /// The Kafka part of the broker's configuration.
     pub fn from_config(config: &polymq::config::Config) -> KafkaConfig {
-        KafkaConfig { advertised: config.kafka_advertised.clone(), ..KafkaConfig::default() }
+        KafkaConfig {
+            advertised: config.kafka_advertised.clone(),
+            auto_create_topics: config.kafka_auto_create_topics,
+            num_partitions: config.kafka_num_partitions,
+            sasl: config.kafka_sasl,
+            users: config.users.clone(),
+            ..KafkaConfig::default()
+        }
     }
 }
 
