@@ -11,7 +11,10 @@
 //! `polymq::topic::partition_queue(t, p)`. See `docs/design-kafka.md`.
 
 mod api;
+pub mod batch;
 mod connection;
+mod producer;
+mod topics;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -77,6 +80,8 @@ impl KafkaConfig {
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub config: KafkaConfig,
+    /// Idempotent producers: id allocation and sequence state.
+    pub producers: producer::Producers,
 }
 
 /// The Kafka listener's service.
@@ -86,7 +91,7 @@ pub struct KafkaService {
 
 impl KafkaService {
     pub async fn new(store: Arc<Store>, config: KafkaConfig) -> Result<Arc<KafkaService>, polymq::StoreError> {
-        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config }) }))
+        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default() }) }))
     }
 }
 
