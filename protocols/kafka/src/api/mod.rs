@@ -6,8 +6,15 @@
 //! flag), does the work over the core, and encodes its response with
 //! `kafka-protocol`'s response types ([`encode`]).
 
+pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
+pub(crate) mod create_partitions;
+pub(crate) mod create_topics;
+pub(crate) mod delete_topics;
+pub(crate) mod describe_cluster;
+pub(crate) mod describe_configs;
 pub(crate) mod fetch;
+pub(crate) mod incremental_alter_configs;
 pub(crate) mod init_producer_id;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
@@ -86,6 +93,13 @@ pub(crate) static APIS: &[Api] = &[
     Api { key: ApiKey::Fetch, min_version: 4, max_version: 12, handler: fetch::handle },
     Api { key: ApiKey::ListOffsets, min_version: 1, max_version: 6, handler: list_offsets::handle },
     Api { key: ApiKey::InitProducerId, min_version: 0, max_version: 4, handler: init_producer_id::handle },
+    Api { key: ApiKey::CreateTopics, min_version: 2, max_version: 7, handler: create_topics::handle },
+    Api { key: ApiKey::DeleteTopics, min_version: 1, max_version: 6, handler: delete_topics::handle },
+    Api { key: ApiKey::CreatePartitions, min_version: 0, max_version: 3, handler: create_partitions::handle },
+    Api { key: ApiKey::DescribeConfigs, min_version: 1, max_version: 4, handler: describe_configs::handle },
+    Api { key: ApiKey::AlterConfigs, min_version: 0, max_version: 2, handler: alter_configs::handle },
+    Api { key: ApiKey::IncrementalAlterConfigs, min_version: 0, max_version: 1, handler: incremental_alter_configs::handle },
+    Api { key: ApiKey::DescribeCluster, min_version: 0, max_version: 1, handler: describe_cluster::handle },
 ];
 
 /// The table entry of `key`.
