@@ -108,7 +108,8 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             };
             match entries {
                 Ok(mut v) => {
-                    if let Some(keys) = &res.configuration_keys {
+                    // Null or empty: every config.
+                    if let Some(keys) = res.configuration_keys.as_ref().filter(|k| !k.is_empty()) {
                         v.retain(|e| keys.iter().any(|k| k == &e.name));
                     }
                     out.configs = v;
