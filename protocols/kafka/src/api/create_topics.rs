@@ -9,12 +9,14 @@ use kafka_protocol::messages::{ApiKey, BrokerId, CreateTopicsRequest, CreateTopi
 use kafka_protocol::protocol::StrBytes;
 
 use super::describe_configs::{SOURCE_DEFAULT, SOURCE_DYNAMIC_TOPIC};
-use super::{encode, topic_name, HandlerFuture, Request};
+use bytes::{BufMut, BytesMut};
+
+use super::{encode, topic_name, HandlerFuture, Reply, Request};
 use crate::connection::Session;
 use crate::topics::{self, code, TopicConfig, TopicError};
 use crate::wire::{Reader, WireResult};
 
-pub(crate) fn decode(r: &mut Reader, _version: i16, flex: bool) -> WireResult<CreateTopicsRequest> {
+pub(crate) fn decode(r: &mut Reader, version: i16, flex: bool) -> WireResult<CreateTopicsRequest> {
     let mut req = CreateTopicsRequest::default();
     req.topics = r.array_of(flex, |r| {
         let mut t = CreatableTopic::default().with_name(topic_name(r.string(flex)?));
@@ -37,7 +39,9 @@ pub(crate) fn decode(r: &mut Reader, _version: i16, flex: bool) -> WireResult<Cr
         Ok(t)
     })?;
     req.timeout_ms = r.i32()?;
-    req.validate_only = r.bool()?;
+    if version >= 1 {
+        req.validate_only = r.bool()?;
+    }
     r.tagged_fields(flex)?;
     Ok(req)
 }
@@ -112,7 +116,30 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             }
             results.push(r);
         }
-        encode(ApiKey::CreateTopics, &CreateTopicsResponse::default().with_topics(results), version)
+        let resp = CreateTopicsResponse::default().with_topics(results);
+        if version >= 2 {
+            return encode(ApiKey::CreateTopics, &resp, version);
+        }
+        // v0 / v1 (librdkafka requires v0 in its range before it enables
+        // its admin API; kafka-protocol encodes v2+ only): v1 is v2 without
+        // the throttle time, v0 also without the error messages.
+        let mut out = BytesMut::new();
+        out.put_i32(resp.topics.len() as i32);
+        for t in &resp.topics {
+            out.put_i16(t.name.0.len() as i16);
+            out.put_slice(t.name.0.as_bytes());
+            out.put_i16(t.error_code);
+            if version == 1 {
+                match &t.error_message {
+                    Some(m) => {
+                        out.put_i16(m.len() as i16);
+                        out.put_slice(m.as_bytes());
+                    }
+                    None => out.put_i16(-1),
+                }
+            }
+        }
+        Ok(Reply::Body(out.freeze()))
     })
 }
 
@@ -123,7 +150,7 @@ mod tests {
 
     #[test]
     fn decodes_what_kafka_protocol_encodes_at_every_version() {
-        for v in 2..=7 {
+        for v in 0..=7 {
             let t = CreatableTopic::default()
                 .with_name(topic_name("t".into()))
                 .with_num_partitions(-1)
@@ -133,7 +160,16 @@ mod tests {
                     .with_name(StrBytes::from_static_str("retention.ms"))
                     .with_value(Some(StrBytes::from_static_str("1000")))]);
             let req = CreateTopicsRequest::default().with_topics(vec![t]).with_timeout_ms(5000).with_validate_only(true);
-            round_trip(ApiKey::CreateTopics, &req, v, decode);
+            // kafka-protocol encodes v2+; v0 / v1 requests are v2's layout
+            // (v0 without validate_only).
+            let mut bytes = BytesMut::new();
+            kafka_protocol::protocol::Encodable::encode(&req, &mut bytes, v.max(2)).expect("encode");
+            let mut bytes = bytes.freeze();
+            if v == 0 {
+                bytes = bytes.slice(..bytes.len() - 1);
+            }
+            let got = decode(&mut Reader::new(bytes), v, v >= 5).expect("decode");
+            assert_eq!(got, req.with_validate_only(v >= 1), "v{v}");
         }
     }
 }

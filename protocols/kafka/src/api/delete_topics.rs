@@ -8,7 +8,7 @@ use kafka_protocol::messages::{ApiKey, DeleteTopicsRequest, DeleteTopicsResponse
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
-use super::{encode, topic_name, HandlerFuture, Request};
+use super::{encode, topic_name, HandlerFuture, Reply, Request};
 use crate::connection::Session;
 use crate::topics::{self, code};
 use crate::wire::{Reader, WireResult};
@@ -60,7 +60,16 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             }
             out.push(r);
         }
-        encode(ApiKey::DeleteTopics, &DeleteTopicsResponse::default().with_responses(out), version)
+        let resp = DeleteTopicsResponse::default().with_responses(out);
+        if version >= 1 {
+            return encode(ApiKey::DeleteTopics, &resp, version);
+        }
+        // v0 (librdkafka's admin API needs it advertised; kafka-protocol
+        // encodes v1+): v1 without the leading throttle time.
+        match encode(ApiKey::DeleteTopics, &resp, 1)? {
+            Reply::Body(b) => Ok(Reply::Body(b.slice(4..))),
+            Reply::None => Ok(Reply::None),
+        }
     })
 }
 
@@ -72,6 +81,7 @@ mod tests {
     #[test]
     fn decodes_what_kafka_protocol_encodes_at_every_version() {
         for v in 1..=6 {
+            // v0 requests are v1's layout.
             let mut req = DeleteTopicsRequest::default().with_timeout_ms(3000);
             if v >= 6 {
                 req.topics = vec![DeleteTopicState::default().with_name(Some(topic_name("a".into()))).with_topic_id(Uuid::from_u128(9))];
