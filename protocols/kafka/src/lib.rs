@@ -11,7 +11,10 @@
 //! `polymq::topic::partition_queue(t, p)`. See `docs/design-kafka.md`.
 
 mod api;
+pub mod batch;
 mod connection;
+mod producer;
+mod topics;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -36,18 +39,40 @@ pub struct KafkaConfig {
     pub advertised: Option<String>,
     /// Largest request frame (bytes after the size prefix); larger closes the connection.
     pub max_request_bytes: usize,
+    /// Metadata / Produce naming an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub num_partitions: u32,
+    /// Require SASL authentication before any other request.
+    pub sasl: bool,
+    /// name -> password, for SASL.
+    pub users: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { advertised: None, max_request_bytes: MAX_REQUEST_BYTES_DEFAULT }
+        KafkaConfig {
+            advertised: None,
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            auto_create_topics: true,
+            num_partitions: 1,
+            sasl: false,
+            users: Default::default(),
+        }
     }
 }
 
 impl KafkaConfig {
     /// The Kafka part of the broker's configuration.
     pub fn from_config(config: &polymq::config::Config) -> KafkaConfig {
-        KafkaConfig { advertised: config.kafka_advertised.clone(), ..KafkaConfig::default() }
+        KafkaConfig {
+            advertised: config.kafka_advertised.clone(),
+            auto_create_topics: config.kafka_auto_create_topics,
+            num_partitions: config.kafka_num_partitions,
+            sasl: config.kafka_sasl,
+            users: config.users.clone(),
+            ..KafkaConfig::default()
+        }
     }
 }
 
@@ -55,6 +80,8 @@ impl KafkaConfig {
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub config: KafkaConfig,
+    /// Idempotent producers: id allocation and sequence state.
+    pub producers: producer::Producers,
 }
 
 /// The Kafka listener's service.
@@ -64,7 +91,7 @@ pub struct KafkaService {
 
 impl KafkaService {
     pub async fn new(store: Arc<Store>, config: KafkaConfig) -> Result<Arc<KafkaService>, polymq::StoreError> {
-        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config }) }))
+        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default() }) }))
     }
 }
 
