@@ -41,6 +41,13 @@ pub const MQTT_PACKET_BYTES_MAX_CEILING: u32 = (RECORD_BYTES_MAX - 1024 * 1024) 
 const _: () = assert!(MQTT_PACKET_BYTES_MIN <= MQTT_PACKET_BYTES_MAX_DEFAULT);
 const _: () = assert!(MQTT_PACKET_BYTES_MAX_DEFAULT <= MQTT_PACKET_BYTES_MAX_CEILING);
 
+/// Kafka's default `group.initial.rebalance.delay.ms`.
+pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+/// A longer initial delay only makes a group's first consumers wait: 5 minutes
+/// is Kafka's default `max.poll.interval.ms`, the longest rebalance timeout
+/// clients normally ask for.
+pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
+
 /// Every setting of the broker. Build it with [`Config::load`] (or
 /// `Config::default()` and the `apply_*` layers), then call
 /// [`Config::validate`].
@@ -73,6 +80,12 @@ pub struct Config {
     /// The largest MQTT packet accepted (and advertised to MQTT 5 clients as
     /// Maximum Packet Size). Checked before a packet's body is buffered.
     pub mqtt_max_packet_bytes: u32,
+    // ---- Kafka consumer groups ----
+    /// How long the first JoinGroup of an empty Kafka group waits for more
+    /// members before the first generation forms (Kafka's
+    /// `group.initial.rebalance.delay.ms`, same default): consumers started
+    /// together then get one rebalance instead of one each. 0 disables it.
+    pub kafka_group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -91,6 +104,7 @@ impl Default for Config {
             users: BTreeMap::new(),
             mqtt_allow_anonymous: true,
             mqtt_max_packet_bytes: MQTT_PACKET_BYTES_MAX_DEFAULT,
+            kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
         }
     }
 }
@@ -208,6 +222,10 @@ impl Config {
                 "MQTT_MAX_PACKET_BYTES" => {
                     self.mqtt_max_packet_bytes = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
                 }
+                "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
+                    self.kafka_group_initial_rebalance_delay_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
                 _ => report.unknown.push(var.to_owned()),
             }
         }
@@ -274,6 +292,12 @@ impl Config {
             return Err(invalid(
                 "mqtt_max_packet_bytes",
                 format!("{} is outside {MQTT_PACKET_BYTES_MIN}..={MQTT_PACKET_BYTES_MAX_CEILING}", self.mqtt_max_packet_bytes),
+            ));
+        }
+        if self.kafka_group_initial_rebalance_delay_ms > KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX {
+            return Err(invalid(
+                "kafka_group_initial_rebalance_delay_ms",
+                format!("{} is above {KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX}", self.kafka_group_initial_rebalance_delay_ms),
             ));
         }
         if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
@@ -404,6 +428,19 @@ mod tests {
         assert!(err.to_string().contains("fsync policy"), "{err}");
         let err = Config::from_toml_str("mqtt_listen = \"localhost\"").expect_err("bad addr");
         assert!(err.to_string().contains("mqtt_listen"), "{err}");
+    }
+
+    #[test]
+    fn kafka_group_initial_rebalance_delay_from_file_and_env() {
+        assert_eq!(Config::default().kafka_group_initial_rebalance_delay_ms, 3_000, "Kafka's default");
+        let mut c = Config::from_toml_str("kafka_group_initial_rebalance_delay_ms = 0\n").expect("parse");
+        assert_eq!(c.kafka_group_initial_rebalance_delay_ms, 0);
+        c.apply_env([("POLYMQ_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "250")]).expect("env");
+        assert_eq!(c.kafka_group_initial_rebalance_delay_ms, 250);
+        c.validate().expect("valid");
+        assert!(c.clone().apply_env([("POLYMQ_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "soon")]).is_err());
+        c.kafka_group_initial_rebalance_delay_ms = KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX + 1;
+        assert!(c.validate().is_err());
     }
 
     #[test]
