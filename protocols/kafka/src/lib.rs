@@ -12,6 +12,7 @@
 
 mod api;
 mod connection;
+mod group;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -36,18 +37,28 @@ pub struct KafkaConfig {
     pub advertised: Option<String>,
     /// Largest request frame (bytes after the size prefix); larger closes the connection.
     pub max_request_bytes: usize,
+    /// See `polymq::config::Config::kafka_group_initial_rebalance_delay_ms`.
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for KafkaConfig {
     fn default() -> Self {
-        KafkaConfig { advertised: None, max_request_bytes: MAX_REQUEST_BYTES_DEFAULT }
+        KafkaConfig {
+            advertised: None,
+            max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            group_initial_rebalance_delay_ms: polymq::config::KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+        }
     }
 }
 
 impl KafkaConfig {
     /// The Kafka part of the broker's configuration.
     pub fn from_config(config: &polymq::config::Config) -> KafkaConfig {
-        KafkaConfig { advertised: config.kafka_advertised.clone(), ..KafkaConfig::default() }
+        KafkaConfig {
+            advertised: config.kafka_advertised.clone(),
+            group_initial_rebalance_delay_ms: config.kafka_group_initial_rebalance_delay_ms,
+            ..KafkaConfig::default()
+        }
     }
 }
 
@@ -55,6 +66,8 @@ impl KafkaConfig {
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub config: KafkaConfig,
+    /// The consumer group coordinator (classic protocol).
+    pub groups: Arc<group::Coordinator>,
 }
 
 /// The Kafka listener's service.
@@ -64,7 +77,9 @@ pub struct KafkaService {
 
 impl KafkaService {
     pub async fn new(store: Arc<Store>, config: KafkaConfig) -> Result<Arc<KafkaService>, polymq::StoreError> {
-        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config }) }))
+        let groups =
+            group::Coordinator::start(group::GroupSettings { initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms });
+        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, groups }) }))
     }
 }
 
