@@ -80,6 +80,13 @@ pub struct Config {
     /// The largest MQTT packet accepted (and advertised to MQTT 5 clients as
     /// Maximum Packet Size). Checked before a packet's body is buffered.
     pub mqtt_max_packet_bytes: u32,
+    /// Kafka: a Metadata or Produce request naming an unknown topic creates
+    /// it (Kafka's `auto.create.topics.enable`, on by default there too).
+    pub kafka_auto_create_topics: bool,
+    /// Kafka: partitions of an auto-created topic (Kafka's `num.partitions`).
+    pub kafka_num_partitions: u32,
+    /// Kafka: require SASL (PLAIN, SCRAM-SHA-256/512) against `users`.
+    pub kafka_sasl: bool,
     // ---- Kafka consumer groups ----
     /// How long the first JoinGroup of an empty Kafka group waits for more
     /// members before the first generation forms (Kafka's
@@ -104,6 +111,9 @@ impl Default for Config {
             users: BTreeMap::new(),
             mqtt_allow_anonymous: true,
             mqtt_max_packet_bytes: MQTT_PACKET_BYTES_MAX_DEFAULT,
+            kafka_auto_create_topics: true,
+            kafka_num_partitions: 1,
+            kafka_sasl: false,
             kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
         }
     }
@@ -222,6 +232,11 @@ impl Config {
                 "MQTT_MAX_PACKET_BYTES" => {
                     self.mqtt_max_packet_bytes = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
                 }
+                "KAFKA_AUTO_CREATE_TOPICS" => self.kafka_auto_create_topics = parse_bool(value).map_err(env_err)?,
+                "KAFKA_NUM_PARTITIONS" => {
+                    self.kafka_num_partitions = value.trim().parse().map_err(|e| env_err(format!("not a partition count: {e}")))?
+                }
+                "KAFKA_SASL" => self.kafka_sasl = parse_bool(value).map_err(env_err)?,
                 "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
                     self.kafka_group_initial_rebalance_delay_ms =
                         value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
@@ -302,6 +317,12 @@ impl Config {
         }
         if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
             return Err(invalid("users", format!("user name {name:?} is empty or contains `:` or `,`")));
+        }
+        if !(1..=crate::topic::PARTITIONS_MAX).contains(&self.kafka_num_partitions) {
+            return Err(invalid(
+                "kafka_num_partitions",
+                format!("{} is outside 1..={}", self.kafka_num_partitions, crate::topic::PARTITIONS_MAX),
+            ));
         }
         Ok(())
     }
@@ -428,6 +449,19 @@ mod tests {
         assert!(err.to_string().contains("fsync policy"), "{err}");
         let err = Config::from_toml_str("mqtt_listen = \"localhost\"").expect_err("bad addr");
         assert!(err.to_string().contains("mqtt_listen"), "{err}");
+    }
+
+    #[test]
+    fn kafka_topic_settings_come_from_file_and_env() {
+        let mut c = Config::from_toml_str("kafka_num_partitions = 3\n").expect("parse");
+        assert!(c.kafka_auto_create_topics && !c.kafka_sasl, "defaults: auto-create on, SASL off");
+        assert_eq!(c.kafka_num_partitions, 3);
+        c.apply_env([("POLYMQ_KAFKA_AUTO_CREATE_TOPICS", "false"), ("POLYMQ_KAFKA_NUM_PARTITIONS", "2"), ("POLYMQ_KAFKA_SASL", "true")])
+            .expect("env");
+        assert!(!c.kafka_auto_create_topics && c.kafka_sasl);
+        assert_eq!(c.kafka_num_partitions, 2);
+        c.kafka_num_partitions = 0;
+        assert!(c.validate().is_err());
     }
 
     #[test]

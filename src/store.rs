@@ -489,6 +489,21 @@ impl Store {
         self.inner.state.lock().map(|st| st.table.names()).unwrap_or_default()
     }
 
+    /// Replaces a queue's options (e.g. a stream's retention: Kafka
+    /// AlterConfigs), durably: the change is logged as a declare of the same
+    /// id, so it survives a restart. The kind and the transient flag cannot
+    /// change. Retention applies from the next maintenance run.
+    pub async fn alter_queue_options(&self, id: QueueId, opts: QueueOptions) -> Result<QueueInfo, StoreError> {
+        let name = {
+            let st = lock(&self.inner.state)?;
+            st.table.name(id).map(str::to_owned).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?
+        };
+        let rec = Record::Declare { id, name: name.clone(), opts: opts.clone() };
+        let rx = self.inner.submit_control(rec, Op::Durable, |st| st.table.set_options(id, &opts)).await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        self.queue_info(id).ok_or(StoreError::QueueNotFound(name))
+    }
+
     /// Deletes a queue and everything in it. `Ok(false)` if it did not exist.
     pub async fn delete_queue(&self, id: QueueId) -> Result<bool, StoreError> {
         self.inner.delete_queue(id).await
@@ -671,6 +686,60 @@ impl Store {
             }
             tokio::select! {
                 _ = &mut notified => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
+    /// Bytes a stream holds from the record holding `from` on, counted up to
+    /// `cap` (from the index: no read). For long-poll readiness checks.
+    pub fn stream_bytes_from(&self, id: QueueId, from: u64, cap: u64) -> u64 {
+        self.inner.state.lock().map(|st| st.table.stream_bytes_from(id, from, cap)).unwrap_or(0)
+    }
+
+    /// A long poll over many queues (a Kafka fetch of many partitions):
+    /// returns `Ok(true)` as soon as `ready()` says so, `Ok(false)` once
+    /// `wait` has passed (or the store closes). `ready` is asked again each
+    /// time a message becomes visible in any of `ids`; the wake-ups are armed
+    /// before each check, so nothing arriving in between is missed, and
+    /// nothing runs between wake-ups (no polling).
+    pub async fn wait_any(&self, ids: &[QueueId], wait: Duration, mut ready: impl FnMut() -> bool) -> Result<bool, StoreError> {
+        if ready() {
+            return Ok(true);
+        }
+        if wait.is_zero() {
+            return Ok(false);
+        }
+        if ids.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(ready());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let waiters = unique.iter().map(|&id| self.inner.waiter(id)).collect::<Result<Vec<_>, _>>()?;
+        loop {
+            let mut armed: Vec<_> = waiters.iter().map(|w| Box::pin(w.notify.notified())).collect();
+            for n in armed.iter_mut() {
+                n.as_mut().enable();
+            }
+            if ready() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline || self.inner.closed.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            let any = std::future::poll_fn(|cx| {
+                for n in armed.iter_mut() {
+                    if std::future::Future::poll(n.as_mut(), cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                _ = any => {}
                 _ = tokio::time::sleep_until(deadline) => {}
             }
         }

@@ -37,6 +37,14 @@ pub struct KafkaConfig {
     pub advertised: Option<String>,
     /// Largest request frame (bytes after the size prefix); larger closes the connection.
     pub max_request_bytes: usize,
+    /// Metadata / Produce naming an unknown topic creates it.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub num_partitions: u32,
+    /// Require SASL authentication before any other request.
+    pub sasl: bool,
+    /// name -> password, for SASL.
+    pub users: std::collections::BTreeMap<String, String>,
     /// See `polymq::config::Config::kafka_group_initial_rebalance_delay_ms`.
     pub group_initial_rebalance_delay_ms: u64,
 }
@@ -46,6 +54,10 @@ impl Default for KafkaConfig {
         KafkaConfig {
             advertised: None,
             max_request_bytes: MAX_REQUEST_BYTES_DEFAULT,
+            auto_create_topics: true,
+            num_partitions: 1,
+            sasl: false,
+            users: Default::default(),
             group_initial_rebalance_delay_ms: polymq::config::KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
         }
     }
@@ -56,6 +68,10 @@ impl KafkaConfig {
     pub fn from_config(config: &polymq::config::Config) -> KafkaConfig {
         KafkaConfig {
             advertised: config.kafka_advertised.clone(),
+            auto_create_topics: config.kafka_auto_create_topics,
+            num_partitions: config.kafka_num_partitions,
+            sasl: config.kafka_sasl,
+            users: config.users.clone(),
             group_initial_rebalance_delay_ms: config.kafka_group_initial_rebalance_delay_ms,
             ..KafkaConfig::default()
         }
