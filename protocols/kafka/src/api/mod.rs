@@ -7,6 +7,16 @@
 //! `kafka-protocol`'s response types ([`encode`]).
 
 pub(crate) mod api_versions;
+pub(crate) mod delete_groups;
+pub(crate) mod describe_groups;
+pub(crate) mod find_coordinator;
+pub(crate) mod heartbeat;
+pub(crate) mod join_group;
+pub(crate) mod leave_group;
+pub(crate) mod list_groups;
+pub(crate) mod offset_commit;
+pub(crate) mod offset_fetch;
+pub(crate) mod sync_group;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -69,7 +79,20 @@ pub(crate) struct Api {
 
 /// Every API we serve. ApiVersions answers from this table; an API missing
 /// here is not advertised and a request for it closes the connection.
-pub(crate) static APIS: &[Api] = &[Api { key: ApiKey::ApiVersions, min_version: 0, max_version: 3, handler: api_versions::handle }];
+#[rustfmt::skip]
+pub(crate) static APIS: &[Api] = &[
+    Api { key: ApiKey::ApiVersions, min_version: 0, max_version: 3, handler: api_versions::handle },
+    Api { key: ApiKey::OffsetCommit, min_version: 2, max_version: 8, handler: offset_commit::handle },
+    Api { key: ApiKey::OffsetFetch, min_version: 1, max_version: 8, handler: offset_fetch::handle },
+    Api { key: ApiKey::FindCoordinator, min_version: 0, max_version: 4, handler: find_coordinator::handle },
+    Api { key: ApiKey::JoinGroup, min_version: 0, max_version: 9, handler: join_group::handle },
+    Api { key: ApiKey::Heartbeat, min_version: 0, max_version: 4, handler: heartbeat::handle },
+    Api { key: ApiKey::LeaveGroup, min_version: 0, max_version: 5, handler: leave_group::handle },
+    Api { key: ApiKey::SyncGroup, min_version: 0, max_version: 5, handler: sync_group::handle },
+    Api { key: ApiKey::DescribeGroups, min_version: 0, max_version: 5, handler: describe_groups::handle },
+    Api { key: ApiKey::ListGroups, min_version: 0, max_version: 5, handler: list_groups::handle },
+    Api { key: ApiKey::DeleteGroups, min_version: 0, max_version: 2, handler: delete_groups::handle },
+];
 
 /// The table entry of `key`.
 pub(crate) fn lookup(key: i16) -> Option<&'static Api> {

@@ -230,10 +230,6 @@ impl Group {
         self.state
     }
 
-    pub(crate) fn generation(&self) -> i32 {
-        self.generation
-    }
-
     pub(crate) fn protocol_type(&self) -> &str {
         self.protocol_type.as_deref().unwrap_or("")
     }
