@@ -13,6 +13,8 @@
 
 pub(crate) mod state;
 #[cfg(test)]
+mod decode_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeSet, HashMap};
