@@ -11,8 +11,11 @@
 //! `polymq::topic::partition_queue(t, p)`. See `docs/design-kafka.md`.
 
 mod api;
+pub mod batch;
 mod connection;
 mod group;
+mod producer;
+mod topics;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -82,6 +85,8 @@ impl KafkaConfig {
 pub(crate) struct Shared {
     pub store: Arc<Store>,
     pub config: KafkaConfig,
+    /// Idempotent producers: id allocation and sequence state.
+    pub producers: producer::Producers,
     /// The consumer group coordinator (classic protocol).
     pub groups: Arc<group::Coordinator>,
 }
@@ -95,7 +100,7 @@ impl KafkaService {
     pub async fn new(store: Arc<Store>, config: KafkaConfig) -> Result<Arc<KafkaService>, polymq::StoreError> {
         let groups =
             group::Coordinator::start(group::GroupSettings { initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms });
-        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, groups }) }))
+        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default(), groups }) }))
     }
 }
 

@@ -9,21 +9,26 @@
 pub(crate) mod api_versions;
 pub(crate) mod delete_groups;
 pub(crate) mod describe_groups;
+pub(crate) mod fetch;
 pub(crate) mod find_coordinator;
 pub(crate) mod heartbeat;
+pub(crate) mod init_producer_id;
 pub(crate) mod join_group;
 pub(crate) mod leave_group;
 pub(crate) mod list_groups;
+pub(crate) mod list_offsets;
+pub(crate) mod metadata;
 pub(crate) mod offset_commit;
 pub(crate) mod offset_fetch;
+pub(crate) mod produce;
 pub(crate) mod sync_group;
 
 use std::future::Future;
 use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
-use kafka_protocol::messages::ApiKey;
-use kafka_protocol::protocol::Encodable;
+use kafka_protocol::messages::{ApiKey, TopicName};
+use kafka_protocol::protocol::{Encodable, StrBytes};
 
 use crate::connection::Session;
 use crate::wire::{Reader, WireError};
@@ -79,9 +84,18 @@ pub(crate) struct Api {
 
 /// Every API we serve. ApiVersions answers from this table; an API missing
 /// here is not advertised and a request for it closes the connection.
+///
+/// The ranges are what librdkafka 2.0.2 (Debian's kcat), current librdkafka
+/// and kafka-python negotiate down to; each starts where Kafka 4.0 starts
+/// (Produce v3 / Fetch v4: record batches, magic 2).
 #[rustfmt::skip]
 pub(crate) static APIS: &[Api] = &[
     Api { key: ApiKey::ApiVersions, min_version: 0, max_version: 3, handler: api_versions::handle },
+    Api { key: ApiKey::Metadata, min_version: 0, max_version: 12, handler: metadata::handle },
+    Api { key: ApiKey::Produce, min_version: 3, max_version: 9, handler: produce::handle },
+    Api { key: ApiKey::Fetch, min_version: 4, max_version: 12, handler: fetch::handle },
+    Api { key: ApiKey::ListOffsets, min_version: 1, max_version: 6, handler: list_offsets::handle },
+    Api { key: ApiKey::InitProducerId, min_version: 0, max_version: 4, handler: init_producer_id::handle },
     Api { key: ApiKey::OffsetCommit, min_version: 2, max_version: 8, handler: offset_commit::handle },
     Api { key: ApiKey::OffsetFetch, min_version: 1, max_version: 8, handler: offset_fetch::handle },
     Api { key: ApiKey::FindCoordinator, min_version: 0, max_version: 4, handler: find_coordinator::handle },
@@ -99,6 +113,11 @@ pub(crate) fn lookup(key: i16) -> Option<&'static Api> {
     APIS.iter().find(|a| a.key as i16 == key)
 }
 
+/// A topic name from the wire.
+pub(crate) fn topic_name(s: String) -> TopicName {
+    TopicName(StrBytes::from_string(s))
+}
+
 /// Encodes `response` at `version`.
 pub(crate) fn encode<T: Encodable>(api: ApiKey, response: &T, version: i16) -> HandlerResult {
     let mut buf = BytesMut::new();
@@ -110,5 +129,44 @@ impl Request {
     /// Maps a body decode error to [`HandlerError::Malformed`].
     pub(crate) fn malformed(&self, source: WireError) -> HandlerError {
         HandlerError::Malformed { api: self.api_key, version: self.version, source }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::fmt::Debug;
+
+    use super::*;
+    use crate::wire::WireResult;
+
+    /// Encodes `req` with kafka-protocol's client side at `version`, decodes
+    /// it with ours and compares; every truncation of it must be refused.
+    pub(crate) fn round_trip<T: Encodable + PartialEq + Debug>(
+        key: ApiKey,
+        req: &T,
+        version: i16,
+        decode: fn(&mut Reader, i16, bool) -> WireResult<T>,
+    ) {
+        let mut buf = BytesMut::new();
+        req.encode(&mut buf, version).unwrap_or_else(|e| panic!("{key:?} v{version} encode: {e}"));
+        let bytes = buf.freeze();
+        let flex = key.request_header_version(version) >= 2;
+        let mut r = Reader::new(bytes.clone());
+        let got = decode(&mut r, version, flex).unwrap_or_else(|e| panic!("{key:?} v{version} decode: {e}"));
+        assert_eq!(&got, req, "{key:?} v{version}");
+        assert_eq!(r.remaining(), 0, "{key:?} v{version}: bytes left over");
+        for cut in 0..bytes.len() {
+            assert!(decode(&mut Reader::new(bytes.slice(..cut)), version, flex).is_err(), "{key:?} v{version} cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn the_table_is_within_what_kafka_protocol_encodes_and_has_no_duplicates() {
+        for (i, a) in APIS.iter().enumerate() {
+            assert!(a.min_version <= a.max_version, "{:?}", a.key);
+            assert!(APIS[..i].iter().all(|b| b.key != a.key), "{:?} twice", a.key);
+            let v = a.key.valid_versions();
+            assert!(v.min <= a.min_version && a.max_version <= v.max, "{:?}", a.key);
+        }
     }
 }
