@@ -41,6 +41,13 @@ pub const MQTT_PACKET_BYTES_MAX_CEILING: u32 = (RECORD_BYTES_MAX - 1024 * 1024) 
 const _: () = assert!(MQTT_PACKET_BYTES_MIN <= MQTT_PACKET_BYTES_MAX_DEFAULT);
 const _: () = assert!(MQTT_PACKET_BYTES_MAX_DEFAULT <= MQTT_PACKET_BYTES_MAX_CEILING);
 
+/// Kafka's default `group.initial.rebalance.delay.ms`.
+pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+/// A longer initial delay only makes a group's first consumers wait: 5 minutes
+/// is Kafka's default `max.poll.interval.ms`, the longest rebalance timeout
+/// clients normally ask for.
+pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
+
 /// Every setting of the broker. Build it with [`Config::load`] (or
 /// `Config::default()` and the `apply_*` layers), then call
 /// [`Config::validate`].
@@ -80,6 +87,12 @@ pub struct Config {
     pub kafka_num_partitions: u32,
     /// Kafka: require SASL (PLAIN, SCRAM-SHA-256/512) against `users`.
     pub kafka_sasl: bool,
+    // ---- Kafka consumer groups ----
+    /// How long the first JoinGroup of an empty Kafka group waits for more
+    /// members before the first generation forms (Kafka's
+    /// `group.initial.rebalance.delay.ms`, same default): consumers started
+    /// together then get one rebalance instead of one each. 0 disables it.
+    pub kafka_group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for Config {
@@ -101,6 +114,7 @@ impl Default for Config {
             kafka_auto_create_topics: true,
             kafka_num_partitions: 1,
             kafka_sasl: false,
+            kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
         }
     }
 }
@@ -223,6 +237,10 @@ impl Config {
                     self.kafka_num_partitions = value.trim().parse().map_err(|e| env_err(format!("not a partition count: {e}")))?
                 }
                 "KAFKA_SASL" => self.kafka_sasl = parse_bool(value).map_err(env_err)?,
+                "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
+                    self.kafka_group_initial_rebalance_delay_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
                 _ => report.unknown.push(var.to_owned()),
             }
         }
@@ -289,6 +307,12 @@ impl Config {
             return Err(invalid(
                 "mqtt_max_packet_bytes",
                 format!("{} is outside {MQTT_PACKET_BYTES_MIN}..={MQTT_PACKET_BYTES_MAX_CEILING}", self.mqtt_max_packet_bytes),
+            ));
+        }
+        if self.kafka_group_initial_rebalance_delay_ms > KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX {
+            return Err(invalid(
+                "kafka_group_initial_rebalance_delay_ms",
+                format!("{} is above {KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX}", self.kafka_group_initial_rebalance_delay_ms),
             ));
         }
         if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
@@ -437,6 +461,19 @@ mod tests {
         assert!(!c.kafka_auto_create_topics && c.kafka_sasl);
         assert_eq!(c.kafka_num_partitions, 2);
         c.kafka_num_partitions = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn kafka_group_initial_rebalance_delay_from_file_and_env() {
+        assert_eq!(Config::default().kafka_group_initial_rebalance_delay_ms, 3_000, "Kafka's default");
+        let mut c = Config::from_toml_str("kafka_group_initial_rebalance_delay_ms = 0\n").expect("parse");
+        assert_eq!(c.kafka_group_initial_rebalance_delay_ms, 0);
+        c.apply_env([("POLYMQ_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "250")]).expect("env");
+        assert_eq!(c.kafka_group_initial_rebalance_delay_ms, 250);
+        c.validate().expect("valid");
+        assert!(c.clone().apply_env([("POLYMQ_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "soon")]).is_err());
+        c.kafka_group_initial_rebalance_delay_ms = KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX + 1;
         assert!(c.validate().is_err());
     }
 

@@ -778,6 +778,49 @@ impl Store {
         st.group_offsets.get(&(Arc::<str>::from(group), id)).copied()
     }
 
+    /// Every committed offset of `group`, by queue id. Walks all groups'
+    /// offsets: meant for admin requests (Kafka OffsetFetch of all
+    /// partitions), not for the data path.
+    pub fn group_offsets(&self, group: &str) -> Vec<(QueueId, u64)> {
+        let Ok(st) = self.inner.state.lock() else { return Vec::new() };
+        let mut out: Vec<(QueueId, u64)> = st.group_offsets.iter().filter(|((g, _), _)| &**g == group).map(|((_, q), o)| (*q, *o)).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The names of the groups with at least one committed offset that start
+    /// with `prefix`, sorted. Walks all groups' offsets (admin requests).
+    pub fn offset_groups(&self, prefix: &str) -> Vec<String> {
+        let Ok(st) = self.inner.state.lock() else { return Vec::new() };
+        let names: std::collections::BTreeSet<&str> =
+            st.group_offsets.keys().map(|(g, _)| &**g).filter(|g| g.starts_with(prefix)).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Durably forgets every committed offset of `group`; returns how many
+    /// there were (0: nothing was written).
+    pub async fn delete_group_offsets(&self, group: &str) -> Result<usize, StoreError> {
+        if group.is_empty() || group.len() > u16::MAX as usize {
+            return Err(StoreError::InvalidArgument("group names are 1..=65535 bytes".into()));
+        }
+        if self.group_offsets(group).is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        let rec = Record::GroupDelete { group: group.to_owned() };
+        let rx = self
+            .inner
+            .submit_control(rec, Op::Durable, |st| {
+                let before = st.group_offsets.len();
+                st.group_offsets.retain(|(g, _), _| &**g != group);
+                removed = before - st.group_offsets.len();
+                Ok(())
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(removed)
+    }
+
     // ---- consumption by message ----
 
     /// Receives up to `max` visible messages, each invisible to other
@@ -1539,7 +1582,8 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
         Record::GroupOffset { id, group, offset } if !meta_known => {
             st.group_offsets.insert((group.into(), id), offset);
         }
-        Record::Declare { .. } | Record::Delete { .. } | Record::GroupOffset { .. } => {}
+        Record::GroupDelete { group } if !meta_known => st.group_offsets.retain(|(g, _), _| **g != *group),
+        Record::Declare { .. } | Record::Delete { .. } | Record::GroupOffset { .. } | Record::GroupDelete { .. } => {}
         Record::Ack { id, offsets } => {
             for o in offsets {
                 st.table.restore_ack(id, o, now);
@@ -1559,6 +1603,9 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
     }
     st.table.drain_live().for_each(drop);
 }
+
+#[cfg(test)]
+mod group_offset_tests;
 
 fn recount_live(st: &State) -> BTreeMap<u64, i64> {
     let mut live = BTreeMap::new();

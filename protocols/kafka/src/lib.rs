@@ -13,6 +13,7 @@
 mod api;
 pub mod batch;
 mod connection;
+mod group;
 mod producer;
 mod topics;
 pub mod wire;
@@ -47,6 +48,8 @@ pub struct KafkaConfig {
     pub sasl: bool,
     /// name -> password, for SASL.
     pub users: std::collections::BTreeMap<String, String>,
+    /// See `polymq::config::Config::kafka_group_initial_rebalance_delay_ms`.
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 impl Default for KafkaConfig {
@@ -58,6 +61,7 @@ impl Default for KafkaConfig {
             num_partitions: 1,
             sasl: false,
             users: Default::default(),
+            group_initial_rebalance_delay_ms: polymq::config::KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
         }
     }
 }
@@ -71,6 +75,7 @@ impl KafkaConfig {
             num_partitions: config.kafka_num_partitions,
             sasl: config.kafka_sasl,
             users: config.users.clone(),
+            group_initial_rebalance_delay_ms: config.kafka_group_initial_rebalance_delay_ms,
             ..KafkaConfig::default()
         }
     }
@@ -82,6 +87,8 @@ pub(crate) struct Shared {
     pub config: KafkaConfig,
     /// Idempotent producers: id allocation and sequence state.
     pub producers: producer::Producers,
+    /// The consumer group coordinator (classic protocol).
+    pub groups: Arc<group::Coordinator>,
 }
 
 /// The Kafka listener's service.
@@ -91,7 +98,9 @@ pub struct KafkaService {
 
 impl KafkaService {
     pub async fn new(store: Arc<Store>, config: KafkaConfig) -> Result<Arc<KafkaService>, polymq::StoreError> {
-        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default() }) }))
+        let groups =
+            group::Coordinator::start(group::GroupSettings { initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms });
+        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default(), groups }) }))
     }
 }
 

@@ -10,15 +10,25 @@ pub(crate) mod alter_configs;
 pub(crate) mod api_versions;
 pub(crate) mod create_partitions;
 pub(crate) mod create_topics;
+pub(crate) mod delete_groups;
 pub(crate) mod delete_topics;
 pub(crate) mod describe_cluster;
 pub(crate) mod describe_configs;
+pub(crate) mod describe_groups;
 pub(crate) mod fetch;
+pub(crate) mod find_coordinator;
+pub(crate) mod heartbeat;
 pub(crate) mod incremental_alter_configs;
 pub(crate) mod init_producer_id;
+pub(crate) mod join_group;
+pub(crate) mod leave_group;
+pub(crate) mod list_groups;
 pub(crate) mod list_offsets;
 pub(crate) mod metadata;
+pub(crate) mod offset_commit;
+pub(crate) mod offset_fetch;
 pub(crate) mod produce;
+pub(crate) mod sync_group;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -100,6 +110,16 @@ pub(crate) static APIS: &[Api] = &[
     Api { key: ApiKey::AlterConfigs, min_version: 0, max_version: 2, handler: alter_configs::handle },
     Api { key: ApiKey::IncrementalAlterConfigs, min_version: 0, max_version: 1, handler: incremental_alter_configs::handle },
     Api { key: ApiKey::DescribeCluster, min_version: 0, max_version: 1, handler: describe_cluster::handle },
+    Api { key: ApiKey::OffsetCommit, min_version: 2, max_version: 8, handler: offset_commit::handle },
+    Api { key: ApiKey::OffsetFetch, min_version: 1, max_version: 8, handler: offset_fetch::handle },
+    Api { key: ApiKey::FindCoordinator, min_version: 0, max_version: 4, handler: find_coordinator::handle },
+    Api { key: ApiKey::JoinGroup, min_version: 0, max_version: 9, handler: join_group::handle },
+    Api { key: ApiKey::Heartbeat, min_version: 0, max_version: 4, handler: heartbeat::handle },
+    Api { key: ApiKey::LeaveGroup, min_version: 0, max_version: 5, handler: leave_group::handle },
+    Api { key: ApiKey::SyncGroup, min_version: 0, max_version: 5, handler: sync_group::handle },
+    Api { key: ApiKey::DescribeGroups, min_version: 0, max_version: 5, handler: describe_groups::handle },
+    Api { key: ApiKey::ListGroups, min_version: 0, max_version: 5, handler: list_groups::handle },
+    Api { key: ApiKey::DeleteGroups, min_version: 0, max_version: 2, handler: delete_groups::handle },
 ];
 
 /// The table entry of `key`.
