@@ -47,6 +47,8 @@ pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
 /// is Kafka's default `max.poll.interval.ms`, the longest rebalance timeout
 /// clients normally ask for.
 pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
+/// The AMQP vhost that exists unless configured otherwise.
+pub const AMQP_DEFAULT_VHOST: &str = "/";
 
 /// Every setting of the broker. Build it with [`Config::load`] (or
 /// `Config::default()` and the `apply_*` layers), then call
@@ -93,6 +95,17 @@ pub struct Config {
     /// `group.initial.rebalance.delay.ms`, same default): consumers started
     /// together then get one rebalance instead of one each. 0 disables it.
     pub kafka_group_initial_rebalance_delay_ms: u64,
+    // -- AMQP vhosts and the memory alarm (one block, to merge easily) --
+    /// AMQP virtual hosts that exist. RabbitMQ's are made by an operator, so
+    /// here they are configured: connection.open to any other vhost is
+    /// refused. In the environment `POLYMQ_AMQP_VHOSTS=/,dev`.
+    pub amqp_vhosts: Vec<String>,
+    /// Resident memory of the process above which the memory alarm is on
+    /// and protocols push back on publishers (AMQP: connection.blocked).
+    /// `None`: 40% of physical RAM (RabbitMQ's `vm_memory_high_watermark`
+    /// 0.4); `Some(0)`: no alarm.
+    pub memory_high_watermark_bytes: Option<u64>,
+    // -- end of the AMQP vhosts and memory alarm block --
 }
 
 impl Default for Config {
@@ -115,6 +128,8 @@ impl Default for Config {
             kafka_num_partitions: 1,
             kafka_sasl: false,
             kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+            amqp_vhosts: vec![AMQP_DEFAULT_VHOST.to_owned()],
+            memory_high_watermark_bytes: None,
         }
     }
 }
@@ -241,6 +256,11 @@ impl Config {
                     self.kafka_group_initial_rebalance_delay_ms =
                         value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
                 }
+                "AMQP_VHOSTS" => self.amqp_vhosts = value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect(),
+                "MEMORY_HIGH_WATERMARK_BYTES" => {
+                    self.memory_high_watermark_bytes =
+                        Some(value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?)
+                }
                 _ => report.unknown.push(var.to_owned()),
             }
         }
@@ -323,6 +343,17 @@ impl Config {
                 "kafka_num_partitions",
                 format!("{} is outside 1..={}", self.kafka_num_partitions, crate::topic::PARTITIONS_MAX),
             ));
+        }
+        for vhost in &self.amqp_vhosts {
+            // Off `/` a vhost prefixes core names as `<vhost>|<name>`: it may
+            // not contain the separator nor start like an internal name.
+            let reserved = ["mqtt/", "amqp/", crate::topic::PREFIX].iter().any(|p| vhost.starts_with(p));
+            if vhost.is_empty() || vhost.len() > 255 || vhost.contains(['|', ',']) || (vhost != AMQP_DEFAULT_VHOST && reserved) {
+                return Err(invalid(
+                    "amqp_vhosts",
+                    format!("vhost {vhost:?} must be 1..=255 bytes without `|` or `,`, not starting with mqtt/, amqp/ or topic/"),
+                ));
+            }
         }
         Ok(())
     }
@@ -493,6 +524,25 @@ mod tests {
         assert!(c.clone().apply_env([("POLYMQ_MQTT_ALLOW_ANONYMOUS", "maybe")]).is_err());
         c.mqtt_max_packet_bytes = 16 * 1024 * 1024;
         assert!(c.validate().is_err(), "a packet must fit one log record");
+    }
+
+    #[test]
+    fn amqp_vhosts_and_the_memory_watermark_come_from_file_and_env() {
+        let c = Config::default();
+        assert_eq!(c.amqp_vhosts, vec!["/".to_owned()]);
+        assert_eq!(c.memory_high_watermark_bytes, None);
+        let mut c = Config::from_toml_str("amqp_vhosts = [\"/\", \"staging\"]\nmemory_high_watermark_bytes = 0\n").expect("parse");
+        assert_eq!(c.amqp_vhosts, vec!["/".to_owned(), "staging".to_owned()]);
+        assert_eq!(c.memory_high_watermark_bytes, Some(0));
+        c.apply_env([("POLYMQ_AMQP_VHOSTS", "/, dev"), ("POLYMQ_MEMORY_HIGH_WATERMARK_BYTES", "1048576")]).expect("env");
+        assert_eq!(c.amqp_vhosts, vec!["/".to_owned(), "dev".to_owned()]);
+        assert_eq!(c.memory_high_watermark_bytes, Some(1 << 20));
+        c.validate().expect("valid");
+        for bad in ["a|b", "mqtt/x", ""] {
+            let c = Config { amqp_vhosts: vec![bad.to_owned()], ..Config::default() };
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        assert!(c.clone().apply_env([("POLYMQ_MEMORY_HIGH_WATERMARK_BYTES", "lots")]).is_err());
     }
 
     #[test]

@@ -301,6 +301,8 @@ pub(crate) struct Inner {
 
 pub struct Store {
     inner: Arc<Inner>,
+    /// Set by the server shell's sampler; read by protocol services.
+    memory_alarm: Arc<crate::server::memory::MemoryAlarm>,
     maintenance_thread: Mutex<Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>>,
     recovery: RecoveryReport,
 }
@@ -394,7 +396,7 @@ impl Store {
             (inner, tx)
         };
         let (inner, _tx) = tx;
-        let store = Arc::new(Store { inner, maintenance_thread: Mutex::new(None), recovery });
+        let store = Arc::new(Store { inner, memory_alarm: Arc::default(), maintenance_thread: Mutex::new(None), recovery });
         if !cfg.maintenance_interval.is_zero() {
             let stop = Arc::new(AtomicBool::new(false));
             let weak = Arc::downgrade(&store.inner);
@@ -466,6 +468,12 @@ impl Store {
             messages_ready: ready,
             messages_inflight: inflight,
         }
+    }
+
+    /// The memory alarm (see [`crate::server::memory`]): protocol services
+    /// `subscribe()` to push back on publishers while it is on.
+    pub fn memory_alarm(&self) -> &Arc<crate::server::memory::MemoryAlarm> {
+        &self.memory_alarm
     }
 
     pub fn now_ms(&self) -> u64 {
