@@ -1,41 +1,61 @@
 #!/usr/bin/env bash
 # polymq against the brokers users would pick instead, side by side.
 #
-#   bench/compare.sh                      # MQTT: polymq vs mosquitto, 10 s per run
+#   bench/compare.sh                      # MQTT vs mosquitto and AMQP vs RabbitMQ, 10 s per run
+#   COMPARE_PROTOCOLS=amqp COMPARE_SECONDS=5 bench/compare.sh   # AMQP only, short runs
 #   COMPARE_SECONDS=60 bench/compare.sh   # longer runs
 #
-# Builds polymq (release), installs mosquitto if it is missing (apt-get), and
-# for each broker: starts a fresh one on a free loopback port (polymq with a
-# fresh temporary data dir and its default fsync policy, interval=50;
-# mosquitto with persistence off) and opens N idle connections (memory per
-# connection is measured on the fresh process). Then it starts all of them
-# again and runs each MQTT scenario against every broker back to back, so
-# that other work on the machine skews both sides of a ratio alike. The same
-# polymq-bench binary drives every broker. Writes
-# a markdown table with polymq/peer ratios to stdout and to
-# bench/results/<date>/compare-mqtt.md, next to the raw JSON lines and tables.
+# Builds polymq (release), installs the peers that are missing (apt-get:
+# mosquitto for MQTT, rabbitmq-server for AMQP), and for each protocol and
+# broker: starts a fresh one on free loopback ports (polymq with a fresh
+# temporary data dir and its default fsync policy, interval=50; mosquitto with
+# persistence off; RabbitMQ as a private node of its own, see start_rabbitmq)
+# and measures its scale on the fresh process (MQTT: N idle connections, memory
+# per connection; AMQP: N durable queues declared, memory per queue). Then it
+# starts all of them again and runs each scenario against every broker back to
+# back, so that other work on the machine skews both sides of a ratio alike.
+# The same polymq-bench binary drives every broker. Writes a markdown table
+# with polymq/peer ratios per protocol to stdout and to
+# bench/results/<date>/compare-<protocol>.md, next to the raw JSON lines and
+# tables.
 #
 # Settings (environment):
+#   COMPARE_PROTOCOLS   protocols to compare (mqtt,amqp)
+#   COMPARE_PEERS       peers to run (mosquitto,rabbitmq); each serves the protocols it speaks
+#                       (mosquitto: mqtt, rabbitmq: amqp); kafka is a hook for later
 #   COMPARE_SECONDS     seconds of publishing per run (10)
+#   COMPARE_SIZE        payload bytes (100)
+#   COMPARE_RATE        msg/s of the paced (latency at load) runs; 0 skips them (5000)
+#   COMPARE_REPEAT      runs of each scenario per broker, interleaved; the table shows the median (1)
+#   COMPARE_WAIT_IDLE   seconds each run may wait for the machine to go idle (0)
+#   COMPARE_OUT         output directory (bench/results/<UTC date>)
+#   COMPARE_NO_BUILD=1  use the binaries already in target/release
+# MQTT:
 #   COMPARE_SCENARIOS   fan-in,fan-out,pairs
 #   COMPARE_QOS         0,1,2
 #   COMPARE_CLIENTS     publishers of fan-in / subscribers of fan-out (8)
 #   COMPARE_PAIRS       pairs of the pairs scenario (32)
-#   COMPARE_SIZE        payload bytes (100)
 #   COMPARE_INFLIGHT    QoS 1/2 publishes a publisher keeps unacknowledged (20)
-#   COMPARE_RATE        msg/s of the paced (latency at load) runs; 0 skips them (5000)
 #   COMPARE_PERSISTENT  1: also QoS 1 with persistent subscriber sessions (polymq: through the log) (1)
-#   COMPARE_REPEAT      runs of each scenario per broker, interleaved; the table shows the median (1)
 #   COMPARE_CONNS       idle connections of the connection-scale run; 0 skips it (10000)
-#   COMPARE_WAIT_IDLE   seconds each run may wait for the machine to go idle (0)
-#   COMPARE_PEERS       peers to run (mosquitto); rabbitmq and kafka are hooks for later
-#   COMPARE_OUT         output directory (bench/results/<UTC date>)
-#   COMPARE_NO_BUILD=1  use the binaries already in target/release
+# AMQP (durable queues, persistent messages, publisher confirms, manual acks):
+#   COMPARE_AMQP_SCENARIOS  durable,fan-out
+#   COMPARE_AMQP_QUEUES     queue counts of the durable scenario (1,100)
+#   COMPARE_AMQP_FANOUT     queues bound to the topic exchange in fan-out (8)
+#   COMPARE_AMQP_PUBLISHERS publishers of the durable scenario, at least one per queue (4)
+#   COMPARE_AMQP_CONSUMERS  consumers of the durable scenario, at least one per queue (4)
+#   COMPARE_AMQP_WINDOW     unconfirmed publishes per publisher (64)
+#   COMPARE_AMQP_PREFETCH   consumer prefetch (100)
+#   COMPARE_AMQP_DECLARE    durable queues of the queue-capacity run; 0 skips it (10000)
+#   COMPARE_AMQP_ALWAYS     1: also run polymq with fsync=always as "polymq-always" (RabbitMQ
+#                           confirms a persistent message only after an fsync; polymq's
+#                           default, interval=50, confirms once written and fsyncs within 50 ms) (1)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
+PROTOCOLS=${COMPARE_PROTOCOLS:-mqtt,amqp}
 SECS=${COMPARE_SECONDS:-10}
 SCENARIOS=${COMPARE_SCENARIOS:-fan-in,fan-out,pairs}
 QOS=${COMPARE_QOS:-0,1,2}
@@ -48,7 +68,16 @@ PERSISTENT=${COMPARE_PERSISTENT:-1}
 REPEAT=${COMPARE_REPEAT:-1}
 CONNS=${COMPARE_CONNS:-10000}
 WAIT_IDLE=${COMPARE_WAIT_IDLE:-0}
-PEERS=${COMPARE_PEERS:-mosquitto}
+PEERS=${COMPARE_PEERS:-mosquitto,rabbitmq}
+AMQP_SCENARIOS=${COMPARE_AMQP_SCENARIOS:-durable,fan-out}
+AMQP_QUEUES=${COMPARE_AMQP_QUEUES:-1,100}
+AMQP_FANOUT=${COMPARE_AMQP_FANOUT:-8}
+AMQP_PUBLISHERS=${COMPARE_AMQP_PUBLISHERS:-4}
+AMQP_CONSUMERS=${COMPARE_AMQP_CONSUMERS:-4}
+AMQP_WINDOW=${COMPARE_AMQP_WINDOW:-64}
+AMQP_PREFETCH=${COMPARE_AMQP_PREFETCH:-100}
+AMQP_DECLARE=${COMPARE_AMQP_DECLARE:-10000}
+AMQP_ALWAYS=${COMPARE_AMQP_ALWAYS:-1}
 OUT=${COMPARE_OUT:-$ROOT/bench/results/$(date -u +%F)}
 
 BENCH=$ROOT/target/release/polymq-bench
@@ -58,15 +87,15 @@ mkdir -p "$OUT"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-# Process ids of brokers this script started; stopped on any exit.
+# Process ids of brokers this script started; stopped on any exit. For a
+# RabbitMQ node the id is its Erlang VM's (beam.smp), and RABBIT_DIR knows its
+# private directory (for rabbitmqctl and its epmd).
 STARTED=()
+declare -A RABBIT_DIR
 cleanup() {
     local pid
     for pid in "${STARTED[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED[@]}"; do
-        wait "$pid" 2>/dev/null || true
+        stop_broker "$pid"
     done
     rm -rf "$WORK"
 }
@@ -94,10 +123,10 @@ wait_for_log() {
     return 1
 }
 
-# wait_for_port PORT LOG PID: until the broker accepts TCP connections (30 s at most).
+# wait_for_port PORT LOG PID [SECONDS]: until the broker accepts TCP connections (30 s by default).
 wait_for_port() {
-    local port=$1 file=$2 pid=$3 i
-    for ((i = 0; i < 300; i++)); do
+    local port=$1 file=$2 pid=$3 secs=${4:-30} i
+    for ((i = 0; i < secs * 10; i++)); do
         if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
             return 0
         fi
@@ -108,12 +137,15 @@ wait_for_port() {
         fi
         sleep 0.1
     done
-    log "nothing listens on 127.0.0.1:$port after 30 s"
+    log "nothing listens on 127.0.0.1:$port after $secs s"
     return 1
 }
 
 stop_broker() {
     local pid=$1
+    if [[ -n ${RABBIT_DIR[$pid]:-} ]]; then
+        stop_rabbitmq "$pid"
+    fi
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     local keep=()
@@ -125,21 +157,30 @@ stop_broker() {
 }
 
 # ---------------------------------------------------------------------------
-# Brokers. Each start_<name> sets BROKER_PID and BROKER_ADDR (MQTT host:port).
+# Brokers. Each start_<name> sets BROKER_PID, and BROKER_ADDR (MQTT host:port)
+# and/or BROKER_AMQP (amqp:// URL) for the protocols it speaks.
 # ---------------------------------------------------------------------------
 
-start_polymq() {
-    local dir=$WORK/polymq-$RANDOM port
+# start_polymq_with FSYNC
+start_polymq_with() {
+    local fsync=$1 dir=$WORK/polymq-$RANDOM port aport
     mkdir -p "$dir"
     port=$(free_port)
-    # Default settings (fsync interval=50), a fresh data dir, every listener on loopback.
-    "$POLYMQ" serve --data-dir "$dir/data" --mqtt-listen "127.0.0.1:$port" --amqp-listen 127.0.0.1:0 \
+    aport=$(free_port)
+    # A fresh data dir, every listener on loopback; interval=50 is the default fsync policy.
+    "$POLYMQ" serve --data-dir "$dir/data" --fsync "$fsync" --mqtt-listen "127.0.0.1:$port" --amqp-listen "127.0.0.1:$aport" \
         --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 2>"$dir/polymq.log" &
     BROKER_PID=$!
     STARTED+=("$BROKER_PID")
     wait_for_log "$dir/polymq.log" "listening protocol=mqtt" "$BROKER_PID"
+    wait_for_log "$dir/polymq.log" "listening protocol=amqp" "$BROKER_PID"
     BROKER_ADDR=127.0.0.1:$port
+    BROKER_AMQP=amqp://guest:guest@127.0.0.1:$aport/%2f
 }
+
+start_polymq() { start_polymq_with interval=50; }
+# The same with fsync=always: every append, so every confirm, waits for its fsync.
+start_polymq-always() { start_polymq_with always; }
 
 ensure_mosquitto() {
     if [[ -x /usr/sbin/mosquitto ]] || command -v mosquitto >/dev/null 2>&1; then
@@ -182,21 +223,139 @@ mosquitto_version() {
     "$(mosquitto_bin)" -h 2>/dev/null | head -n 1 || true
 }
 
-# Hooks for the other peers (not run yet): RabbitMQ for AMQP 0-9-1 (and its
-# MQTT plugin), a Kafka-wire broker for the Kafka scenarios. Each needs a
-# start_<name> that sets BROKER_PID/BROKER_ADDR like the ones above and an
-# ensure_<name> that installs it; run_peer picks them up by name.
-ensure_rabbitmq() { log "rabbitmq: not wired up yet"; return 1; }
-start_rabbitmq() { return 1; }
+# RabbitMQ: Debian's package, run as a private node by the current user with
+# the scripts in /usr/lib/rabbitmq/bin (the /usr/sbin wrappers switch to the
+# rabbitmq user and the system node's directories). It gets its own data, log,
+# config and plugins files (no plugins), node name, AMQP port, distribution
+# port and epmd (on a port of its own, so a system epmd, if any, is left alone),
+# and an Erlang cookie in a temporary HOME. The system service is never used.
+RABBIT_BIN=/usr/lib/rabbitmq/bin
+
+ensure_rabbitmq() {
+    if [[ -x $RABBIT_BIN/rabbitmq-server ]]; then
+        return 0
+    fi
+    log "installing rabbitmq-server (apt-get)"
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep the package's scripts from starting the system service: a
+    # policy-rc.d that refuses, unless the machine already has one.
+    local policy=/usr/sbin/policy-rc.d made='' rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        made=1
+    fi
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends rabbitmq-server >/dev/null; } || rc=$?
+    if [[ -n $made ]]; then
+        rm -f "$policy"
+    fi
+    return $rc
+}
+
+# rabbit_env DIR: the environment of the private node in DIR (for the server and its CLI tools).
+rabbit_env() {
+    local dir=$1
+    export HOME=$dir/home \
+        RABBITMQ_NODENAME="$(cat "$dir/nodename")" \
+        RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+        RABBITMQ_NODE_PORT="$(cat "$dir/port")" \
+        RABBITMQ_DIST_PORT="$(cat "$dir/dist_port")" \
+        ERL_EPMD_PORT="$(cat "$dir/epmd_port")" \
+        ERL_EPMD_ADDRESS=127.0.0.1 \
+        RABBITMQ_MNESIA_BASE=$dir/mnesia \
+        RABBITMQ_LOG_BASE=$dir/log \
+        RABBITMQ_CONFIG_FILE=$dir/rabbitmq.conf \
+        RABBITMQ_ADVANCED_CONFIG_FILE=$dir/advanced.config \
+        RABBITMQ_CONF_ENV_FILE=$dir/rabbitmq-env.conf \
+        RABBITMQ_ENABLED_PLUGINS_FILE=$dir/enabled_plugins \
+        RABBITMQ_PID_FILE=$dir/rabbit.pid \
+        RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+}
+
+# rabbitctl DIR ARGS...: rabbitmqctl against the private node in DIR.
+rabbitctl() {
+    local dir=$1
+    shift
+    (
+        rabbit_env "$dir"
+        timeout 120 "$RABBIT_BIN/rabbitmqctl" -n "$RABBITMQ_NODENAME" "$@"
+    )
+}
+
+start_rabbitmq() {
+    local dir=$WORK/rabbitmq-$RANDOM port script_pid
+    mkdir -p "$dir/home" "$dir/mnesia" "$dir/log"
+    port=$(free_port)
+    echo "$port" >"$dir/port"
+    free_port >"$dir/dist_port"
+    free_port >"$dir/epmd_port"
+    echo "polymqbench$RANDOM@localhost" >"$dir/nodename"
+    # The Erlang cookie: random, readable by its owner only (Erlang insists).
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' >"$dir/home/.erlang.cookie"
+    chmod 400 "$dir/home/.erlang.cookie"
+    echo '[].' >"$dir/enabled_plugins"
+    # Defaults otherwise: classic durable queues, guest only from loopback.
+    echo "listeners.tcp.default = 127.0.0.1:$port" >"$dir/rabbitmq.conf"
+    (
+        rabbit_env "$dir"
+        exec "$RABBIT_BIN/rabbitmq-server"
+    ) >"$dir/rabbitmq.out" 2>&1 &
+    script_pid=$!
+    echo "$script_pid" >"$dir/script_pid"
+    wait_for_port "$port" "$dir/rabbitmq.out" "$script_pid" 120
+    rabbitctl "$dir" await_startup >/dev/null
+    BROKER_PID=$(cat "$dir/rabbit.pid")
+    RABBIT_DIR[$BROKER_PID]=$dir
+    STARTED+=("$BROKER_PID")
+    BROKER_AMQP=amqp://guest:guest@127.0.0.1:$port/%2f
+}
+
+# stop_rabbitmq PID: rabbitmqctl stop, then the VM's process if it lingers, then its epmd.
+stop_rabbitmq() {
+    local pid=$1 dir=${RABBIT_DIR[$1]} i
+    rabbitctl "$dir" stop >/dev/null 2>&1 || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$(cat "$dir/script_pid")" 2>/dev/null || true
+    (
+        rabbit_env "$dir"
+        epmd -port "$ERL_EPMD_PORT" -kill >/dev/null 2>&1 || true
+    )
+    unset "RABBIT_DIR[$pid]"
+}
+
+rabbitmq_version() {
+    local v e
+    v=$(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null || echo '?')
+    e=$(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo '?')
+    echo "RabbitMQ $v (Debian package), Erlang $e"
+}
+
+# Hook for the Kafka-wire peer (not run yet): a start_kafka that sets
+# BROKER_PID and its address like the ones above and an ensure_kafka that
+# installs it; the run loops pick them up by name.
 ensure_kafka() { log "kafka peer: not wired up yet"; return 1; }
 start_kafka() { return 1; }
+
+# The protocols a peer speaks (of those this script compares).
+peer_protocols() {
+    case $1 in
+    mosquitto) echo mqtt ;;
+    rabbitmq) echo amqp ;;
+    kafka) echo kafka ;;
+    *) echo "" ;;
+    esac
+}
 
 # ---------------------------------------------------------------------------
 # The runs
 # ---------------------------------------------------------------------------
 
 bench() {
-    # Scratch data (none for the MQTT scenarios, but the tool makes the dir) goes to the work dir.
+    # Scratch data (none for the protocol scenarios, but the tool makes the dir) goes to the work dir.
     POLYMQ_BENCH_DATA_DIR=$WORK RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 "$BENCH" --wait-idle "$WAIT_IDLE" "$@"
 }
 
@@ -211,7 +370,7 @@ conns_run() {
     stop_broker "$BROKER_PID"
 }
 
-# one_run NAME ARGS...: one scenario against the running NAME.
+# one_run NAME ARGS...: one MQTT scenario against the running NAME.
 one_run() {
     local name=$1
     shift
@@ -257,52 +416,160 @@ scenario_runs() {
     fi
 }
 
+# declare_run NAME: durable queues declared on a fresh NAME (memory per queue).
+declare_run() {
+    local name=$1
+    log "$name: $AMQP_DECLARE durable queues (fresh broker)"
+    "start_$name"
+    bench --json amqp-queues --amqp "$BROKER_AMQP" --label "$name" --broker-pid "$BROKER_PID" --count "$AMQP_DECLARE" \
+        >>"$OUT/compare-amqp-$name.jsonl" ||
+        log "$name: the queue-capacity run failed (exit $?); its notes are in $OUT/compare-amqp-$name.jsonl"
+    stop_broker "$BROKER_PID"
+}
+
+# amqp_run NAME ARGS...: one AMQP scenario against the running NAME.
+amqp_run() {
+    local name=$1
+    shift
+    bench --json amqp --amqp "${AMQP[$name]}" --label "$name" --broker-pid "${PID[$name]}" --size "$SIZE" \
+        --publishers "$AMQP_PUBLISHERS" --consumers "$AMQP_CONSUMERS" --fanout "$AMQP_FANOUT" \
+        --confirm-window "$AMQP_WINDOW" --prefetch "$AMQP_PREFETCH" --seconds "$SECS" "$@" >>"$OUT/compare-amqp-$name.jsonl" ||
+        log "$name: an AMQP run failed (exit $?): $*; the notes in $OUT/compare-amqp-$name.jsonl say what"
+}
+
+# The AMQP scenarios flat out, then paced (one queue count is enough to see
+# latency at load), each against every broker back to back.
+amqp_scenario_runs() {
+    local shape q name rep rate counts rates=0
+    if [[ $RATE != 0 ]]; then
+        rates="0 $RATE"
+    fi
+    for rate in $rates; do
+        for shape in ${AMQP_SCENARIOS//,/ }; do
+            counts=$AMQP_QUEUES
+            if [[ $shape == fan-out ]]; then
+                counts=$AMQP_FANOUT
+            elif [[ $rate != 0 ]]; then
+                counts=${AMQP_QUEUES%%,*}
+            fi
+            for q in ${counts//,/ }; do
+                for ((rep = 1; rep <= REPEAT; rep++)); do
+                    for name in "${BROKERS[@]}"; do
+                        log "$name: AMQP $shape, $q queue(s), rate ${rate/#0/max}, ${SECS} s (run $rep of $REPEAT)"
+                        amqp_run "$name" --scenario "$shape" --queues "$q" --rate "$rate"
+                    done
+                done
+            done
+        done
+    done
+}
+
+# start_all: every broker of BROKERS; their addresses into ADDR, AMQP and PID.
+start_all() {
+    local name
+    for name in "${BROKERS[@]}"; do
+        BROKER_ADDR=
+        BROKER_AMQP=
+        "start_$name"
+        ADDR[$name]=$BROKER_ADDR
+        AMQP[$name]=$BROKER_AMQP
+        PID[$name]=$BROKER_PID
+    done
+}
+
+stop_all() {
+    local name
+    for name in "${BROKERS[@]}"; do
+        stop_broker "${PID[$name]}"
+    done
+}
+
 if [[ -z ${COMPARE_NO_BUILD:-} ]]; then
     log "building polymq and polymq-bench (release)"
     nice -n 10 cargo build --release --quiet -p polymq-broker -p polymq-bench
 fi
 command -v python3 >/dev/null || { log "python3 is needed for the tables"; exit 1; }
 
-peers=()
-for peer in ${PEERS//,/ }; do
-    if "ensure_$peer"; then
-        peers+=("$peer")
-    else
-        log "skipping $peer"
-    fi
-done
-
-BROKERS=(polymq "${peers[@]}")
-declare -A ADDR PID
-for name in "${BROKERS[@]}"; do
-    : >"$OUT/compare-mqtt-$name.jsonl"
-done
-if ((CONNS > 0)); then
-    for name in "${BROKERS[@]}"; do
-        conns_run "$name"
-    done
-fi
-for name in "${BROKERS[@]}"; do
-    "start_$name"
-    ADDR[$name]=$BROKER_ADDR
-    PID[$name]=$BROKER_PID
-done
-scenario_runs
-for name in "${BROKERS[@]}"; do
-    stop_broker "${PID[$name]}"
-    python3 "$ROOT/bench/compare_table.py" --human "$OUT/compare-mqtt-$name.jsonl" >"$OUT/compare-mqtt-$name.txt"
-done
-
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=$(git status --porcelain 2>/dev/null | grep -q . && echo " (with local changes)" || true)
-md=$OUT/compare-mqtt.md
-args=(--polymq "$OUT/compare-mqtt-polymq.jsonl" --commit "$commit$dirty" --seconds "$SECS" --repeat "$REPEAT")
-for peer in "${peers[@]}"; do
-    args+=(--peer "$peer=$OUT/compare-mqtt-$peer.jsonl")
+declare -A ADDR AMQP PID
+
+for proto in ${PROTOCOLS//,/ }; do
+    peers=()
+    for peer in ${PEERS//,/ }; do
+        [[ " $(peer_protocols "$peer") " == *" $proto "* ]] || continue
+        if "ensure_$peer"; then
+            peers+=("$peer")
+        else
+            log "skipping $peer"
+        fi
+    done
+    case $proto in
+    mqtt)
+        BROKERS=(polymq "${peers[@]}")
+        for name in "${BROKERS[@]}"; do
+            : >"$OUT/compare-mqtt-$name.jsonl"
+        done
+        if ((CONNS > 0)); then
+            for name in "${BROKERS[@]}"; do
+                conns_run "$name"
+            done
+        fi
+        start_all
+        scenario_runs
+        stop_all
+        for name in "${BROKERS[@]}"; do
+            python3 "$ROOT/bench/compare_table.py" --human "$OUT/compare-mqtt-$name.jsonl" >"$OUT/compare-mqtt-$name.txt"
+        done
+        md=$OUT/compare-mqtt.md
+        args=(--polymq "$OUT/compare-mqtt-polymq.jsonl" --commit "$commit$dirty" --seconds "$SECS" --repeat "$REPEAT")
+        for peer in "${peers[@]}"; do
+            args+=(--peer "$peer=$OUT/compare-mqtt-$peer.jsonl")
+        done
+        if [[ " ${peers[*]} " == *" mosquitto "* ]]; then
+            args+=(--peer-version "mosquitto=$(mosquitto_version)")
+        fi
+        python3 "$ROOT/bench/compare_table.py" "${args[@]}" >"$md"
+        cat "$md"
+        log "written: $md (raw: $OUT/compare-mqtt-*.jsonl, tables: $OUT/compare-mqtt-*.txt)"
+        ;;
+    amqp)
+        BROKERS=(polymq)
+        if [[ $AMQP_ALWAYS == 1 ]]; then
+            BROKERS+=(polymq-always)
+        fi
+        BROKERS+=("${peers[@]}")
+        for name in "${BROKERS[@]}"; do
+            : >"$OUT/compare-amqp-$name.jsonl"
+        done
+        if ((AMQP_DECLARE > 0)); then
+            for name in polymq "${peers[@]}"; do
+                declare_run "$name"
+            done
+        fi
+        start_all
+        amqp_scenario_runs
+        stop_all
+        for name in "${BROKERS[@]}"; do
+            python3 "$ROOT/bench/compare_table.py" --human "$OUT/compare-amqp-$name.jsonl" >"$OUT/compare-amqp-$name.txt"
+        done
+        md=$OUT/compare-amqp.md
+        args=(--protocol amqp --polymq "$OUT/compare-amqp-polymq.jsonl" --commit "$commit$dirty" --seconds "$SECS" --repeat "$REPEAT")
+        if [[ $AMQP_ALWAYS == 1 ]]; then
+            args+=(--variant "polymq-always=$OUT/compare-amqp-polymq-always.jsonl")
+        fi
+        for peer in "${peers[@]}"; do
+            args+=(--peer "$peer=$OUT/compare-amqp-$peer.jsonl")
+        done
+        if [[ " ${peers[*]} " == *" rabbitmq "* ]]; then
+            args+=(--peer-version "rabbitmq=$(rabbitmq_version)")
+        fi
+        python3 "$ROOT/bench/compare_table.py" "${args[@]}" >"$md"
+        cat "$md"
+        log "written: $md (raw: $OUT/compare-amqp-*.jsonl, tables: $OUT/compare-amqp-*.txt)"
+        ;;
+    *)
+        log "protocol $proto: no comparison yet"
+        ;;
+    esac
 done
-if [[ " ${peers[*]} " == *" mosquitto "* ]]; then
-    args+=(--peer-version "mosquitto=$(mosquitto_version)")
-fi
-python3 "$ROOT/bench/compare_table.py" "${args[@]}" >"$md"
-cat "$md"
-log "written: $md (raw: $OUT/compare-mqtt-*.jsonl, tables: $OUT/compare-mqtt-*.txt)"

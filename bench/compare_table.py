@@ -2,6 +2,7 @@
 """Side-by-side markdown from polymq-bench JSON lines (bench/compare.sh calls this).
 
   compare_table.py --polymq P.jsonl --peer mosquitto=M.jsonl [--peer-version mosquitto=...] [--commit C]
+  compare_table.py --protocol amqp --polymq P.jsonl [--variant polymq-always=PA.jsonl] --peer rabbitmq=R.jsonl
   compare_table.py --human FILE.jsonl      # one broker's rows as plain aligned tables
 
 Ratios are polymq / peer: above 1 means polymq does more (msg/s, conn/s) or
@@ -15,7 +16,8 @@ import sys
 
 
 def load(path):
-    out = {"machine": {}, "mqtt": [], "conns": [], "notes": [], "settings": {}}
+    out = {"machine": {}, "mqtt": [], "conns": [], "amqp": [], "amqp_queues": [], "notes": [], "settings": {},
+           "amqp_settings": {}}
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -27,6 +29,12 @@ def load(path):
                 out["machine"] = obj
             elif kind == "mqtt settings":
                 out["settings"] = obj
+            elif kind == "amqp settings":
+                out["amqp_settings"] = obj
+            elif kind.startswith("amqp-queues:"):
+                out["amqp_queues"].append(obj)
+            elif kind.startswith("amqp:"):
+                out["amqp"].append(obj)
             elif kind.startswith("mqtt-conns:"):
                 out["conns"].append(obj)
             elif kind.startswith("mqtt:"):
@@ -79,7 +87,8 @@ def medians(rows):
 
 def human(path):
     data = load(path)
-    for name, rows in (("mqtt", data["mqtt"]), ("mqtt-conns", data["conns"])):
+    for name, rows in (("mqtt", data["mqtt"]), ("mqtt-conns", data["conns"]), ("amqp", data["amqp"]),
+                       ("amqp-queues", data["amqp_queues"])):
         if not rows:
             continue
         cols = []
@@ -193,9 +202,151 @@ def compare(args):
             print()
 
 
+def amqp_key(row):
+    return (row.get("scenario"), row.get("queues"), row.get("mode"), row.get("pubs"), row.get("subs"), row.get("size"))
+
+
+def amqp_medians(rows):
+    """As `medians`, for AMQP rows (median by consumed msg/s)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(amqp_key(r), []).append(r)
+    out = {}
+    for k, g in groups.items():
+        g = sorted(g, key=lambda r: num(r.get("recv/s")) or 0)
+        pick = dict(g[(len(g) - 1) // 2])
+        pick["runs"] = len(g)
+        pick["recv_min"], pick["recv_max"] = g[0].get("recv/s"), g[-1].get("recv/s")
+        out[k] = pick
+    return out
+
+
+def compare_amqp(args):
+    p = load(args.polymq)
+    versions = dict(v.split("=", 1) for v in args.peer_version)
+    variants = [(v.split("=", 1)[0], load(v.split("=", 1)[1])) for v in args.variant]
+    m = p["machine"]
+    peers = [x.split("=", 1) for x in args.peer]
+    print(f"# AMQP 0-9-1: polymq against {', '.join(name for name, _ in peers) or 'nobody'}\n")
+    print(f"- date: {m.get('date', '?')}; machine: {m.get('nproc', '?')} vCPU ({m.get('cpu', '?')}), "
+          f"{fmt(m.get('mem_gib'), 1)} GiB, kernel {m.get('kernel', '?')}")
+    print("- the load generator (polymq-bench, lapin clients, one process) runs on the same cores as the broker, "
+          "so every number is broker + clients sharing the machine; `cpu%` is the broker's CPU, `bench%` the "
+          "clients' (% of one core)")
+    print(f"- polymq: commit {args.commit}, `polymq serve` defaults (fsync interval=50: a publish is confirmed once "
+          "it is written to the log, which is fsynced every 50 ms), fresh data dir")
+    for name, _ in variants:
+        if name == "polymq-always":
+            print("- polymq-always: the same binary with `--fsync always`: a publish is confirmed only after the "
+                  "fsync that covers it (group commit)")
+    for name, _ in peers:
+        if name in versions:
+            extra = (": a private node, no plugins, default settings (classic queues). It confirms a persistent "
+                     "message routed to a durable queue once it is on disk: the message store fsyncs in batches "
+                     "(when the queue goes idle or after a few hundred ms), and the confirms wait for that fsync"
+                     if name == "rabbitmq" else "")
+            print(f"- {name}: {versions[name]}{extra}")
+    s = p["amqp_settings"]
+    print(f"- runs: {args.seconds} s of publishing each, payload {s.get('size', '?')} B, persistent messages "
+          f"(delivery_mode 2) to durable queues, publisher confirms (window {s.get('confirm_window', '?')} per "
+          f"publisher), manual acks (prefetch {s.get('prefetch', '?')}, multi-ack {s.get('multi_ack', '?')}), "
+          f"{s.get('connections', '?')} connections; one channel per publisher and consumer")
+    print("- msg/s: `confirm/s` = publishes confirmed per second, `recv/s` = deliveries consumed (and acked) per "
+          "second; latency e2e = publish call (paced runs: scheduled send time) to delivery; confirm = publish "
+          "call to basic.ack")
+    if str(args.repeat) != "1":
+        print(f"- every scenario ran {args.repeat} times per broker, interleaved; each row is the run with the "
+              "median recv msg/s")
+    print("- ratios are polymq / peer: msg/s higher is better for polymq; latency, memory lower is better")
+    print()
+
+    own = amqp_medians(p["amqp"])
+    var_rows = [(name, amqp_medians(d["amqp"])) for name, d in variants]
+    for name, path in peers:
+        q = load(path)
+        theirs = amqp_medians(q["amqp"])
+        vn = [v for v, _ in var_rows]
+        print(f"## Durable publish-with-confirms + consume-with-ack: polymq vs {name}\n")
+        head = (f"| scenario | queues | pubs/subs | mode | recv msg/s polymq | "
+                + "".join(f"{v} | " for v in vn)
+                + f"{name} | **ratio** | "
+                + "".join(f"ratio {v} | " for v in vn)
+                + f"confirm msg/s polymq / {'/ '.join(vn + [name])} | e2e p50 ms | e2e p99 ms | e2e p99.9 ms "
+                f"| confirm p99 ms | lost % | errors | cpu% | bench% | others% |")
+        print(head)
+        print("| --- | ---: | ---: | --- | ---: | " + "---: | " * len(vn) + "---: | ---: | " + "---: | " * len(vn)
+              + "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        keys = list(own) + [k for k in theirs if k not in own]
+        for k in keys:
+            r = own.get(k) or {"scenario": k[0], "queues": k[1], "mode": k[2], "pubs": k[3], "subs": k[4]}
+            o = theirs.get(k, {})
+            vs = [vr.get(k, {}) for _, vr in var_rows]
+            allr = [r] + vs + [o]
+            def several(key, d=0):
+                return " / ".join(fmt(x.get(key), d) for x in allr)
+            print(f"| {r.get('scenario')} | {r.get('queues')} | {r.get('pubs')}/{r.get('subs')} | {r.get('mode')} "
+                  f"| {fmt(r.get('recv/s'))} | " + "".join(f"{fmt(v.get('recv/s'))} | " for v in vs)
+                  + f"{fmt(o.get('recv/s'))} | **{ratio(r.get('recv/s'), o.get('recv/s'))}** | "
+                  + "".join(f"{ratio(v.get('recv/s'), o.get('recv/s'))} | " for v in vs)
+                  + f"{several('confirm/s')} | {several('p50_ms', 2)} | {several('p99_ms', 2)} "
+                  f"| {several('p99.9_ms', 2)} | {several('confirm_p99_ms', 2)} | {several('lost%', 2)} "
+                  f"| {several('errors')} | {several('broker_cpu%')} | {several('bench_cpu%')} | {several('others%')} |")
+        print()
+        busy = [x for x in p["amqp"] + q["amqp"] + sum((d["amqp"] for _, d in variants), [])
+                if (num(x.get("others%")) or 0) > 10]
+        if busy:
+            print(f"{len(busy)} of these runs had other processes take more than 10 % of the machine "
+                  f"(others% up to {max(num(x.get('others%')) or 0 for x in busy):.0f}); read them with care.\n")
+        goal_rows = [k for k in keys if k[0] == "durable" and k[2] == "max"]
+        if goal_rows:
+            print(f"**Goal: durable publish-with-confirms + consume-with-ack at least 10x {name}** (flat out, "
+                  "consumed msg/s):\n")
+            for k in goal_rows:
+                r, o = own.get(k, {}), theirs.get(k, {})
+                rv, ov = num(r.get("recv/s")), num(o.get("recv/s"))
+                met = "-" if rv is None or not ov else ("yes" if rv / ov >= 10 else "no")
+                print(f"- {k[1]} queue(s): {fmt(rv)} vs {fmt(ov)} msg/s = {ratio(rv, ov)}: met? **{met}**")
+            print()
+
+        if p["amqp_queues"] or q["amqp_queues"]:
+            print(f"## Queue capacity (durable queues declared on a fresh broker): polymq vs {name}\n")
+            print(f"| queues | metric | polymq | {name} | ratio |")
+            print("| ---: | --- | ---: | ---: | ---: |")
+            own_q = {c.get("queues"): c for c in p["amqp_queues"]}
+            their_q = {c.get("queues"): c for c in q["amqp_queues"]}
+            for n in list(own_q) + [n for n in their_q if n not in own_q]:
+                c, o = own_q.get(n, {}), their_q.get(n, {})
+                for label, key, d in (("declared (failed)", None, 0), ("declare time, s", "declare_s", 2),
+                                      ("**declares/s**", "declares/s", 0), ("declare p99 ms", "declare_p99_ms", 2),
+                                      ("broker RSS before, MiB", "rss_before_MiB", 1),
+                                      ("broker RSS with the queues, MiB", "rss_held_MiB", 1),
+                                      ("**broker RSS per queue, bytes**", "bytes/queue", 0),
+                                      ("deletes/s", "deletes/s", 0), ("broker cpu%", "broker_cpu%", 0),
+                                      ("others%", "others%", 0)):
+                    if key is None:
+                        pv = f"{fmt(c.get('declared'))} ({fmt(c.get('failed'))})" if c else "-"
+                        ov = f"{fmt(o.get('declared'))} ({fmt(o.get('failed'))})" if o else "-"
+                        print(f"| {fmt(n)} | {label} | {pv} | {ov} | |")
+                    else:
+                        print(f"| {fmt(n)} | {label} | {fmt(c.get(key), d)} | {fmt(o.get(key), d)} "
+                              f"| {ratio(c.get(key), o.get(key))} |")
+            print()
+
+        notes = ([("polymq", t) for t in p["notes"]] + [(v, t) for v, d in variants for t in d["notes"]]
+                 + [(name, t) for t in q["notes"]])
+        if notes:
+            print("Errors and notes reported by the runs:\n")
+            for who, t in notes:
+                print(f"- {who}: {t}")
+            print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--human")
+    ap.add_argument("--protocol", default="mqtt", choices=["mqtt", "amqp"])
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=FILE: another polymq configuration, shown beside polymq (amqp)")
     ap.add_argument("--polymq")
     ap.add_argument("--peer", action="append", default=[])
     ap.add_argument("--peer-version", action="append", default=[])
@@ -205,6 +356,8 @@ def main():
     args = ap.parse_args()
     if args.human:
         human(args.human)
+    elif args.polymq and args.protocol == "amqp":
+        compare_amqp(args)
     elif args.polymq:
         compare(args)
     else:

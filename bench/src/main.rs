@@ -11,6 +11,7 @@
 // `is_multiple_of` is newer (1.87) than the workspace's minimum Rust (1.80).
 #![allow(clippy::manual_is_multiple_of)]
 
+mod amqp;
 mod disk;
 mod hist;
 mod load;
@@ -76,6 +77,10 @@ enum Scenario {
     Mqtt(mqtt::MqttArgs),
     /// N idle MQTT connections against any broker: connect rate and broker memory per connection.
     MqttConns(mqtt::ConnsArgs),
+    /// AMQP 0-9-1 durable queues (publisher confirms, manual acks) and topic fan-out against any broker (--amqp URL).
+    Amqp(amqp::AmqpArgs),
+    /// Declares N durable AMQP queues against any broker: declare rate and broker memory per queue.
+    AmqpQueues(amqp::QueuesArgs),
     /// Every scenario for about a second with tiny sizes (CI runs this so the tool cannot rot).
     Smoke,
     /// (internal) Reopens a store and reports replay time and memory, in a fresh process.
@@ -167,6 +172,8 @@ fn main() -> Result<()> {
         Scenario::Queues(a) => queues::run(&rt, &rep, &scratch, &a),
         Scenario::Mqtt(a) => mqtt::run(&rt, &rep, &a).map(drop),
         Scenario::MqttConns(a) => mqtt::conns(&rt, &rep, &a).map(drop),
+        Scenario::Amqp(a) => amqp::run(&rt, &rep, &a).map(drop),
+        Scenario::AmqpQueues(a) => amqp::queues(&rt, &rep, &a).map(drop),
         Scenario::Smoke => smoke(&rt, &rep, &scratch),
         Scenario::QueuesReopen { .. } => Ok(()),
     }
@@ -241,6 +248,7 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
         },
     )?;
     mqtt_smoke(rt, rep, scratch)?;
+    amqp_smoke(rt, rep, scratch)?;
     rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
     // Give the tick/maintenance threads of the last store a moment to exit cleanly.
     std::thread::sleep(Duration::from_millis(10));
@@ -337,6 +345,85 @@ fn mqtt_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -
         )?;
         if let Some(c) = c.iter().find(|c| c.failed > 0 || c.dropped > 0) {
             bail!("smoke: mqtt-conns: of {} connections {} failed and {} were dropped", c.count, c.failed, c.dropped);
+        }
+        anyhow::Ok(())
+    })();
+    if let Some((server, store, dir)) = inproc {
+        server.stop(rt)?;
+        drop(store);
+        scratch.discard(&dir);
+    }
+    result
+}
+
+/// The AMQP scenarios for a few seconds against an in-process polymq (its
+/// AMQP service on a loopback port, real sockets), or against the broker at
+/// `POLYMQ_BENCH_SMOKE_AMQP=amqp://user:pass@host:port/vhost` (say, a
+/// RabbitMQ, to check the tool itself).
+fn amqp_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Result<()> {
+    let target = std::env::var("POLYMQ_BENCH_SMOKE_AMQP").unwrap_or_default();
+    let mut inproc = None;
+    let url = if target.is_empty() || target == "inproc" {
+        let dir = scratch.fresh("amqp")?;
+        let store = load::open_store(&dir, "interval=50".parse().map_err(anyhow::Error::msg)?, Some(8))?;
+        let svc = rt.block_on(polymq_amqp::AmqpService::new(store.clone(), polymq_amqp::AmqpConfig::default()))?;
+        let server = mqtt::InProcess::serve(rt, store.clone(), svc)?;
+        let url = format!("amqp://guest:guest@{}/%2f", server.addr);
+        inproc = Some((server, store, dir));
+        url
+    } else {
+        target
+    };
+    let label = if inproc.is_some() { "polymq (in-process)".to_owned() } else { "amqp peer".to_owned() };
+    let result = (|| {
+        let base = amqp::AmqpArgs {
+            amqp: url.clone(),
+            label: Some(label.clone()),
+            broker_pid: None,
+            scenario: vec![amqp::Shape::Durable, amqp::Shape::FanOut],
+            queues: vec![1, 3],
+            fanout: 3,
+            publishers: 2,
+            consumers: 2,
+            connections: 2,
+            size: 64,
+            rate: vec![0.0],
+            seconds: 0.3,
+            confirm_window: 16,
+            prefetch: 20,
+            multi_ack: 1,
+            drain_seconds: 5.0,
+        };
+        let runs = amqp::run(rt, rep, &base)?;
+        // The rate mode's scheduler, and multiple acks.
+        let paced = amqp::run(
+            rt,
+            rep,
+            &amqp::AmqpArgs { scenario: vec![amqp::Shape::Durable], queues: vec![1], rate: vec![2_000.0], multi_ack: 8, ..base.clone() },
+        )?;
+        for r in runs.iter().chain(&paced) {
+            let what = format!("smoke: amqp {} queues {} rate {}", r.shape.name(), r.queues, r.rate);
+            if r.errors > 0 || r.nacked > 0 {
+                bail!("{what}: {} error(s), {} nack(s)", r.errors, r.nacked);
+            }
+            if r.published == 0 || r.received == 0 {
+                bail!("{what}: nothing went through (published {}, received {})", r.published, r.received);
+            }
+            // Confirmed and acked: nothing may be lost.
+            if r.confirmed < r.published {
+                bail!("{what}: {} of {} publishes confirmed", r.confirmed, r.published);
+            }
+            if r.received < r.expected {
+                bail!("{what}: {} of {} expected deliveries arrived", r.received, r.expected);
+            }
+        }
+        let q = amqp::queues(
+            rt,
+            rep,
+            &amqp::QueuesArgs { amqp: url.clone(), label: Some(label.clone()), broker_pid: None, count: vec![300], channels: 8, keep_queues: false },
+        )?;
+        if let Some(q) = q.iter().find(|q| q.failed > 0 || q.declared < q.count as u64) {
+            bail!("smoke: amqp-queues: of {} queues {} were declared and {} failed", q.count, q.declared, q.failed);
         }
         anyhow::Ok(())
     })();

@@ -173,7 +173,7 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
 }
 
 /// VmRSS of a process, bytes.
-fn rss(pid: u32) -> Option<u64> {
+pub(crate) fn rss(pid: u32) -> Option<u64> {
     read(&format!("/proc/{pid}/status"))
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:").and_then(|r| r.split_whitespace().next()?.parse::<u64>().ok()))
@@ -181,7 +181,7 @@ fn rss(pid: u32) -> Option<u64> {
 }
 
 /// "Max open files" soft limit of a process.
-fn nofile(pid: Option<u32>) -> Option<u64> {
+pub(crate) fn nofile(pid: Option<u32>) -> Option<u64> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/limits"),
         None => "/proc/self/limits".into(),
@@ -191,7 +191,7 @@ fn nofile(pid: Option<u32>) -> Option<u64> {
 
 /// CPU of the broker and of the load generator (this process) over one run,
 /// and the broker's peak RSS (sampled every 200 ms).
-struct Probe {
+pub(crate) struct Probe {
     pid: Option<u32>,
     t0: Instant,
     broker_cpu0: Option<f64>,
@@ -201,15 +201,15 @@ struct Probe {
     sampler: Option<std::thread::JoinHandle<()>>,
 }
 
-struct ProbeResult {
+pub(crate) struct ProbeResult {
     /// % of one core.
-    broker_cpu: Option<f64>,
-    self_cpu: Option<f64>,
-    broker_rss_peak: Option<u64>,
+    pub(crate) broker_cpu: Option<f64>,
+    pub(crate) self_cpu: Option<f64>,
+    pub(crate) broker_rss_peak: Option<u64>,
 }
 
 impl Probe {
-    fn start(pid: Option<u32>) -> Probe {
+    pub(crate) fn start(pid: Option<u32>) -> Probe {
         let peak = Arc::new(AtomicU64::new(pid.and_then(rss).unwrap_or(0)));
         let stop = Arc::new(AtomicBool::new(false));
         let sampler = pid.and_then(|pid| {
@@ -237,7 +237,7 @@ impl Probe {
         }
     }
 
-    fn finish(mut self) -> ProbeResult {
+    pub(crate) fn finish(mut self) -> ProbeResult {
         self.stop.store(true, Ordering::Release);
         if let Some(t) = self.sampler.take() {
             let _ = t.join();
@@ -256,7 +256,7 @@ impl Probe {
     }
 }
 
-fn mib(b: u64) -> f64 {
+pub(crate) fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
 
@@ -266,18 +266,18 @@ fn mib(b: u64) -> f64 {
 
 /// The process-wide clock origin of the payload stamps (publishers and
 /// subscribers live in this one process).
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
-fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     epoch().elapsed().as_nanos() as u64
 }
 
-const STAMP: usize = 20;
+pub(crate) const STAMP: usize = 20;
 
-fn payload(size: usize, sent_ns: u64, seq: u64, publisher: u32) -> Bytes {
+pub(crate) fn payload(size: usize, sent_ns: u64, seq: u64, publisher: u32) -> Bytes {
     let mut b = BytesMut::with_capacity(size);
     b.put_u64_le(sent_ns);
     b.put_u64_le(seq);
@@ -286,7 +286,7 @@ fn payload(size: usize, sent_ns: u64, seq: u64, publisher: u32) -> Bytes {
     b.freeze()
 }
 
-fn unstamp(p: &[u8]) -> Option<(u64, u64, u32)> {
+pub(crate) fn unstamp(p: &[u8]) -> Option<(u64, u64, u32)> {
     if p.len() < STAMP {
         return None;
     }
@@ -742,7 +742,7 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
     Ok((h, end_ns(ctr.last_completed_ns.load(Ordering::Relaxed)), end_ns(ctr.last_received_ns.load(Ordering::Relaxed)), expected))
 }
 
-fn run_id() -> String {
+pub(crate) fn run_id() -> String {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{:x}{:04x}", (t / 1000) as u64 & 0xFFFF_FFFF, std::process::id() & 0xFFFF)
 }
@@ -752,7 +752,7 @@ fn ms(ns: u64) -> f64 {
 }
 
 /// A latency quantile in ms; NaN (printed `NaN`, JSON null) when nothing was measured.
-fn q_ms(h: &Hist, q: f64) -> f64 {
+pub(crate) fn q_ms(h: &Hist, q: f64) -> f64 {
     if h.count() == 0 {
         f64::NAN
     } else {
@@ -1106,8 +1106,8 @@ pub fn conns(rt: &Runtime, rep: &Reporter, a: &ConnsArgs) -> Result<Vec<ConnsRes
 // In-process polymq (smoke)
 // ---------------------------------------------------------------------------
 
-/// A polymq server with only the MQTT service, on 127.0.0.1:<any port>, in this
-/// process's runtime. Drop the returned trigger (or call it) to shut it down.
+/// A polymq server with one protocol service (MQTT or AMQP), on
+/// 127.0.0.1:<any port>, in this process's runtime. `stop` shuts it down.
 pub struct InProcess {
     pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -1115,14 +1115,20 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// The MQTT service.
     pub fn start(rt: &Runtime, store: Arc<polymq::Store>) -> Result<InProcess> {
+        let config = polymq::config::Config { http_listen: "127.0.0.1:0".parse().context("address")?, ..Default::default() };
+        let svc = rt.block_on(polymq_mqtt::MqttService::new(store.clone(), polymq_mqtt::MqttConfig::from_config(&config)))?;
+        InProcess::serve(rt, store, svc)
+    }
+
+    /// Any protocol service, on a loopback port of its own.
+    pub fn serve(rt: &Runtime, store: Arc<polymq::Store>, svc: Arc<dyn polymq::server::ProtocolService>) -> Result<InProcess> {
         rt.block_on(async {
             let config = polymq::config::Config { http_listen: "127.0.0.1:0".parse().context("address")?, ..Default::default() };
-            let svc = polymq_mqtt::MqttService::new(store.clone(), polymq_mqtt::MqttConfig::from_config(&config)).await?;
             let listen: SocketAddr = "127.0.0.1:0".parse().context("address")?;
-            let server =
-                polymq::server::Server::bind(&config, store, vec![(listen, svc as Arc<dyn polymq::server::ProtocolService>)]).await?;
-            let addr = server.local_addrs().first().map(|(_, a)| *a).context("no MQTT listener")?;
+            let server = polymq::server::Server::bind(&config, store, vec![(listen, svc)]).await?;
+            let addr = server.local_addrs().first().map(|(_, a)| *a).context("no listener")?;
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server.run(async move {
                 let _ = rx.await;
