@@ -207,7 +207,15 @@ struct Target {
 /// the send time are taken when the future is first polled, which is also
 /// when lapin queues its frames, so a publisher's sequence numbers go out in
 /// order however many publishes are in flight.
-async fn publish_one(ch: Channel, t: Arc<Target>, size: usize, index: u32, scheduled_ns: u64, seq: Arc<AtomicU64>, ctr: Arc<Counters>) -> Result<u64> {
+async fn publish_one(
+    ch: Channel,
+    t: Arc<Target>,
+    size: usize,
+    index: u32,
+    scheduled_ns: u64,
+    seq: Arc<AtomicU64>,
+    ctr: Arc<Counters>,
+) -> Result<u64> {
     let s = seq.fetch_add(1, Ordering::Relaxed) + 1;
     let t0 = now_ns();
     let body = payload(size, if scheduled_ns == 0 { t0 } else { scheduled_ns }, s, index);
@@ -465,10 +473,19 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<Measured> {
     }
     if spec.shape == Shape::FanOut {
         let opts = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
-        admin.exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, opts, FieldTable::default()).await.context("declaring the topic exchange")?;
+        admin
+            .exchange_declare(exchange.as_str().into(), ExchangeKind::Topic, opts, FieldTable::default())
+            .await
+            .context("declaring the topic exchange")?;
         for q in &queue_names {
             admin
-                .queue_bind(q.as_str().into(), exchange.as_str().into(), format!("{prefix}.fan.*").as_str().into(), QueueBindOptions::default(), FieldTable::default())
+                .queue_bind(
+                    q.as_str().into(),
+                    exchange.as_str().into(),
+                    format!("{prefix}.fan.*").as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .with_context(|| format!("binding {q}"))?;
         }
@@ -482,7 +499,12 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<Measured> {
             let ch = sub_conns[i % conns].create_channel().await.context("channel.open (consumer)")?;
             ch.basic_qos(spec.prefetch, BasicQosOptions::default()).await.context("basic.qos")?;
             let consumer = ch
-                .basic_consume(queue_names[q].as_str().into(), format!("c{i}").as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+                .basic_consume(
+                    queue_names[q].as_str().into(),
+                    format!("c{i}").as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
                 .await
                 .context("basic.consume")?;
             sub_tasks.spawn(run_consumer(ch, consumer, spec.multi_ack, targets.len(), ctr.clone(), stop_rx.clone()));
@@ -617,7 +639,8 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &AmqpArgs) -> Result<Vec<RunResult>>
                     run_id: run_id(),
                 };
                 let probe = Probe::start(a.broker_pid);
-                let progress = Progress::start(format!("{label} amqp {} q={queues} {mode}", shape.name()), "msg recv", ctr.received.clone());
+                let progress =
+                    Progress::start(format!("{label} amqp {} q={queues} {mode}", shape.name()), "msg recv", ctr.received.clone());
                 let r = rt.block_on(one_run(&spec, ctr.clone()));
                 drop(progress);
                 let p = probe.finish();

@@ -85,10 +85,13 @@ fn offsets(store: &Store, group: &FetchGroup) -> Vec<(String, Vec<(i32, i64)>)> 
                 let Some((topic, p)) = polymq::topic::parse_partition_queue(&info.name) else { continue };
                 by_topic.entry(topic.to_owned()).or_default().push((p as i32, offset as i64));
             }
-            by_topic.into_iter().map(|(t, mut ps)| {
-                ps.sort_unstable();
-                (t, ps)
-            }).collect()
+            by_topic
+                .into_iter()
+                .map(|(t, mut ps)| {
+                    ps.sort_unstable();
+                    (t, ps)
+                })
+                .collect()
         }
     }
 }
@@ -137,7 +140,9 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                             )
                         })
                         .collect();
-                    OffsetFetchResponseGroup::default().with_group_id(GroupId(StrBytes::from_string(g.group_id.clone()))).with_topics(topics)
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_string(g.group_id.clone())))
+                        .with_topics(topics)
                 })
                 .collect();
         }

@@ -383,7 +383,8 @@ impl Group {
         m.client_id = req.client_id;
         m.client_host = req.client_host;
         m.session_timeout_ms = clamp_ms(req.session_timeout_ms, SESSION_TIMEOUT_MIN_MS, SESSION_TIMEOUT_MAX_MS);
-        m.rebalance_timeout_ms = clamp_ms(req.rebalance_timeout_ms, m.session_timeout_ms.min(REBALANCE_TIMEOUT_MAX_MS), REBALANCE_TIMEOUT_MAX_MS);
+        m.rebalance_timeout_ms =
+            clamp_ms(req.rebalance_timeout_ms, m.session_timeout_ms.min(REBALANCE_TIMEOUT_MAX_MS), REBALANCE_TIMEOUT_MAX_MS);
         m.session_deadline = now + m.session_timeout_ms;
         let is_leader = self.leader.as_deref() == Some(m.id.as_str());
         let id = m.id.clone();
