@@ -780,7 +780,8 @@ impl Store {
     /// partitions), not for the data path.
     pub fn group_offsets(&self, group: &str) -> Vec<(QueueId, u64)> {
         let Ok(st) = self.inner.state.lock() else { return Vec::new() };
-        let mut out: Vec<(QueueId, u64)> = st.group_offsets.iter().filter(|((g, _), _)| &**g == group).map(|((_, q), o)| (*q, *o)).collect();
+        let mut out: Vec<(QueueId, u64)> =
+            st.group_offsets.iter().filter(|((g, _), _)| &**g == group).map(|((_, q), o)| (*q, *o)).collect();
         out.sort_unstable();
         out
     }

@@ -127,9 +127,8 @@ async fn two_members_join_sync_heartbeat_and_leave() -> Result<()> {
     assert_eq!(heartbeat(&mut bc, "g", "ghost", 2).await?, 25, "UNKNOWN_MEMBER_ID");
 
     // B leaves (v3 batch): A is asked to rejoin and leads alone.
-    let leave = LeaveGroupRequest::default()
-        .with_group_id(GroupId(s("g")))
-        .with_members(vec![MemberIdentity::default().with_member_id(s(&b_id))]);
+    let leave =
+        LeaveGroupRequest::default().with_group_id(GroupId(s("g"))).with_members(vec![MemberIdentity::default().with_member_id(s(&b_id))]);
     let lr = bc.send(&leave, 3).await?;
     assert_eq!(lr.members.len(), 1);
     assert_eq!(lr.members[0].error_code, 0);
@@ -199,7 +198,8 @@ fn commit_req(group: &str, generation: i32, member: &str, offsets: &[(&str, i32,
 }
 
 async fn fetch_all(c: &mut Client, group: &str) -> Result<Vec<(String, i32, i64)>> {
-    let req = OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default().with_group_id(GroupId(s(group))).with_topics(None)]);
+    let req = OffsetFetchRequest::default()
+        .with_groups(vec![OffsetFetchRequestGroup::default().with_group_id(GroupId(s(group))).with_topics(None)]);
     let r = c.send(&req, 8).await?;
     let mut out = Vec::new();
     for t in &r.groups[0].topics {

@@ -88,9 +88,7 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             let mut commits = JoinSet::new();
             for (t, (topic, partitions)) in c.topics.iter().enumerate() {
                 for (p, part) in partitions.iter().enumerate() {
-                    let queue = u32::try_from(part.partition)
-                        .ok()
-                        .and_then(|n| store.queue_id(&polymq::topic::partition_queue(topic, n)));
+                    let queue = u32::try_from(part.partition).ok().and_then(|n| store.queue_id(&polymq::topic::partition_queue(topic, n)));
                     errors[t][p] = match queue {
                         None => UNKNOWN_TOPIC_OR_PARTITION,
                         Some(_) if part.metadata.as_ref().is_some_and(|m| m.len() > METADATA_BYTES_MAX) => OFFSET_METADATA_TOO_LARGE,
@@ -104,14 +102,12 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                 }
             }
             while let Some(done) = commits.join_next().await {
-                if let Ok((t, p, result)) = done {
-                    if let Err(e) = result {
-                        tracing::warn!(group = %c.group_id, error = %e, "offset commit failed");
-                        errors[t][p] = match e {
-                            polymq::StoreError::QueueNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
-                            _ => UNKNOWN_SERVER_ERROR,
-                        };
-                    }
+                if let Ok((t, p, Err(e))) = done {
+                    tracing::warn!(group = %c.group_id, error = %e, "offset commit failed");
+                    errors[t][p] = match e {
+                        polymq::StoreError::QueueNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
+                        _ => UNKNOWN_SERVER_ERROR,
+                    };
                 }
             }
         }

@@ -22,7 +22,7 @@ use crate::wire::{Reader, WireResult};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FetchGroup {
     pub group_id: String,
-    pub topics: Option<Vec<(String, Vec<i32>)>>,
+    pub topics: Option<TopicPartitions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,10 @@ pub(crate) struct OffsetFetch {
     pub require_stable: bool,
 }
 
-fn topics(r: &mut Reader, flexible: bool) -> WireResult<Option<Vec<(String, Vec<i32>)>>> {
+/// (topic, partitions) asked for.
+pub(crate) type TopicPartitions = Vec<(String, Vec<i32>)>;
+
+fn topics(r: &mut Reader, flexible: bool) -> WireResult<Option<TopicPartitions>> {
     r.nullable_array(flexible, |r| {
         let name = r.string(flexible)?;
         let partitions = r.array_of(flexible, |r| r.i32())?;
@@ -85,10 +88,13 @@ fn offsets(store: &Store, group: &FetchGroup) -> Vec<(String, Vec<(i32, i64)>)> 
                 let Some((topic, p)) = polymq::topic::parse_partition_queue(&info.name) else { continue };
                 by_topic.entry(topic.to_owned()).or_default().push((p as i32, offset as i64));
             }
-            by_topic.into_iter().map(|(t, mut ps)| {
-                ps.sort_unstable();
-                (t, ps)
-            }).collect()
+            by_topic
+                .into_iter()
+                .map(|(t, mut ps)| {
+                    ps.sort_unstable();
+                    (t, ps)
+                })
+                .collect()
         }
     }
 }
@@ -137,7 +143,9 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                             )
                         })
                         .collect();
-                    OffsetFetchResponseGroup::default().with_group_id(GroupId(StrBytes::from_string(g.group_id.clone()))).with_topics(topics)
+                    OffsetFetchResponseGroup::default()
+                        .with_group_id(GroupId(StrBytes::from_string(g.group_id.clone())))
+                        .with_topics(topics)
                 })
                 .collect();
         }

@@ -92,11 +92,10 @@ fn join_group_every_version() {
 fn sync_group_every_version() {
     let (range, key) = versions(ApiKey::SyncGroup);
     for v in range {
-        let mut req = SyncGroupRequest::default()
-            .with_group_id(GroupId(s("g")))
-            .with_generation_id(3)
-            .with_member_id(s("m-1"))
-            .with_assignments(vec![SyncGroupRequestAssignment::default().with_member_id(s("m-2")).with_assignment(Bytes::from_static(b"a"))]);
+        let mut req =
+            SyncGroupRequest::default().with_group_id(GroupId(s("g"))).with_generation_id(3).with_member_id(s("m-1")).with_assignments(
+                vec![SyncGroupRequestAssignment::default().with_member_id(s("m-2")).with_assignment(Bytes::from_static(b"a"))],
+            );
         if v >= 3 {
             req.group_instance_id = Some(s("inst"));
         }
@@ -158,7 +157,10 @@ fn leave_group_every_version() {
 fn offset_commit_every_version() {
     let (range, key) = versions(ApiKey::OffsetCommit);
     for v in range {
-        let mut part = OffsetCommitRequestPartition::default().with_partition_index(2).with_committed_offset(42).with_committed_metadata(Some(s("md")));
+        let mut part = OffsetCommitRequestPartition::default()
+            .with_partition_index(2)
+            .with_committed_offset(42)
+            .with_committed_metadata(Some(s("md")));
         if v >= 6 {
             part.committed_leader_epoch = 5;
         }
@@ -177,7 +179,10 @@ fn offset_commit_every_version() {
         let d = offset_commit::decode(&mut r, v, flex).expect("decodes");
         assert_eq!((d.group_id.as_str(), d.generation_id, d.member_id.as_str()), ("g", 4, "m"));
         assert_eq!(d.group_instance_id.as_deref(), (v >= 7).then_some("i"));
-        assert_eq!(d.topics, vec![("t".into(), vec![offset_commit::CommitPartition { partition: 2, offset: 42, metadata: Some("md".into()) }])]);
+        assert_eq!(
+            d.topics,
+            vec![("t".into(), vec![offset_commit::CommitPartition { partition: 2, offset: 42, metadata: Some("md".into()) }])]
+        );
         assert_eq!(r.remaining(), 0, "v{v}");
     }
 }
@@ -193,12 +198,13 @@ fn offset_fetch_every_version() {
             let mut req = OffsetFetchRequest::default();
             if v <= 7 {
                 req.group_id = GroupId(s("g"));
-                req.topics = (!all).then(|| vec![OffsetFetchRequestTopic::default().with_name(TopicName(s("t"))).with_partition_indexes(vec![0, 3])]);
+                req.topics = (!all)
+                    .then(|| vec![OffsetFetchRequestTopic::default().with_name(TopicName(s("t"))).with_partition_indexes(vec![0, 3])]);
             } else {
                 req.groups = vec![
-                    OffsetFetchRequestGroup::default().with_group_id(GroupId(s("g"))).with_topics(
-                        (!all).then(|| vec![OffsetFetchRequestTopics::default().with_name(TopicName(s("t"))).with_partition_indexes(vec![0, 3])]),
-                    ),
+                    OffsetFetchRequestGroup::default().with_group_id(GroupId(s("g"))).with_topics((!all).then(|| {
+                        vec![OffsetFetchRequestTopics::default().with_name(TopicName(s("t"))).with_partition_indexes(vec![0, 3])]
+                    })),
                     OffsetFetchRequestGroup::default().with_group_id(GroupId(s("h"))).with_topics(None),
                 ];
             }

@@ -11,9 +11,9 @@
 //! committed offsets in the core (`kafka/<group>`), which is what ListGroups
 //! and DescribeGroups then show (state Empty).
 
-pub(crate) mod state;
 #[cfg(test)]
 mod decode_tests;
+pub(crate) mod state;
 #[cfg(test)]
 mod tests;
 
@@ -25,8 +25,8 @@ use polymq::clock::Clock;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-pub(crate) use state::{GroupSettings, GroupState, GroupSummary, JoinRequest, JoinResponse, Outcome, SyncRequest, SyncResponse};
 use state::Group;
+pub(crate) use state::{GroupSettings, GroupState, GroupSummary, JoinRequest, JoinResponse, Outcome, SyncRequest, SyncResponse};
 
 /// Limits of the coordinator (documented in docs/design-kafka.md).
 pub(crate) mod limits {
