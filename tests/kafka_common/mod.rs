@@ -225,6 +225,11 @@ pub fn batch(records: &[Record]) -> Result<Bytes> {
     let mut records = records.to_vec();
     for (i, r) in records.iter_mut().enumerate() {
         r.offset = i as i64;
+        // kafka-protocol starts a new batch where offset - sequence changes;
+        // without a producer the base sequence must stay -1.
+        if r.producer_id < 0 {
+            r.sequence = i as i32 - 1;
+        }
     }
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })?;
