@@ -102,14 +102,12 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                 }
             }
             while let Some(done) = commits.join_next().await {
-                if let Ok((t, p, result)) = done {
-                    if let Err(e) = result {
-                        tracing::warn!(group = %c.group_id, error = %e, "offset commit failed");
-                        errors[t][p] = match e {
-                            polymq::StoreError::QueueNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
-                            _ => UNKNOWN_SERVER_ERROR,
-                        };
-                    }
+                if let Ok((t, p, Err(e))) = done {
+                    tracing::warn!(group = %c.group_id, error = %e, "offset commit failed");
+                    errors[t][p] = match e {
+                        polymq::StoreError::QueueNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
+                        _ => UNKNOWN_SERVER_ERROR,
+                    };
                 }
             }
         }

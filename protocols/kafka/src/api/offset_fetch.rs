@@ -22,7 +22,7 @@ use crate::wire::{Reader, WireResult};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct FetchGroup {
     pub group_id: String,
-    pub topics: Option<Vec<(String, Vec<i32>)>>,
+    pub topics: Option<TopicPartitions>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,10 @@ pub(crate) struct OffsetFetch {
     pub require_stable: bool,
 }
 
-fn topics(r: &mut Reader, flexible: bool) -> WireResult<Option<Vec<(String, Vec<i32>)>>> {
+/// (topic, partitions) asked for.
+pub(crate) type TopicPartitions = Vec<(String, Vec<i32>)>;
+
+fn topics(r: &mut Reader, flexible: bool) -> WireResult<Option<TopicPartitions>> {
     r.nullable_array(flexible, |r| {
         let name = r.string(flexible)?;
         let partitions = r.array_of(flexible, |r| r.i32())?;

@@ -389,7 +389,7 @@ impl Group {
         let is_leader = self.leader.as_deref() == Some(m.id.as_str());
         let id = m.id.clone();
         match self.state {
-            GroupState::CompletingRebalance | GroupState::Stable if !changed && !(is_leader && self.state == GroupState::Stable) => {
+            GroupState::CompletingRebalance | GroupState::Stable if !(changed || is_leader && self.state == GroupState::Stable) => {
                 // A repeated join (e.g. a lost response): same generation, no rebalance.
                 Outcome::Ready(self.join_response(&id))
             }
@@ -482,7 +482,7 @@ impl Group {
             return;
         }
         self.protocol = self.select_protocol();
-        if !self.leader.as_ref().is_some_and(|l| self.member_index(l).is_some()) {
+        if self.leader.as_ref().is_none_or(|l| self.member_index(l).is_none()) {
             self.leader = Some(self.members[0].id.clone());
         }
         self.state = GroupState::CompletingRebalance;

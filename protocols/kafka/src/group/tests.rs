@@ -131,7 +131,7 @@ fn a_silent_member_is_removed_after_its_session_timeout() {
     assert_eq!(state(&c, "g"), GroupState::Stable);
 
     clock.advance(6_000);
-    assert_eq!(c.tick(c.now_ms()).is_some(), true);
+    assert!(c.tick(c.now_ms()).is_some());
     assert_eq!(c.heartbeat("g", &a, None, 2), code::NONE);
     clock.advance(6_000);
     c.tick(c.now_ms());
