@@ -13,6 +13,8 @@
 mod api;
 pub mod batch;
 mod connection;
+#[doc(hidden)]
+pub mod fuzz_api;
 mod group;
 mod producer;
 mod topics;
