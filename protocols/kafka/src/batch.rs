@@ -269,15 +269,15 @@ mod tests {
         let mut bad = b.to_vec();
         let last = bad.len() - 1;
         bad[last] ^= 1;
-        assert_eq!(validate_produce(&Bytes::from(bad)).unwrap_err().code(), 2);
+        assert_eq!(validate_produce(&Bytes::from(bad)).expect_err("must fail").code(), 2);
         let mut magic1 = b.to_vec();
         magic1[16] = 1;
-        assert_eq!(validate_produce(&Bytes::from(magic1)).unwrap_err().code(), 87);
+        assert_eq!(validate_produce(&Bytes::from(magic1)).expect_err("must fail").code(), 87);
         let mut two = b.to_vec();
         two.extend_from_slice(&b);
-        assert_eq!(validate_produce(&Bytes::from(two)).unwrap_err().code(), 87);
-        assert_eq!(validate_produce(&b.slice(..b.len() - 1)).unwrap_err().code(), 2);
-        assert_eq!(validate_produce(&b.slice(..10)).unwrap_err().code(), 2);
+        assert_eq!(validate_produce(&Bytes::from(two)).expect_err("must fail").code(), 87);
+        assert_eq!(validate_produce(&b.slice(..b.len() - 1)).expect_err("must fail").code(), 2);
+        assert_eq!(validate_produce(&b.slice(..10)).expect_err("must fail").code(), 2);
     }
 
     #[test]

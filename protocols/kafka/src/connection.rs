@@ -23,6 +23,7 @@ use crate::Shared;
 /// What a handler may use and keep across the requests of one connection.
 pub(crate) struct Session {
     pub shared: Arc<Shared>,
+    #[allow(dead_code)] // for logs of the handlers to come (SASL, groups)
     pub peer: SocketAddr,
     /// `host:port` this connection's Metadata / FindCoordinator advertise.
     pub advertised: String,

@@ -16,7 +16,6 @@ pub mod code {
     pub const INVALID_CONFIG: i16 = 40;
     pub const TOPIC_ALREADY_EXISTS: i16 = 36;
     pub const INVALID_REQUEST: i16 = 42;
-    pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNSUPPORTED_VERSION: i16 = 35;
 }

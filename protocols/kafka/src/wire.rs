@@ -203,29 +203,29 @@ mod tests {
     #[test]
     fn fixed_width_integers_are_big_endian() {
         let mut x = r(&[0xff, 0x01, 0x02, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 2]);
-        assert_eq!(x.i8().unwrap(), -1);
-        assert_eq!(x.i16().unwrap(), 0x0102);
-        assert_eq!(x.i32().unwrap(), 256);
-        assert_eq!(x.i64().unwrap(), 2);
+        assert_eq!(x.i8().expect("must succeed"), -1);
+        assert_eq!(x.i16().expect("must succeed"), 0x0102);
+        assert_eq!(x.i32().expect("must succeed"), 256);
+        assert_eq!(x.i64().expect("must succeed"), 2);
         assert_eq!(x.i8(), Err(WireError::Truncated("int8")));
     }
 
     #[test]
     fn varints() {
-        assert_eq!(r(&[0x96, 0x01]).uvarint().unwrap(), 150);
-        assert_eq!(r(&[0xff, 0xff, 0xff, 0xff, 0x0f]).uvarint().unwrap(), u32::MAX);
+        assert_eq!(r(&[0x96, 0x01]).uvarint().expect("must succeed"), 150);
+        assert_eq!(r(&[0xff, 0xff, 0xff, 0xff, 0x0f]).uvarint().expect("must succeed"), u32::MAX);
         assert!(r(&[0xff, 0xff, 0xff, 0xff, 0x1f]).uvarint().is_err());
         assert!(r(&[0x80, 0x80]).uvarint().is_err());
-        assert_eq!(r(&[0x01]).varint().unwrap(), -1);
-        assert_eq!(r(&[0x02]).varint().unwrap(), 1);
+        assert_eq!(r(&[0x01]).varint().expect("must succeed"), -1);
+        assert_eq!(r(&[0x02]).varint().expect("must succeed"), 1);
     }
 
     #[test]
     fn strings_classic_and_compact() {
-        assert_eq!(r(&[0, 2, b'h', b'i']).string(false).unwrap(), "hi");
-        assert_eq!(r(&[0xff, 0xff]).nullable_string(false).unwrap(), None);
-        assert_eq!(r(&[3, b'h', b'i']).string(true).unwrap(), "hi");
-        assert_eq!(r(&[0]).nullable_string(true).unwrap(), None);
+        assert_eq!(r(&[0, 2, b'h', b'i']).string(false).expect("must succeed"), "hi");
+        assert_eq!(r(&[0xff, 0xff]).nullable_string(false).expect("must succeed"), None);
+        assert_eq!(r(&[3, b'h', b'i']).string(true).expect("must succeed"), "hi");
+        assert_eq!(r(&[0]).nullable_string(true).expect("must succeed"), None);
         assert!(r(&[0, 5, b'h']).string(false).is_err());
         assert!(r(&[0, 1, 0xff]).string(false).is_err());
     }
@@ -233,19 +233,19 @@ mod tests {
     #[test]
     fn an_array_count_beyond_the_bytes_left_is_refused_before_allocating() {
         // i32::MAX elements announced in 4 bytes.
-        let err = r(&[0x7f, 0xff, 0xff, 0xff]).array_of(false, |x| x.i64()).unwrap_err();
+        let err = r(&[0x7f, 0xff, 0xff, 0xff]).array_of(false, |x| x.i64()).expect_err("must fail");
         assert_eq!(err, WireError::ArrayTooLong { count: i32::MAX as u64, left: 0 });
-        let err = r(&[0xff, 0xff, 0xff, 0xff, 0x0f]).array_of(true, |x| x.i8()).unwrap_err();
+        let err = r(&[0xff, 0xff, 0xff, 0xff, 0x0f]).array_of(true, |x| x.i8()).expect_err("must fail");
         assert!(matches!(err, WireError::ArrayTooLong { .. }));
-        assert_eq!(r(&[0, 0, 0, 2, 0, 1, 0, 2]).array_of(false, |x| x.i16()).unwrap(), vec![1, 2]);
-        assert_eq!(r(&[0xff, 0xff, 0xff, 0xff]).nullable_array(false, |x| x.i8()).unwrap(), None);
+        assert_eq!(r(&[0, 0, 0, 2, 0, 1, 0, 2]).array_of(false, |x| x.i16()).expect("must succeed"), vec![1, 2]);
+        assert_eq!(r(&[0xff, 0xff, 0xff, 0xff]).nullable_array(false, |x| x.i8()).expect("must succeed"), None);
     }
 
     #[test]
     fn tagged_fields_are_skipped() {
         let mut x = r(&[2, 0, 1, 9, 5, 2, 7, 7, 42]);
-        x.tagged_fields(true).unwrap();
-        assert_eq!(x.i8().unwrap(), 42);
+        x.tagged_fields(true).expect("must succeed");
+        assert_eq!(x.i8().expect("must succeed"), 42);
         assert!(r(&[1, 0, 3, 1]).tagged_fields(true).is_err());
         assert!(r(&[9]).tagged_fields(true).is_err());
     }

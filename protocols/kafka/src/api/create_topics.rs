@@ -146,7 +146,6 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::tests::round_trip;
 
     #[test]
     fn decodes_what_kafka_protocol_encodes_at_every_version() {

@@ -141,7 +141,7 @@ mod tests {
                 topic.topic_id = Uuid::from_u128(7);
             }
             let mut req = MetadataRequest::default().with_topics(Some(vec![topic]));
-            req.allow_auto_topic_creation = v >= 4 && v % 2 == 0 || v < 4;
+            req.allow_auto_topic_creation = v < 4 || v % 2 == 0;
             if (8..=10).contains(&v) {
                 req.include_cluster_authorized_operations = true;
             }

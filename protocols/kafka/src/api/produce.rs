@@ -24,7 +24,6 @@ use crate::wire::{Reader, WireResult};
 pub const INVALID_REQUIRED_ACKS: i16 = 21;
 pub const MESSAGE_TOO_LARGE: i16 = 10;
 pub const TRANSACTIONAL_ID_AUTHORIZATION_FAILED: i16 = 53;
-pub const NOT_ENOUGH_REPLICAS: i16 = 19;
 
 pub(crate) fn decode(r: &mut Reader, _version: i16, flex: bool) -> WireResult<ProduceRequest> {
     let mut req = ProduceRequest::default();
@@ -80,7 +79,7 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             }
             let mut answers = Vec::with_capacity(t.partition_data.len());
             for p in t.partition_data {
-                let answer = if !matches!(acks, 0 | 1 | -1) {
+                let answer = if !(-1..=1).contains(&acks) {
                     done(INVALID_REQUIRED_ACKS)
                 } else if body.transactional_id.is_some() {
                     // No transactions yet: what Kafka answers a transactional
