@@ -152,8 +152,10 @@ def mqtt_prepare(port: int, it: int) -> None:
     c.connect("127.0.0.1", port)
     c.loop_start()
     c.subscribe(f"crash/{it}/mqtt", qos=1)
-    if not done.wait(10):
-        raise RuntimeError("no SUBACK")
+    # Generous: a persistent session's SUBACK waits for an fsync (fsync=always),
+    # which can take seconds on a disk busy with other work.
+    if not done.wait(60):
+        raise RuntimeError("no SUBACK within 60 s")
     c.disconnect()
     c.loop_stop()
 
