@@ -226,8 +226,7 @@ impl Config {
                 }
                 "AMQP_VHOSTS" => self.amqp_vhosts = value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect(),
                 "MEMORY_HIGH_WATERMARK_BYTES" => {
-                    self.memory_high_watermark_bytes =
-                        Some(value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?)
+                    self.memory_high_watermark_bytes = Some(value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?)
                 }
                 _ => report.unknown.push(var.to_owned()),
             }

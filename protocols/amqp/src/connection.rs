@@ -326,10 +326,26 @@ enum End {
 }
 
 enum PumpEvent {
-    Delivery { channel: u16, epoch: u64, tag: Arc<str>, delivery: Delivery },
+    Delivery {
+        channel: u16,
+        epoch: u64,
+        tag: Arc<str>,
+        delivery: Delivery,
+    },
     /// A message read from a stream at `offset`.
-    Stream { channel: u16, epoch: u64, tag: Arc<str>, offset: u64, message: Message },
-    Failed { channel: u16, epoch: u64, tag: Arc<str>, error: StoreError },
+    Stream {
+        channel: u16,
+        epoch: u64,
+        tag: Arc<str>,
+        offset: u64,
+        message: Message,
+    },
+    Failed {
+        channel: u16,
+        epoch: u64,
+        tag: Arc<str>,
+        error: StoreError,
+    },
 }
 
 type StoreWait = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + Sync>>;
@@ -538,7 +554,8 @@ impl Connection {
         self.blocked = true;
         debug!(peer = %self.peer, "blocked by the memory alarm");
         if self.blocked_capable {
-            self.io.method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked { reason: "low on memory".into() })));
+            self.io
+                .method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked { reason: "low on memory".into() })));
         }
     }
 
@@ -1061,13 +1078,11 @@ impl Connection {
         }
         if let Some(id) = store.queue_id(&core) {
             self.check_exclusive(id, &name)?;
-            let current = self
-                .svc
-                .queues()
-                .args
-                .get(&id)
-                .map(|a| QueueArgs::clone(a))
-                .unwrap_or_else(|| QueueArgs { name: name.clone(), vhost: vhost.clone(), ..QueueArgs::default() });
+            let current = self.svc.queues().args.get(&id).map(|a| QueueArgs::clone(a)).unwrap_or_else(|| QueueArgs {
+                name: name.clone(),
+                vhost: vhost.clone(),
+                ..QueueArgs::default()
+            });
             if let Some((arg, got, have)) = current.inequivalence(&args) {
                 return Err(AmqpError::channel(
                     reply::PRECONDITION_FAILED,
@@ -1283,13 +1298,13 @@ impl Connection {
     }
 
     /// The offset a stream consumer starts at, after RabbitMQ's checks: a
-    /// prefetch is required, automatic acknowledgement and global qos are
-    /// not supported.
+    /// prefetch is required (406), automatic acknowledgement and global qos
+    /// are not supported (540 NOT_IMPLEMENTED, a connection error in 0-9-1).
     fn stream_start(&mut self, ch: u16, id: QueueId, name: &str, c: &basic::Consume) -> Result<u64, AmqpError> {
         let rs = format!("queue '{name}' in vhost '{}'", self.vhost);
         let chan = self.channel(ch)?;
         if chan.global_window.is_some() {
-            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, format!("{rs} does not support global qos")));
+            return Err(AmqpError::connection(reply::NOT_IMPLEMENTED, format!("{rs} does not support global qos")));
         }
         if chan.prefetch == 0 {
             return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("consumer prefetch count is not set for stream {rs}")));
@@ -1487,7 +1502,7 @@ impl Connection {
     fn settle(&mut self, ch: u16, tag: u64, multiple: bool, negative: Option<bool>) -> Flow {
         let entries = self.take_unacked_entries(ch, tag, multiple)?;
         if negative.is_some() && entries.iter().any(|(_, u)| u.receipt.is_none()) {
-            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, "basic.nack and basic.reject not supported by stream queues"));
+            return Err(AmqpError::connection(reply::NOT_IMPLEMENTED, "basic.nack and basic.reject not supported by stream queues"));
         }
         let chan = self.channel(ch)?;
         if let Some(tx) = chan.tx.as_mut() {
@@ -1775,14 +1790,19 @@ fn release(u: Unacked) -> Option<Receipt> {
 fn route_in(svc: &AmqpService, vhost: &str, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
     if exchange.is_empty() {
         // The default exchange: the queue named by the routing key.
-        let Ok(core) = queue_core_name(&vhost, key) else { return Ok(Vec::new()) };
-        return Ok(svc.store.queue_id(&core).into_iter().collect());
+        // (a classic queue or a stream; an internal name is unroutable).
+        return Ok(find_core_queue(&svc.store, vhost, key).ok().flatten().into_iter().collect());
     }
     let sp = space(&vhost, exchange);
-    let def =
-        svc.exchanges.get(&sp).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '{vhost}'")))?;
+    let def = svc
+        .exchanges
+        .get(&sp)
+        .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '{vhost}'")))?;
     if def.internal {
-        return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'")));
+        return Err(AmqpError::channel(
+            reply::ACCESS_REFUSED,
+            format!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
+        ));
     }
     let mut out = Vec::new();
     let mut visited = vec![sp.clone()];
@@ -2274,7 +2294,13 @@ async fn stream_pump(
         window.add_permits(held - messages.len().min(held));
         for m in messages {
             from = m.offset + u64::from(m.message.span.max(1));
-            let ev = PumpEvent::Stream { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), offset: m.offset, message: m.message };
+            let ev = PumpEvent::Stream {
+                channel: key.channel,
+                epoch: key.epoch,
+                tag: Arc::clone(&key.tag),
+                offset: m.offset,
+                message: m.message,
+            };
             if tx.send(ev).is_err() {
                 return;
             }
