@@ -850,10 +850,6 @@ impl Connection {
                 Ok(())
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
-                self.published = true;
-                if *self.memory_alarm.borrow() {
-                    self.block();
-                }
                 let c = self.channel(ch)?;
                 c.publishing = Some(Publishing {
                     exchange: p.exchange.as_str().to_owned(),
@@ -1310,7 +1306,7 @@ impl Connection {
             return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("consumer prefetch count is not set for stream {rs}")));
         }
         if c.no_ack {
-            return Err(AmqpError::channel(
+            return Err(AmqpError::connection(
                 reply::NOT_IMPLEMENTED,
                 format!("automatic acknowledgement not supported by stream queues {rs}"),
             ));
@@ -1420,7 +1416,7 @@ impl Connection {
         let name = self.resolve_queue_name(ch, g.queue.as_str())?;
         let id = self.find_queue(&name)?;
         if self.is_stream(id) {
-            return Err(AmqpError::channel(
+            return Err(AmqpError::connection(
                 reply::NOT_IMPLEMENTED,
                 format!("basic.get not supported by stream queues queue '{name}' in vhost '{}'", self.vhost),
             ));
@@ -1604,6 +1600,12 @@ impl Connection {
     }
 
     async fn finish_publish(&mut self, ch: u16) -> Flow {
+        // A connection is blocked once a whole publish has arrived while
+        // the alarm is on (RabbitMQ blocks publishers, not consumers).
+        self.published = true;
+        if *self.memory_alarm.borrow() {
+            self.block();
+        }
         let c = self.channel(ch)?;
         let Some(mut p) = c.publishing.take() else { return Ok(()) };
         let epoch = c.epoch;
