@@ -1795,7 +1795,7 @@ fn route_in(svc: &AmqpService, vhost: &str, exchange: &str, key: &str, headers: 
         // (a classic queue or a stream; an internal name is unroutable).
         return Ok(find_core_queue(&svc.store, vhost, key).ok().flatten().into_iter().collect());
     }
-    let sp = space(&vhost, exchange);
+    let sp = space(vhost, exchange);
     let def = svc
         .exchanges
         .get(&sp)
