@@ -1255,3 +1255,34 @@ async fn the_memory_alarm_blocks_publishing_connections_until_it_clears() -> Res
     ensure!(!matches!(seen, Ok(Some(lapin::Event::ConnectionBlocked(_)))), "{seen:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn an_unread_queue_expires_its_head_into_the_dead_letter_exchange() -> Result<()> {
+    // RabbitMQ's "delay queue" pattern: nobody reads `wait`; its messages
+    // move on to `ready` when their TTL runs out.
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "ready").await?;
+    ch.queue_declare(
+        "wait".into(),
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(400)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text("ready")),
+        ]),
+    )
+    .await?;
+    let mut c = consume(&ch, "ready", true).await?;
+    let start = std::time::Instant::now();
+    publish(&ch, "", "wait", b"first").await?;
+    publish(&ch, "", "wait", b"second").await?;
+    let d = next(&mut c).await?;
+    ensure!(d.data == b"first" && start.elapsed() >= Duration::from_millis(380), "after {:?}", start.elapsed());
+    let (count, reason, queue) = first_death(&d)?;
+    ensure!((count, reason.as_str(), queue.as_str()) == (1, "expired", "wait"));
+    ensure!(next(&mut c).await?.data == b"second");
+    let q = ch.queue_declare("wait".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
+    ensure!(q.message_count() == 0);
+    Ok(())
+}

@@ -449,3 +449,16 @@ def test_connection_blocked_under_the_memory_alarm(polymq_with):
     # A connection that only consumes is not blocked.
     reader = pika.BlockingConnection(params).channel()
     assert reader.basic_get("pressure", auto_ack=True)[2] == b"first"
+
+
+def test_ttl_delay_queue_without_consumers(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.queue_declare("ready")
+    ch.queue_declare("wait", arguments={"x-message-ttl": 300, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ready"})
+    start = time.monotonic()
+    ch.basic_publish("", "wait", b"later")
+    [(_, props, body)] = drain(ch, "ready", 1)
+    assert body == b"later" and time.monotonic() - start >= 0.28
+    assert props.headers["x-death"][0]["reason"] == "expired"
+    conn.close()

@@ -37,8 +37,8 @@ use crate::exchange::{
     ExchangeDef, Kind, DELAYED_TYPE,
 };
 use crate::limits::{
-    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT,
-    PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, EXPIRY_SWEEP_EVERY, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX,
+    POP_BATCH_MAX, POP_WAIT, PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
 };
 use crate::message::{self, Outgoing};
 use crate::reply::{self, AmqpError};
@@ -1879,6 +1879,45 @@ async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: R
     }
     if let Err(e) = store.ack(receipt).await {
         debug!(error = %e, "acknowledging a dead-lettered delivery");
+    }
+}
+
+/// Expires the heads of queues that have an `x-message-ttl` and no
+/// consumer (RabbitMQ expires a queue's head even when nobody reads it;
+/// queues with consumers expire as they deliver). Runs until the service
+/// is gone. Peeks first, so an unexpired head is left untouched.
+pub(crate) async fn expire_unread_heads(svc: std::sync::Weak<AmqpService>) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(svc) = svc.upgrade() else { return };
+        let queues: Vec<(QueueId, Arc<QueueArgs>)> = {
+            let reg = svc.queues();
+            reg.args
+                .iter()
+                .filter(|(q, a)| a.message_ttl_ms.is_some() && !reg.consumers.get(q).is_some_and(|n| *n > 0))
+                .map(|(q, a)| (*q, Arc::clone(a)))
+                .collect()
+        };
+        for (q, args) in queues {
+            for _ in 0..PURGE_BATCH {
+                let now = svc.store.now_ms();
+                let Ok(mut head) = svc.store.peek(q, 1) else { break };
+                let Some(h) = head.pop() else { break };
+                if !args.expired(&h.message, &Outgoing::from_core(&h.message), now) {
+                    break;
+                }
+                let Ok(mut got) = svc.store.pop(q, 1, DELIVERY_INVISIBLE, Duration::ZERO).await else { break };
+                let Some(d) = got.pop() else { break };
+                if d.offset != h.offset {
+                    // Someone else took the head meanwhile: hand this one back.
+                    let _ = svc.store.nack(d.receipt, NackAction::Requeue { delay_ms: 0 }).await;
+                    break;
+                }
+                dead_letter(&svc, Some(Arc::clone(&args)), d.receipt, d.message, Reason::Expired).await;
+            }
+        }
     }
 }
 
