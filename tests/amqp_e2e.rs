@@ -1286,3 +1286,37 @@ async fn an_unread_queue_expires_its_head_into_the_dead_letter_exchange() -> Res
     ensure!(q.message_count() == 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn topic_bindings_with_hash_before_the_last_word_route_and_survive_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let publish_all = |ch: &Channel| {
+        let ch = ch.clone();
+        async move {
+            for key in ["kern.disk.error", "error", "a.z", "a.b.c.z", "a.b", "error.not", "x.a.y.z"] {
+                publish(&ch, "amq.topic", key, key.as_bytes()).await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    {
+        let (conn, ch) = broker.channel().await?;
+        ch.queue_declare("errors".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+        ch.queue_declare("a-to-z".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+        ch.queue_bind("errors".into(), "amq.topic".into(), "#.error".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind("a-to-z".into(), "amq.topic".into(), "a.#.z".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        publish_all(&ch).await?;
+        ensure!(drain_bodies(&ch, "errors").await? == ["kern.disk.error", "error"]);
+        ensure!(drain_bodies(&ch, "a-to-z").await? == ["a.z", "a.b.c.z"]);
+        conn.close(200, "restart".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    publish_all(&ch).await?;
+    ensure!(drain_bodies(&ch, "errors").await? == ["kern.disk.error", "error"]);
+    ensure!(drain_bodies(&ch, "a-to-z").await? == ["a.z", "a.b.c.z"]);
+    ch.queue_unbind("errors".into(), "amq.topic".into(), "#.error".into(), FieldTable::default()).await?;
+    publish(&ch, "amq.topic", "disk.error", b"unbound").await?;
+    ensure!(drain_bodies(&ch, "errors").await?.is_empty());
+    Ok(())
+}

@@ -462,3 +462,14 @@ def test_ttl_delay_queue_without_consumers(polymq):
     assert body == b"later" and time.monotonic() - start >= 0.28
     assert props.headers["x-death"][0]["reason"] == "expired"
     conn.close()
+
+
+def test_topic_binding_with_hash_first(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.queue_declare("errors")
+    ch.queue_bind("errors", "amq.topic", routing_key="#.error")
+    for key in ("kern.disk.error", "error", "error.not"):
+        ch.basic_publish("amq.topic", key, key.encode())
+    assert get_all(ch, "errors") == [b"kern.disk.error", b"error"]
+    conn.close()
