@@ -881,6 +881,18 @@ impl Store {
         Ok((self.inner.deliveries(out.items)?, out.next_at_ms))
     }
 
+    /// The next `max` ready messages of a queue in the order [`Store::pop`]
+    /// would hand them out, without delivering them: no receipt, no
+    /// delivery count, nothing made invisible. For protocols that expire a
+    /// queue's head while nobody reads it (AMQP x-message-ttl).
+    pub fn peek(&self, id: QueueId, max: usize) -> Result<Vec<StoredMessage>, StoreError> {
+        let found = lock(&self.inner.state)?.table.peek(id, max)?;
+        found
+            .into_iter()
+            .map(|(offset, pos, total)| Ok(StoredMessage { offset, pos, message: self.inner.read_message(pos, total)? }))
+            .collect()
+    }
+
     /// Acknowledges a delivery: the message leaves the queue for good.
     pub async fn ack(&self, receipt: Receipt) -> Result<(), StoreError> {
         let now = self.now_ms();

@@ -817,3 +817,506 @@ async fn a_get_after_a_publish_on_the_same_connection_sees_it() -> Result<()> {
     ensure!(got.is_some(), "a get right after publishes finds a message");
     Ok(())
 }
+
+// ---- streams (x-queue-type: stream) ----
+
+fn stream_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = args(extra);
+    t.insert("x-queue-type".into(), text("stream"));
+    t
+}
+
+async fn declare_stream(ch: &Channel, name: &str, extra: &[(&str, AMQPValue)]) -> Result<lapin::Queue> {
+    Ok(ch.queue_declare(name.into(), QueueDeclareOptions { durable: true, ..Default::default() }, stream_args(extra)).await?)
+}
+
+/// Publishes with confirms, so the messages are in the log when it returns.
+async fn publish_confirmed(ch: &Channel, exchange: &str, key: &str, bodies: &[&str]) -> Result<()> {
+    for body in bodies {
+        let c = ch
+            .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body.as_bytes(), BasicProperties::default())
+            .await?;
+        ensure!(tokio::time::timeout(WAIT, c).await??.is_ack(), "publish of {body} not acked");
+    }
+    Ok(())
+}
+
+/// A stream consumer (manual ack) starting at `offset`.
+async fn consume_stream(ch: &Channel, queue: &str, offset: Option<AMQPValue>) -> Result<lapin::Consumer> {
+    let mut a = FieldTable::default();
+    if let Some(o) = offset {
+        a.insert("x-stream-offset".into(), o);
+    }
+    Ok(ch.basic_consume(queue.into(), "".into(), BasicConsumeOptions::default(), a).await?)
+}
+
+fn stream_offset_of(d: &lapin::message::Delivery) -> Result<i64> {
+    match d.properties.headers().as_ref().and_then(|h| h.inner().get("x-stream-offset").cloned()) {
+        Some(AMQPValue::LongLongInt(n)) => Ok(n),
+        other => anyhow::bail!("no x-stream-offset long header: {other:?}"),
+    }
+}
+
+/// (body, x-stream-offset) of the next `n` deliveries, each acked.
+async fn take_stream(c: &mut lapin::Consumer, n: usize) -> Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let d = next(c).await?;
+        out.push((String::from_utf8_lossy(&d.data).into_owned(), stream_offset_of(&d)?));
+        d.ack(BasicAckOptions::default()).await?;
+    }
+    Ok(out)
+}
+
+#[tokio::test]
+async fn a_stream_is_read_by_offset_from_first_last_next_numeric_and_time() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (conn, ch) = broker.channel().await?;
+    let q = declare_stream(&ch, "orders", &[("x-max-age", text("7D"))]).await?;
+    ensure!(q.message_count() == 0);
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish_confirmed(&ch, "", "orders", &["o0", "o1", "o2", "o3", "o4"]).await?;
+    // The stream IS the core topic `orders` (partition 0), for Kafka.
+    let store = broker.store();
+    let id = store.queue_id(&polymq::topic::partition_queue("orders", 0)).context("the stream is topic orders, partition 0")?;
+    ensure!(polymq::topic::partitions(&store, "orders") == vec![id]);
+    let q = ch.queue_declare("orders".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
+    ensure!(q.message_count() == 5, "passive declare counts {}", q.message_count());
+
+    let reader = conn.create_channel().await?;
+    reader.basic_qos(10, BasicQosOptions::default()).await?;
+    let mut first = consume_stream(&reader, "orders", Some(text("first"))).await?;
+    let got = take_stream(&mut first, 5).await?;
+    ensure!(got == (0..5).map(|i| (format!("o{i}"), i)).collect::<Vec<_>>(), "{got:?}");
+    // Reading does not consume: another consumer reads the same messages.
+    let mut from2 = consume_stream(&reader, "orders", Some(AMQPValue::LongLongInt(2))).await?;
+    ensure!(take_stream(&mut from2, 3).await? == vec![("o2".into(), 2), ("o3".into(), 3), ("o4".into(), 4)]);
+    let mut short = consume_stream(&reader, "orders", Some(AMQPValue::ShortInt(4))).await?;
+    ensure!(take_stream(&mut short, 1).await? == vec![("o4".into(), 4)]);
+    let mut last = consume_stream(&reader, "orders", Some(text("last"))).await?;
+    ensure!(take_stream(&mut last, 1).await? == vec![("o4".into(), 4)]);
+    let mut next_c = consume_stream(&reader, "orders", Some(text("next"))).await?;
+    let mut default_c = consume_stream(&reader, "orders", None).await?;
+    nothing(&mut next_c).await?;
+    nothing(&mut default_c).await?;
+    let an_hour_ago = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() - 3600;
+    let mut by_time = consume_stream(&reader, "orders", Some(AMQPValue::Timestamp(an_hour_ago))).await?;
+    ensure!(take_stream(&mut by_time, 5).await?.first() == Some(&("o0".into(), 0)));
+    let mut by_interval = consume_stream(&reader, "orders", Some(text("10m"))).await?;
+    ensure!(take_stream(&mut by_interval, 5).await?.last() == Some(&("o4".into(), 4)));
+    let in_an_hour = an_hour_ago + 7200;
+    let mut future = consume_stream(&reader, "orders", Some(AMQPValue::Timestamp(in_an_hour))).await?;
+    // Consumers continue live: a new message reaches every one of them.
+    publish_confirmed(&ch, "", "orders", &["o5"]).await?;
+    for c in [&mut first, &mut from2, &mut last, &mut next_c, &mut default_c, &mut by_time, &mut by_interval, &mut future] {
+        ensure!(take_stream(c, 1).await? == vec![("o5".into(), 5)]);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn stream_consumers_need_a_prefetch_and_manual_acks_and_acks_free_credit() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (conn, ch) = broker.channel().await?;
+    declare_stream(&ch, "events", &[]).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish_confirmed(&ch, "", "events", &["e0", "e1", "e2", "e3"]).await?;
+    // No prefetch: 406 on the channel, as RabbitMQ.
+    let c1 = conn.create_channel().await?;
+    let err = consume_stream(&c1, "events", Some(text("first"))).await.expect_err("no prefetch");
+    ensure!(error_text(&err.downcast::<lapin::Error>()?).contains("PRECONDITION_FAILED"));
+    ensure!(conn.status().connected());
+    // Prefetch 2: two deliveries until one is acked.
+    let c2 = conn.create_channel().await?;
+    c2.basic_qos(2, BasicQosOptions::default()).await?;
+    let mut c = consume_stream(&c2, "events", Some(text("first"))).await?;
+    let d0 = next(&mut c).await?;
+    let d1 = next(&mut c).await?;
+    nothing(&mut c).await?;
+    d0.ack(BasicAckOptions::default()).await?;
+    let d2 = next(&mut c).await?;
+    ensure!(d1.data == b"e1" && d2.data == b"e2" && stream_offset_of(&d2)? == 2);
+    // basic.get on a stream: 540 NOT_IMPLEMENTED, a connection error.
+    let err = c2.basic_get("events".into(), BasicGetOptions::default()).await.expect_err("basic.get on a stream");
+    ensure!(error_text(&err).contains("NOT_IMPLEMENTED"), "{}", error_text(&err));
+    // no_ack with a prefetch: 540 too.
+    let conn = broker.connect().await?;
+    let c3 = conn.create_channel().await?;
+    c3.basic_qos(5, BasicQosOptions::default()).await?;
+    let opts = BasicConsumeOptions { no_ack: true, ..Default::default() };
+    let err = c3.basic_consume("events".into(), "".into(), opts, FieldTable::default()).await.expect_err("no_ack on a stream");
+    ensure!(error_text(&err).contains("NOT_IMPLEMENTED"), "{}", error_text(&err));
+    // An invalid x-stream-offset: 406.
+    let conn = broker.connect().await?;
+    let c4 = conn.create_channel().await?;
+    c4.basic_qos(5, BasicQosOptions::default()).await?;
+    let err = consume_stream(&c4, "events", Some(text("whenever"))).await.expect_err("bad offset");
+    ensure!(error_text(&err.downcast::<lapin::Error>()?).contains("PRECONDITION_FAILED"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn stream_declares_follow_rabbitmq_rules() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let conn = broker.connect().await?;
+    let fails = |what: &'static str| move |e: lapin::Error| format!("{what}: {}", error_text(&e));
+    for (opts, property) in [
+        (QueueDeclareOptions { durable: false, ..Default::default() }, "non-durable"),
+        (QueueDeclareOptions { durable: true, exclusive: true, ..Default::default() }, "exclusive-owner"),
+        (QueueDeclareOptions { durable: true, auto_delete: true, ..Default::default() }, "auto-delete"),
+    ] {
+        let ch = conn.create_channel().await?;
+        let err = ch.queue_declare("s".into(), opts, stream_args(&[])).await.map(drop).map_err(fails("declare")).expect_err(property);
+        ensure!(err.contains("PRECONDITION_FAILED") && err.contains(property), "{err}");
+    }
+    let ch = conn.create_channel().await?;
+    declare_stream(&ch, "s", &[("x-max-age", text("1h")), ("x-max-length-bytes", AMQPValue::LongLongInt(1 << 20))]).await?;
+    // Equivalent redeclare and passive declare work.
+    declare_stream(&ch, "s", &[("x-max-age", text("1h")), ("x-max-length-bytes", AMQPValue::LongLongInt(1 << 20))]).await?;
+    ch.queue_declare("s".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
+    let err = declare_stream(&ch, "s", &[("x-max-age", text("2h"))]).await.expect_err("another max age");
+    ensure!(format!("{err:?}").contains("x-max-age"), "{err:?}");
+    // A classic queue and a stream of one name conflict, both ways.
+    let ch = conn.create_channel().await?;
+    let err = ch.queue_declare("s".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await;
+    let err = err.map(drop).map_err(fails("classic over stream")).expect_err("classic over a stream");
+    ensure!(err.contains("inequivalent arg 'x-queue-type'"), "{err}");
+    let ch = conn.create_channel().await?;
+    ch.queue_declare("c".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+    let err = declare_stream(&ch, "c", &[]).await.expect_err("stream over a classic queue");
+    ensure!(format!("{err:?}").contains("inequivalent arg 'x-queue-type'"), "{err:?}");
+    // queue.delete deletes the stream (and the topic).
+    let ch = conn.create_channel().await?;
+    ch.queue_delete("s".into(), QueueDeleteOptions::default()).await?;
+    ensure!(broker.store().queue_id(&polymq::topic::partition_queue("s", 0)).is_none());
+    let err = ch.queue_declare("s".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await;
+    ensure!(err.is_err(), "deleted");
+    Ok(())
+}
+
+#[tokio::test]
+async fn exchange_bindings_append_to_a_stream_which_survives_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    {
+        let (conn, ch) = broker.channel().await?;
+        declare_stream(&ch, "audit", &[]).await?;
+        ch.queue_bind("audit".into(), "amq.topic".into(), "audit.#".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        publish_confirmed(&ch, "amq.topic", "audit.login", &["a0"]).await?;
+        publish_confirmed(&ch, "", "audit", &["a1"]).await?;
+        conn.close(200, "restart".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    ch.basic_qos(10, BasicQosOptions::default()).await?;
+    let mut c = consume_stream(&ch, "audit", Some(text("first"))).await?;
+    let got = take_stream(&mut c, 2).await?;
+    ensure!(got == vec![("a0".into(), 0), ("a1".into(), 1)], "{got:?}");
+    // The binding came back too.
+    publish(&ch, "amq.topic", "audit.logout", b"a2").await?;
+    ensure!(take_stream(&mut c, 1).await? == vec![("a2".into(), 2)]);
+    Ok(())
+}
+
+// ---- x-delayed-message exchanges ----
+
+async fn declare_delayed(ch: &Channel, name: &str, durable: bool) -> Result<()> {
+    let a = args(&[("x-delayed-type", text("direct"))]);
+    let opts = ExchangeDeclareOptions { durable, ..Default::default() };
+    ch.exchange_declare(name.into(), ExchangeKind::Custom("x-delayed-message".into()), opts, a).await?;
+    Ok(())
+}
+
+async fn publish_delayed(ch: &Channel, exchange: &str, key: &str, body: &str, delay: Option<i64>) -> Result<()> {
+    let mut props = BasicProperties::default();
+    if let Some(d) = delay {
+        props = props.with_headers(args(&[("x-delay", AMQPValue::LongLongInt(d))]));
+    }
+    ch.basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body.as_bytes(), props).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_delayed_exchange_holds_messages_until_their_x_delay_and_orders_by_due_time() -> Result<()> {
+    let broker = TestBroker::start().await?;
+    let (conn, ch) = broker.channel().await?;
+    declare_delayed(&ch, "later", false).await?;
+    declare(&ch, "due").await?;
+    ch.queue_bind("due".into(), "later".into(), "k".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+    let mut c = consume(&ch, "due", true).await?;
+    let start = std::time::Instant::now();
+    publish_delayed(&ch, "later", "k", "slow", Some(1500)).await?;
+    nothing(&mut c).await?;
+    let d = next(&mut c).await?;
+    let waited = start.elapsed();
+    ensure!(d.data == b"slow" && waited >= Duration::from_millis(1450), "delivered after {waited:?}");
+    // Ordered by due time, not by publish order; no / negative delay = now.
+    publish_delayed(&ch, "later", "k", "d900", Some(900)).await?;
+    publish_delayed(&ch, "later", "k", "d300", Some(300)).await?;
+    publish_delayed(&ch, "later", "k", "now", None).await?;
+    publish_delayed(&ch, "later", "k", "negative", Some(-5000)).await?;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        order.push(String::from_utf8_lossy(&next(&mut c).await?.data).into_owned());
+    }
+    ensure!(order == ["now", "negative", "d300", "d900"], "{order:?}");
+    // The routing key still selects (direct): another key goes nowhere.
+    publish_delayed(&ch, "later", "other", "lost", Some(10)).await?;
+    nothing(&mut c).await?;
+    // Without x-delayed-type: 406 with the plugin's text.
+    let ch2 = conn.create_channel().await?;
+    let err = ch2
+        .exchange_declare(
+            "broken".into(),
+            ExchangeKind::Custom("x-delayed-message".into()),
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("x-delayed-type is required");
+    let t = error_text(&err);
+    ensure!(t.contains("PRECONDITION_FAILED") && t.contains("x-delayed-type"), "{t}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_durable_delayed_exchange_survives_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    {
+        let (conn, ch) = broker.channel().await?;
+        declare_delayed(&ch, "timers", true).await?;
+        ch.queue_declare("fired".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+        ch.queue_bind("fired".into(), "timers".into(), "t".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        conn.close(200, "restart".into()).await?;
+    }
+    broker.restart().await?;
+    let (conn, ch) = broker.channel().await?;
+    // Same type and arguments: equivalent; a plain direct exchange is not.
+    declare_delayed(&ch, "timers", true).await?;
+    let ch2 = conn.create_channel().await?;
+    let err = ch2
+        .exchange_declare(
+            "timers".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await
+        .expect_err("another type");
+    ensure!(error_text(&err).contains("inequivalent arg 'type'"), "{}", error_text(&err));
+    let mut c = consume(&ch, "fired", true).await?;
+    let start = std::time::Instant::now();
+    publish_delayed(&ch, "timers", "t", "tick", Some(800)).await?;
+    ensure!(next(&mut c).await?.data == b"tick");
+    ensure!(start.elapsed() >= Duration::from_millis(750), "{:?}", start.elapsed());
+    Ok(())
+}
+
+// ---- vhosts ----
+
+fn vhosts(names: &[&str]) -> AmqpConfig {
+    AmqpConfig { vhosts: names.iter().map(|s| (*s).to_owned()).collect(), ..AmqpConfig::default() }
+}
+
+#[tokio::test]
+async fn an_unknown_vhost_is_refused_with_530() -> Result<()> {
+    let broker = TestBroker::start_with(vhosts(&["/", "dev"])).await?;
+    let err = lapin::Connection::connect(&broker.uri_vhost("nope"), lapin::ConnectionProperties::default()).await.expect_err("no vhost");
+    let t = error_text(&err);
+    ensure!(t.contains("NOT_ALLOWED") && t.contains("vhost nope not found"), "{t}");
+    lapin::Connection::connect(&broker.uri_vhost("dev"), lapin::ConnectionProperties::default()).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn two_vhosts_are_isolated_and_survive_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start_with(vhosts(&["/", "dev"])).await?;
+    let open = |b: &TestBroker, vhost: &str| {
+        let uri = b.uri_vhost(vhost);
+        async move {
+            let conn = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default()).await?;
+            let ch = conn.create_channel().await?;
+            anyhow::Ok((conn, ch))
+        }
+    };
+    {
+        let (_root, root) = open(&broker, "/").await?;
+        let (dev_conn, dev) = open(&broker, "dev").await?;
+        for ch in [&root, &dev] {
+            ch.queue_declare("jobs".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+            ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        }
+        // Pre-declared exchanges exist per vhost; bindings stay in theirs.
+        dev.queue_bind("jobs".into(), "amq.topic".into(), "work.*".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        dev.exchange_declare(
+            "dev-only".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions { durable: true, ..Default::default() },
+            FieldTable::default(),
+        )
+        .await?;
+        dev.queue_bind("jobs".into(), "dev-only".into(), "".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        publish_confirmed(&root, "", "jobs", &["root-1"]).await?;
+        publish_confirmed(&root, "amq.topic", "work.a", &["root-topic"]).await?;
+        publish_confirmed(&dev, "", "jobs", &["dev-1"]).await?;
+        publish_confirmed(&dev, "amq.topic", "work.b", &["dev-topic"]).await?;
+        publish_confirmed(&dev, "dev-only", "", &["dev-fanout"]).await?;
+        let err = root
+            .exchange_declare(
+                "dev-only".into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions { passive: true, ..Default::default() },
+                FieldTable::default(),
+            )
+            .await
+            .expect_err("dev's exchange is not in /");
+        ensure!(error_text(&err).contains("NOT_FOUND"));
+        // Dead-lettering stays in the queue's vhost: dev's DLX is dev's.
+        let dev2 = dev_conn.create_channel().await?;
+        dev2.queue_declare("parked".into(), QueueDeclareOptions::default(), FieldTable::default()).await?;
+        dev2.queue_declare(
+            "short".into(),
+            QueueDeclareOptions::default(),
+            args(&[
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text("parked")),
+                ("x-message-ttl", AMQPValue::LongLongInt(10)),
+            ]),
+        )
+        .await?;
+        publish(&dev2, "", "short", b"expiring").await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        ensure!(dev2.basic_get("short".into(), BasicGetOptions { no_ack: true }).await?.is_none());
+        let parked = dev2.basic_get("parked".into(), BasicGetOptions { no_ack: true }).await?.context("dead-lettered within dev")?;
+        ensure!(parked.delivery.data == b"expiring");
+    }
+    broker.restart().await?;
+    let (_root, root) = open(&broker, "/").await?;
+    let (_dev, dev) = open(&broker, "dev").await?;
+    ensure!(drain_bodies(&root, "jobs").await? == ["root-1"], "/ sees only its own");
+    ensure!(drain_bodies(&dev, "jobs").await? == ["dev-1", "dev-topic", "dev-fanout"], "dev sees only its own");
+    // dev's durable exchange and bindings came back, in dev only.
+    publish(&dev, "dev-only", "", b"again").await?;
+    publish(&root, "amq.topic", "work.c", b"not-dev").await?;
+    let mut c = consume(&dev, "jobs", true).await?;
+    ensure!(next(&mut c).await?.data == b"again");
+    nothing(&mut c).await?;
+    Ok(())
+}
+
+// ---- connection.blocked under the memory alarm ----
+
+#[tokio::test]
+async fn the_memory_alarm_blocks_publishing_connections_until_it_clears() -> Result<()> {
+    use futures_util::StreamExt;
+    let broker = TestBroker::start().await?;
+    let (conn, ch) = broker.channel().await?;
+    let mut events = conn.events_listener();
+    declare(&ch, "pressure").await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    publish_confirmed(&ch, "", "pressure", &["before"]).await?;
+    // A consumer-only connection is not blocked.
+    let (reader_conn, reader) = broker.channel().await?;
+    let mut reader_events = reader_conn.events_listener();
+    let mut c = consume(&reader, "pressure", false).await?;
+    next(&mut c).await?.ack(BasicAckOptions::default()).await?;
+
+    broker.store().memory_alarm().force(Some(true));
+    let blocked = tokio::time::timeout(WAIT, async {
+        while let Some(ev) = events.next().await {
+            if let lapin::Event::ConnectionBlocked(reason) = ev {
+                return Some(reason);
+            }
+        }
+        None
+    })
+    .await?
+    .context("events ended")?;
+    ensure!(blocked == "low on memory", "{blocked}");
+    ensure!(conn.status().blocked());
+    // A publish now stalls: no confirm while the alarm is on.
+    let publisher = ch.clone();
+    let mut confirm = tokio::spawn(async move {
+        let c =
+            publisher.basic_publish("".into(), "pressure".into(), BasicPublishOptions::default(), b"during", BasicProperties::default());
+        anyhow::Ok(c.await?.await?)
+    });
+    ensure!(tokio::time::timeout(Duration::from_millis(700), &mut confirm).await.is_err(), "confirmed while blocked");
+    // Consumers keep consuming (another connection publishes nothing).
+    ensure!(reader_conn.status().connected() && !reader_conn.status().blocked());
+
+    broker.store().memory_alarm().force(Some(false));
+    ensure!(tokio::time::timeout(WAIT, &mut confirm).await???.is_ack(), "confirmed once unblocked");
+    ensure!(!conn.status().blocked());
+    let d = next(&mut c).await?;
+    ensure!(d.data == b"during");
+    // The reader never got a blocked notification.
+    let seen = tokio::time::timeout(Duration::from_millis(200), reader_events.next()).await;
+    ensure!(!matches!(seen, Ok(Some(lapin::Event::ConnectionBlocked(_)))), "{seen:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unread_queue_expires_its_head_into_the_dead_letter_exchange() -> Result<()> {
+    // RabbitMQ's "delay queue" pattern: nobody reads `wait`; its messages
+    // move on to `ready` when their TTL runs out.
+    let broker = TestBroker::start().await?;
+    let (_conn, ch) = broker.channel().await?;
+    declare(&ch, "ready").await?;
+    ch.queue_declare(
+        "wait".into(),
+        QueueDeclareOptions::default(),
+        args(&[
+            ("x-message-ttl", AMQPValue::LongLongInt(400)),
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text("ready")),
+        ]),
+    )
+    .await?;
+    let mut c = consume(&ch, "ready", true).await?;
+    let start = std::time::Instant::now();
+    publish(&ch, "", "wait", b"first").await?;
+    publish(&ch, "", "wait", b"second").await?;
+    let d = next(&mut c).await?;
+    ensure!(d.data == b"first" && start.elapsed() >= Duration::from_millis(380), "after {:?}", start.elapsed());
+    let (count, reason, queue) = first_death(&d)?;
+    ensure!((count, reason.as_str(), queue.as_str()) == (1, "expired", "wait"));
+    ensure!(next(&mut c).await?.data == b"second");
+    let q = ch.queue_declare("wait".into(), QueueDeclareOptions { passive: true, ..Default::default() }, FieldTable::default()).await?;
+    ensure!(q.message_count() == 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn topic_bindings_with_hash_before_the_last_word_route_and_survive_a_restart() -> Result<()> {
+    let mut broker = TestBroker::start().await?;
+    let publish_all = |ch: &Channel| {
+        let ch = ch.clone();
+        async move {
+            for key in ["kern.disk.error", "error", "a.z", "a.b.c.z", "a.b", "error.not", "x.a.y.z"] {
+                publish(&ch, "amq.topic", key, key.as_bytes()).await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    {
+        let (conn, ch) = broker.channel().await?;
+        ch.queue_declare("errors".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+        ch.queue_declare("a-to-z".into(), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default()).await?;
+        ch.queue_bind("errors".into(), "amq.topic".into(), "#.error".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        ch.queue_bind("a-to-z".into(), "amq.topic".into(), "a.#.z".into(), QueueBindOptions::default(), FieldTable::default()).await?;
+        publish_all(&ch).await?;
+        ensure!(drain_bodies(&ch, "errors").await? == ["kern.disk.error", "error"]);
+        ensure!(drain_bodies(&ch, "a-to-z").await? == ["a.z", "a.b.c.z"]);
+        conn.close(200, "restart".into()).await?;
+    }
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    publish_all(&ch).await?;
+    ensure!(drain_bodies(&ch, "errors").await? == ["kern.disk.error", "error"]);
+    ensure!(drain_bodies(&ch, "a-to-z").await? == ["a.z", "a.b.c.z"]);
+    ch.queue_unbind("errors".into(), "amq.topic".into(), "#.error".into(), FieldTable::default()).await?;
+    publish(&ch, "amq.topic", "disk.error", b"unbound").await?;
+    ensure!(drain_bodies(&ch, "errors").await?.is_empty());
+    Ok(())
+}

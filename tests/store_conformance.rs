@@ -687,4 +687,27 @@ async fn wait_any_wakes_on_whichever_queue_gets_a_message() {
     assert!(ready && started.elapsed() < Duration::from_secs(10));
     assert!(checks <= 4, "woken by the append, not by polling: {checks} checks");
     assert!(s.stream_bytes_from(b, 0, u64::MAX) > 0 && s.stream_bytes_from(b, 1, u64::MAX) == 0);
+
+#[tokio::test]
+async fn peek_shows_the_ready_head_in_pop_order_without_delivering_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (s, _clock) = open(dir.path());
+    let q = s.declare_queue("peeked", QueueOptions::default()).await.expect("declare").id;
+    let t = s.declare_queue("peeked-mem", QueueOptions::transient()).await.expect("declare").id;
+    for body in ["a", "b", "c"] {
+        s.append(msg(body), &[q, t]).await.expect("append");
+    }
+    let mut later = msg("later");
+    later.deliver_at_ms = s.now_ms() + 60_000;
+    s.append(later, &[q]).await.expect("append");
+    for id in [q, t] {
+        let head: Vec<(u64, Bytes)> = s.peek(id, 2).expect("peek").into_iter().map(|m| (m.offset, m.message.payload)).collect();
+        assert_eq!(head, vec![(0, Bytes::from("a")), (1, Bytes::from("b"))]);
+    }
+    // Peeking counted no delivery and hid nothing: pop sees the same, first time.
+    let got = s.pop(q, 10, Duration::from_secs(30), Duration::ZERO).await.expect("pop");
+    assert_eq!(payloads(&got), ["a", "b", "c"]);
+    assert!(got.iter().all(|d| d.deliveries == 1));
+    // In flight and delayed messages are not ready: nothing to peek.
+    assert!(s.peek(q, 10).expect("peek").is_empty());
 }

@@ -38,8 +38,10 @@ def polymq_binary() -> Path:
 class Polymq:
     """One polymq process on a data directory; restartable on the same data."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, env: dict[str, str] | None = None):
         self.workdir = workdir
+        # Extra environment (POLYMQ_* settings) for this broker.
+        self.env = env or {}
         self.data_dir = workdir / "data"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
@@ -49,6 +51,11 @@ class Polymq:
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def pika_url_for(self, vhost: str) -> str:
+        from urllib.parse import quote
+
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{quote(vhost, safe='')}"
 
     @property
     def pika_url(self) -> str:
@@ -71,7 +78,7 @@ class Polymq:
             [str(binary), "serve", "--data-dir", str(self.data_dir), "--mqtt-listen", any_port,
              "--amqp-listen", any_port, "--kafka-listen", any_port, "--http-listen", any_port, "--log", "info"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "NO_COLOR": "1", "RUST_LOG_STYLE": "never"},
+            env={**os.environ, "NO_COLOR": "1", "RUST_LOG_STYLE": "never", **self.env},
         )
         log.close()
         deadline = time.monotonic() + START_TIMEOUT
@@ -117,6 +124,22 @@ def polymq(tmp_path):
     broker.start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def polymq_with(tmp_path):
+    """A factory: `polymq_with({"POLYMQ_AMQP_VHOSTS": "/,dev"})` starts a broker with those settings."""
+    brokers = []
+
+    def start(env: dict[str, str]) -> Polymq:
+        broker = Polymq(tmp_path / f"b{len(brokers)}", env)
+        brokers.append(broker)
+        broker.start()
+        return broker
+
+    yield start
+    for broker in brokers:
+        broker.stop()
 
 
 def pytest_report_header(config):

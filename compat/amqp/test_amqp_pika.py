@@ -304,3 +304,172 @@ def test_headers_exchange_and_exchange_to_exchange_binding(polymq):
     assert get_all(ch, "all-q") == [b"both"]
     assert get_all(ch, "any-q") == [b"both", b"one"]
     conn.close()
+
+
+# ---- streams, delayed messages, vhosts, connection.blocked ----
+
+
+def test_stream_queue_offsets_live_reads_and_restart(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("orders", durable=True, arguments={"x-queue-type": "stream", "x-max-age": "7D"})
+    for i in range(5):
+        ch.basic_publish("", "orders", f"o{i}".encode())
+    ch.basic_qos(prefetch_count=10)
+
+    def read(offset, count):
+        # Callbacks and basic_cancel, not ch.consume(): its cancel() nacks
+        # the deliveries it buffered, which a stream refuses (540), as RabbitMQ.
+        got = []
+
+        def on_message(c, method, props, body):
+            if len(got) < count:
+                got.append((body, props.headers["x-stream-offset"]))
+                c.basic_ack(method.delivery_tag)
+
+        tag = ch.basic_consume("orders", on_message, arguments={"x-stream-offset": offset})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(got) < count:
+            ch.connection.process_data_events(time_limit=0.1)
+        ch.basic_cancel(tag)
+        return got
+
+    assert read("first", 5) == [(f"o{i}".encode(), i) for i in range(5)]
+    assert read(3, 2) == [(b"o3", 3), (b"o4", 4)]
+    assert read("last", 1) == [(b"o4", 4)]
+    assert read("10m", 1) == [(b"o0", 0)]
+    # "next" waits for new messages: published from another connection.
+    other = connect(polymq)
+    got = []
+    ch.basic_consume("orders", lambda c, m, p, b: (got.append(b), c.basic_ack(m.delivery_tag)), arguments={"x-stream-offset": "next"})
+    conn.process_data_events(time_limit=0.3)
+    other.channel().basic_publish("", "orders", b"live")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not got:
+        conn.process_data_events(time_limit=0.1)
+    assert got == [b"live"]
+    other.close()
+    conn.close()
+    polymq.restart()
+    conn = connect(polymq)
+    ch = conn.channel()
+    assert ch.queue_declare("orders", passive=True).method.message_count == 6
+    ch.basic_qos(prefetch_count=10)
+    assert [b for b, _ in read("first", 6)] == [b"o0", b"o1", b"o2", b"o3", b"o4", b"live"]
+    conn.close()
+
+
+def test_stream_queue_rules_match_rabbitmq(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.queue_declare("s", durable=False, arguments={"x-queue-type": "stream"})
+    assert e.value.reply_code == 406
+    ch = conn.channel()
+    ch.queue_declare("s", durable=True, arguments={"x-queue-type": "stream"})
+    # A consumer without a prefetch: 406, the channel closes.
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.basic_consume("s", lambda *a: None)
+    assert e.value.reply_code == 406 and "prefetch" in e.value.reply_text
+    # A classic queue of the same name: 406 x-queue-type.
+    ch = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.queue_declare("s", durable=True)
+    assert e.value.reply_code == 406 and "x-queue-type" in e.value.reply_text
+    # basic.get: 540 NOT_IMPLEMENTED closes the connection, as RabbitMQ.
+    ch = conn.channel()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as e:
+        ch.basic_get("s")
+    assert e.value.reply_code == 540
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.queue_delete("s")
+    with pytest.raises(ChannelClosedByBroker):
+        ch.queue_declare("s", passive=True)
+    conn.close()
+
+
+def test_delayed_message_exchange(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.exchange_declare("delayed", exchange_type="x-delayed-message")
+    assert e.value.reply_code == 406 and "x-delayed-type" in e.value.reply_text
+    ch = conn.channel()
+    ch.exchange_declare("delayed", exchange_type="x-delayed-message", durable=True, arguments={"x-delayed-type": "topic"})
+    ch.queue_declare("timers")
+    ch.queue_bind("timers", "delayed", routing_key="job.*")
+    start = time.monotonic()
+    ch.basic_publish("delayed", "job.late", b"late", pika.BasicProperties(headers={"x-delay": 1500}))
+    ch.basic_publish("delayed", "job.soon", b"soon", pika.BasicProperties(headers={"x-delay": 300}))
+    ch.basic_publish("delayed", "job.now", b"now")
+    [(_, _, first)] = drain(ch, "timers", 1)
+    assert first == b"now"
+    got = [b for _, _, b in drain(ch, "timers", 2)]
+    elapsed = time.monotonic() - start
+    assert got == [b"soon", b"late"]
+    assert elapsed >= 1.45, elapsed
+    conn.close()
+
+
+def test_vhosts_are_configured_and_isolated(polymq_with):
+    broker = polymq_with({"POLYMQ_AMQP_VHOSTS": "/,dev"})
+    with pytest.raises(pika.exceptions.AMQPConnectionError) as e:
+        pika.BlockingConnection(pika.URLParameters(broker.pika_url_for("nope")))
+    assert "530" in repr(e.value) or isinstance(e.value, pika.exceptions.ProbableAccessDeniedError), repr(e.value)
+    root = pika.BlockingConnection(pika.URLParameters(broker.pika_url_for("/"))).channel()
+    dev = pika.BlockingConnection(pika.URLParameters(broker.pika_url_for("dev"))).channel()
+    for ch in (root, dev):
+        ch.queue_declare("jobs", durable=True)
+        ch.confirm_delivery()
+    dev.queue_bind("jobs", "amq.fanout")
+    root.basic_publish("", "jobs", b"root")
+    dev.basic_publish("", "jobs", b"dev")
+    dev.basic_publish("amq.fanout", "", b"dev-fanout")
+    assert get_all(root, "jobs") == [b"root"]
+    assert get_all(dev, "jobs") == [b"dev", b"dev-fanout"]
+
+
+def test_connection_blocked_under_the_memory_alarm(polymq_with):
+    # A 1-byte watermark: the alarm is on as soon as the sampler runs.
+    broker = polymq_with({"POLYMQ_MEMORY_HIGH_WATERMARK_BYTES": "1"})
+    time.sleep(0.5)
+    params = pika.URLParameters(broker.pika_url)
+    publisher = pika.BlockingConnection(params)
+    reasons = []
+    publisher.add_on_connection_blocked_callback(lambda conn, frame: reasons.append(frame.method.reason))
+    ch = publisher.channel()
+    ch.queue_declare("pressure")
+    ch.basic_publish("", "pressure", b"first")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not reasons:
+        publisher.process_data_events(time_limit=0.1)
+    assert reasons == ["low on memory"]
+    # A connection that only consumes is not blocked.
+    reader = pika.BlockingConnection(params).channel()
+    assert reader.basic_get("pressure", auto_ack=True)[2] == b"first"
+
+
+def test_ttl_delay_queue_without_consumers(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.queue_declare("ready")
+    ch.queue_declare("wait", arguments={"x-message-ttl": 300, "x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ready"})
+    start = time.monotonic()
+    ch.basic_publish("", "wait", b"later")
+    [(_, props, body)] = drain(ch, "ready", 1)
+    assert body == b"later" and time.monotonic() - start >= 0.28
+    assert props.headers["x-death"][0]["reason"] == "expired"
+    conn.close()
+
+
+def test_topic_binding_with_hash_first(polymq):
+    conn = connect(polymq)
+    ch = conn.channel()
+    ch.queue_declare("errors")
+    ch.queue_bind("errors", "amq.topic", routing_key="#.error")
+    for key in ("kern.disk.error", "error", "error.not"):
+        ch.basic_publish("amq.topic", key, key.encode())
+    assert get_all(ch, "errors") == [b"kern.disk.error", b"error"]
+    conn.close()

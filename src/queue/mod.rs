@@ -521,6 +521,13 @@ impl QueueTable {
         Ok(())
     }
 
+    /// The next ready messages of a queue in pop order (offset, position,
+    /// bytes), changing nothing. Empty for a stream or an idle queue.
+    pub fn peek(&self, id: QueueId, max: usize) -> Result<Vec<(u64, u64, u32)>, StoreError> {
+        let s = self.live_slot(id).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?;
+        Ok(s.hot.as_ref().map(|h| h.pop.peek(max)).unwrap_or_default())
+    }
+
     pub fn pop(&mut self, id: QueueId, max: usize, invisible_ms: u64, now_ms: u64) -> Result<PopOutcome, StoreError> {
         let (hot, opts) = self.hot_mut(id)?;
         if opts.kind != QueueKind::Queue {

@@ -287,6 +287,12 @@ impl PopState {
         Some(rate)
     }
 
+    /// The next `max` ready messages in pop order, as (offset, position,
+    /// bytes), without changing anything (no delivery is counted).
+    pub fn peek(&self, max: usize) -> Vec<(u64, u64, u32)> {
+        self.ready.iter().take(max).filter_map(|(_, o)| self.entries.get(o).map(|e| (*o, e.pos, e.total))).collect()
+    }
+
     pub fn pop(&mut self, id: QueueId, opts: &QueueOptions, max: usize, invisible_ms: u64, now_ms: u64) -> PopOutcome {
         let mut out = PopOutcome::default();
         self.promote(id, opts, now_ms, &mut out.dead);

@@ -47,6 +47,25 @@ impl Pattern {
     }
 
     /// A pattern of one exact level (AMQP direct exchange keys).
+    /// Like [`Pattern::parse`], but `many` may stand at any level (AMQP
+    /// topic binding keys such as `#.error` or `a.#.z`); MQTT's rule that it
+    /// comes last is `parse`'s.
+    pub fn parse_many_anywhere(s: &str, sep: char, one: &str, many: &str) -> Pattern {
+        Pattern(
+            s.split(sep)
+                .map(|p| {
+                    if p == many {
+                        Level::Many
+                    } else if p == one {
+                        Level::One
+                    } else {
+                        Level::Word(p.into())
+                    }
+                })
+                .collect(),
+        )
+    }
+
     pub fn exact(key: &str) -> Pattern {
         Pattern(vec![Level::Word(key.into())])
     }

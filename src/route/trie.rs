@@ -12,19 +12,22 @@ struct Node<V> {
     one: Option<Box<Node<V>>>,
     /// Bound with `#` at this depth: match this level's parent and everything below.
     many: Vec<V>,
+    /// Patterns with a `#` here followed by more levels (AMQP `#.error`):
+    /// the rest is matched against every suffix of the topic.
+    many_then: Option<Box<Node<V>>>,
     /// Bound exactly here.
     here: Vec<V>,
 }
 
 impl<V> Default for Node<V> {
     fn default() -> Self {
-        Node { children: HashMap::new(), one: None, many: Vec::new(), here: Vec::new() }
+        Node { children: HashMap::new(), one: None, many: Vec::new(), many_then: None, here: Vec::new() }
     }
 }
 
 impl<V> Node<V> {
     fn is_empty(&self) -> bool {
-        self.children.is_empty() && self.one.is_none() && self.many.is_empty() && self.here.is_empty()
+        self.children.is_empty() && self.one.is_none() && self.many.is_empty() && self.many_then.is_none() && self.here.is_empty()
     }
 }
 
@@ -51,10 +54,12 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
     /// Adds a binding; false if the same (pattern, value) was already there.
     pub fn insert(&mut self, p: &Pattern, v: V) -> bool {
         let mut node = &mut self.root;
-        for l in &p.0 {
+        let last = p.0.len().saturating_sub(1);
+        for (i, l) in p.0.iter().enumerate() {
             match l {
                 Level::Word(w) => node = node.children.entry(w.clone()).or_default(),
                 Level::One => node = node.one.get_or_insert_with(Default::default),
+                Level::Many if i < last => node = node.many_then.get_or_insert_with(Default::default),
                 Level::Many => {
                     if node.many.contains(&v) {
                         return false;
@@ -87,7 +92,15 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
             return take(&mut node.here, v);
         };
         match first {
-            Level::Many => take(&mut node.many, v),
+            Level::Many if rest.is_empty() => take(&mut node.many, v),
+            Level::Many => {
+                let Some(child) = node.many_then.as_deref_mut() else { return false };
+                let r = Self::remove_at(child, rest, v);
+                if child.is_empty() {
+                    node.many_then = None;
+                }
+                r
+            }
             Level::One => {
                 let Some(child) = node.one.as_deref_mut() else { return false };
                 let r = Self::remove_at(child, rest, v);
@@ -120,6 +133,12 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
         let wild_ok = !(guard && i == 0);
         if wild_ok {
             node.many.iter().for_each(&mut *f);
+            if let Some(rest) = &node.many_then {
+                // `#` takes zero or more levels, then the rest must match.
+                for j in i..=topic.len() {
+                    Self::walk(rest, topic, j, false, f);
+                }
+            }
         }
         let Some(level) = topic.get(i) else {
             node.here.iter().for_each(&mut *f);
@@ -158,6 +177,11 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
         if let Some(one) = &node.one {
             prefix.push(Level::One);
             Self::visit(one, prefix, f);
+            prefix.pop();
+        }
+        if let Some(rest) = &node.many_then {
+            prefix.push(Level::Many);
+            Self::visit(rest, prefix, f);
             prefix.pop();
         }
     }
@@ -225,7 +249,7 @@ mod tests {
 
     fn naive(p: &[Level], topic: &[&str]) -> bool {
         match (p.split_first(), topic.split_first()) {
-            (Some((Level::Many, _)), _) => true,
+            (Some((Level::Many, pr)), _) => (0..=topic.len()).any(|k| naive(pr, &topic[k..])),
             (None, None) => true,
             (Some((Level::One, pr)), Some((_, tr))) => naive(pr, tr),
             (Some((Level::Word(w), pr)), Some((t, tr))) => &**w == *t && naive(pr, tr),
@@ -234,6 +258,37 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn hash_anywhere_agrees_with_a_naive_matcher(
+            pats in proptest::collection::vec("(a|b|\\+|#)(/(a|b|\\+|#)){0,4}", 1..20),
+            topics in proptest::collection::vec("(a|b|c)(/(a|b|c)){0,4}", 1..20),
+        ) {
+            let mut t = TopicTrie::default();
+            let parsed: Vec<Pattern> = pats.iter().map(|p| Pattern::from_canonical(p)).collect();
+            for (i, p) in parsed.iter().enumerate() {
+                t.insert(p, i);
+            }
+            let mut listed = Vec::new();
+            t.for_each(&mut |p, v| listed.push((p.clone(), *v)));
+            listed.sort();
+            let mut want_listed: Vec<(Pattern, usize)> = parsed.iter().cloned().zip(0..).collect();
+            want_listed.sort();
+            prop_assert_eq!(listed, want_listed);
+            for topic in &topics {
+                let levels: Vec<&str> = topic.split('/').collect();
+                let mut got = Vec::new();
+                t.matches(&levels, false, &mut |v| got.push(*v));
+                got.sort_unstable();
+                got.dedup();
+                let want: Vec<usize> = parsed.iter().enumerate().filter(|(_, p)| naive(&p.0, &levels)).map(|(i, _)| i).collect();
+                prop_assert_eq!(got, want, "topic {}", topic);
+            }
+            for (i, p) in parsed.iter().enumerate() {
+                prop_assert!(t.remove(p, &i));
+            }
+            prop_assert!(t.is_empty() && t.root.is_empty());
+        }
+
         #[test]
         fn trie_agrees_with_a_naive_matcher(
             pats in proptest::collection::vec("(a|b|\\+)(/(a|b|\\+)){0,3}(/#)?|#", 1..20),

@@ -27,6 +27,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub const QUIET: Duration = Duration::from_millis(700);
 
 struct Running {
+    store: Arc<Store>,
     amqp: SocketAddr,
     mqtt: SocketAddr,
     trigger: ShutdownTrigger,
@@ -67,6 +68,20 @@ impl TestBroker {
 
     pub fn mqtt_addr(&self) -> SocketAddr {
         self.running.as_ref().map(|r| r.mqtt).expect("running")
+    }
+
+    /// The running server's store (for test hooks such as the memory alarm).
+    pub fn store(&self) -> Arc<Store> {
+        self.running.as_ref().map(|r| Arc::clone(&r.store)).expect("running")
+    }
+
+    /// The URI of `vhost` (percent-encoded, so `/` is `%2f`).
+    pub fn uri_vhost(&self, vhost: &str) -> String {
+        let encoded: String = vhost
+            .bytes()
+            .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02x}") })
+            .collect();
+        format!("amqp://guest:guest@{}/{encoded}", self.amqp_addr())
     }
 
     pub fn uri_as(&self, user: &str, password: &str) -> String {
@@ -124,13 +139,14 @@ async fn start_server(dir: &Path, cfg: &AmqpConfig, fsync: polymq::FsyncPolicy) 
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await.context("store open panicked")??;
     let amqp: Arc<dyn ProtocolService> = AmqpService::new(Arc::clone(&store), cfg.clone()).await.context("starting AMQP")?;
     let mqtt: Arc<dyn ProtocolService> = MqttService::new(Arc::clone(&store), MqttConfig::default()).await.context("starting MQTT")?;
+    let store_handle = Arc::clone(&store);
     let server = Server::bind(&config, store, vec![(config.amqp_listen, amqp), (config.mqtt_listen, mqtt)]).await?;
     let addrs = server.local_addrs();
     let find = |p: &str| addrs.iter().find(|(n, _)| *n == p).map(|(_, a)| *a).with_context(|| format!("no {p} listener"));
     let (amqp, mqtt) = (find("amqp")?, find("mqtt")?);
     let (trigger, signal) = shutdown_channel();
     let task = tokio::spawn(server.run(signal.triggered()));
-    Ok(Running { amqp, mqtt, trigger, task })
+    Ok(Running { store: store_handle, amqp, mqtt, trigger, task })
 }
 
 /// The next delivery of a consumer, within [`WAIT`].

@@ -37,8 +37,8 @@ use crate::exchange::{
     ExchangeDef, Kind, DELAYED_TYPE,
 };
 use crate::limits::{
-    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT,
-    PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, EXPIRY_SWEEP_EVERY, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX,
+    POP_BATCH_MAX, POP_WAIT, PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
 };
 use crate::message::{self, Outgoing};
 use crate::reply::{self, AmqpError};
@@ -850,10 +850,6 @@ impl Connection {
                 Ok(())
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
-                self.published = true;
-                if *self.memory_alarm.borrow() {
-                    self.block();
-                }
                 let c = self.channel(ch)?;
                 c.publishing = Some(Publishing {
                     exchange: p.exchange.as_str().to_owned(),
@@ -1298,19 +1294,19 @@ impl Connection {
     }
 
     /// The offset a stream consumer starts at, after RabbitMQ's checks: a
-    /// prefetch is required, automatic acknowledgement and global qos are
-    /// not supported.
+    /// prefetch is required (406), automatic acknowledgement and global qos
+    /// are not supported (540 NOT_IMPLEMENTED, a connection error in 0-9-1).
     fn stream_start(&mut self, ch: u16, id: QueueId, name: &str, c: &basic::Consume) -> Result<u64, AmqpError> {
         let rs = format!("queue '{name}' in vhost '{}'", self.vhost);
         let chan = self.channel(ch)?;
         if chan.global_window.is_some() {
-            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, format!("{rs} does not support global qos")));
+            return Err(AmqpError::connection(reply::NOT_IMPLEMENTED, format!("{rs} does not support global qos")));
         }
         if chan.prefetch == 0 {
             return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("consumer prefetch count is not set for stream {rs}")));
         }
         if c.no_ack {
-            return Err(AmqpError::channel(
+            return Err(AmqpError::connection(
                 reply::NOT_IMPLEMENTED,
                 format!("automatic acknowledgement not supported by stream queues {rs}"),
             ));
@@ -1420,7 +1416,7 @@ impl Connection {
         let name = self.resolve_queue_name(ch, g.queue.as_str())?;
         let id = self.find_queue(&name)?;
         if self.is_stream(id) {
-            return Err(AmqpError::channel(
+            return Err(AmqpError::connection(
                 reply::NOT_IMPLEMENTED,
                 format!("basic.get not supported by stream queues queue '{name}' in vhost '{}'", self.vhost),
             ));
@@ -1502,7 +1498,7 @@ impl Connection {
     fn settle(&mut self, ch: u16, tag: u64, multiple: bool, negative: Option<bool>) -> Flow {
         let entries = self.take_unacked_entries(ch, tag, multiple)?;
         if negative.is_some() && entries.iter().any(|(_, u)| u.receipt.is_none()) {
-            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, "basic.nack and basic.reject not supported by stream queues"));
+            return Err(AmqpError::connection(reply::NOT_IMPLEMENTED, "basic.nack and basic.reject not supported by stream queues"));
         }
         let chan = self.channel(ch)?;
         if let Some(tx) = chan.tx.as_mut() {
@@ -1604,6 +1600,12 @@ impl Connection {
     }
 
     async fn finish_publish(&mut self, ch: u16) -> Flow {
+        // A connection is blocked once a whole publish has arrived while
+        // the alarm is on (RabbitMQ blocks publishers, not consumers).
+        self.published = true;
+        if *self.memory_alarm.borrow() {
+            self.block();
+        }
         let c = self.channel(ch)?;
         let Some(mut p) = c.publishing.take() else { return Ok(()) };
         let epoch = c.epoch;
@@ -1790,8 +1792,8 @@ fn release(u: Unacked) -> Option<Receipt> {
 fn route_in(svc: &AmqpService, vhost: &str, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
     if exchange.is_empty() {
         // The default exchange: the queue named by the routing key.
-        let Ok(core) = queue_core_name(vhost, key) else { return Ok(Vec::new()) };
-        return Ok(svc.store.queue_id(&core).into_iter().collect());
+        // (a classic queue or a stream; an internal name is unroutable).
+        return Ok(find_core_queue(&svc.store, vhost, key).ok().flatten().into_iter().collect());
     }
     let sp = space(vhost, exchange);
     let def = svc
@@ -1877,6 +1879,45 @@ async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: R
     }
     if let Err(e) = store.ack(receipt).await {
         debug!(error = %e, "acknowledging a dead-lettered delivery");
+    }
+}
+
+/// Expires the heads of queues that have an `x-message-ttl` and no
+/// consumer (RabbitMQ expires a queue's head even when nobody reads it;
+/// queues with consumers expire as they deliver). Runs until the service
+/// is gone. Peeks first, so an unexpired head is left untouched.
+pub(crate) async fn expire_unread_heads(svc: std::sync::Weak<AmqpService>) {
+    let mut tick = tokio::time::interval(EXPIRY_SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(svc) = svc.upgrade() else { return };
+        let queues: Vec<(QueueId, Arc<QueueArgs>)> = {
+            let reg = svc.queues();
+            reg.args
+                .iter()
+                .filter(|(q, a)| a.message_ttl_ms.is_some() && !reg.consumers.get(q).is_some_and(|n| *n > 0))
+                .map(|(q, a)| (*q, Arc::clone(a)))
+                .collect()
+        };
+        for (q, args) in queues {
+            for _ in 0..PURGE_BATCH {
+                let now = svc.store.now_ms();
+                let Ok(mut head) = svc.store.peek(q, 1) else { break };
+                let Some(h) = head.pop() else { break };
+                if !args.expired(&h.message, &Outgoing::from_core(&h.message), now) {
+                    break;
+                }
+                let Ok(mut got) = svc.store.pop(q, 1, DELIVERY_INVISIBLE, Duration::ZERO).await else { break };
+                let Some(d) = got.pop() else { break };
+                if d.offset != h.offset {
+                    // Someone else took the head meanwhile: hand this one back.
+                    let _ = svc.store.nack(d.receipt, NackAction::Requeue { delay_ms: 0 }).await;
+                    break;
+                }
+                dead_letter(&svc, Some(Arc::clone(&args)), d.receipt, d.message, Reason::Expired).await;
+            }
+        }
     }
 }
 

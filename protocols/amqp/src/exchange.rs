@@ -216,8 +216,8 @@ pub(crate) fn binding_pattern(kind: Kind, routing_key: &str) -> Result<Pattern, 
         // One level: dots are part of a direct key, not separators.
         Kind::Direct => Ok(Pattern::exact(routing_key)),
         Kind::Fanout => Ok(Pattern::all()),
-        Kind::Topic => Pattern::parse(routing_key, '.', "*", "#")
-            .map_err(|e| AmqpError::channel(reply::PRECONDITION_FAILED, format!("binding key '{routing_key}' is not supported: {e}"))),
+        // `#` may stand anywhere in an AMQP binding key (`#.error`).
+        Kind::Topic => Ok(Pattern::parse_many_anywhere(routing_key, '.', "*", "#")),
         Kind::Headers => Err(AmqpError::channel(reply::PRECONDITION_FAILED, "headers exchange bindings are not supported yet")),
     }
 }
@@ -428,5 +428,6 @@ mod tests {
         assert_eq!(queue_core_name("/", "jobs").ok().as_deref(), Some("jobs"));
         assert_eq!(binding_pattern(Kind::Direct, "a.b").ok(), Some(Pattern::exact("a.b")));
         assert_eq!(binding_pattern(Kind::Topic, "a.*.#").ok(), Pattern::parse("a/+/#", '/', "+", "#").ok());
+        assert_eq!(binding_pattern(Kind::Topic, "#.error").ok(), Some(Pattern(vec![Level::Many, Level::Word("error".into())])));
     }
 }

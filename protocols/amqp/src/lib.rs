@@ -119,14 +119,16 @@ impl AmqpService {
                 }
             }
         }
-        Ok(Arc::new(AmqpService {
+        let svc = Arc::new(AmqpService {
             store,
             config,
             exchanges,
             headers: headers::HeadersIndex::default(),
             queues: Mutex::new(registry),
             connection_seq: AtomicU64::new(1),
-        }))
+        });
+        tokio::spawn(connection::expire_unread_heads(Arc::downgrade(&svc)));
+        Ok(svc)
     }
 
     fn next_connection_id(&self) -> u64 {

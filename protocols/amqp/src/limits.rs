@@ -42,6 +42,9 @@ pub const WRITE_STALL_MAX: Duration = Duration::from_secs(60);
 /// Events (deliveries) handled between two flushes of the outbound buffer.
 pub const EVENTS_PER_TURN: usize = 256;
 
+/// How often the heads of unread queues with an x-message-ttl are checked.
+pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_millis(250);
+
 /// Messages purge removes per core call.
 pub const PURGE_BATCH: usize = 1024;
 
