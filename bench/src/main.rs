@@ -420,7 +420,14 @@ fn amqp_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -
         let q = amqp::queues(
             rt,
             rep,
-            &amqp::QueuesArgs { amqp: url.clone(), label: Some(label.clone()), broker_pid: None, count: vec![300], channels: 8, keep_queues: false },
+            &amqp::QueuesArgs {
+                amqp: url.clone(),
+                label: Some(label.clone()),
+                broker_pid: None,
+                count: vec![300],
+                channels: 8,
+                keep_queues: false,
+            },
         )?;
         if let Some(q) = q.iter().find(|q| q.failed > 0 || q.declared < q.count as u64) {
             bail!("smoke: amqp-queues: of {} queues {} were declared and {} failed", q.count, q.declared, q.failed);
