@@ -302,29 +302,48 @@ start_rabbitmq() {
     ) >"$dir/rabbitmq.out" 2>&1 &
     script_pid=$!
     echo "$script_pid" >"$dir/script_pid"
+    # Known under the script's id until the VM's is (so a failed start is cleaned up too).
+    RABBIT_DIR[$script_pid]=$dir
+    STARTED+=("$script_pid")
     wait_for_port "$port" "$dir/rabbitmq.out" "$script_pid" 120
     rabbitctl "$dir" await_startup >/dev/null
     BROKER_PID=$(cat "$dir/rabbit.pid")
+    unset "RABBIT_DIR[$script_pid]"
     RABBIT_DIR[$BROKER_PID]=$dir
-    STARTED+=("$BROKER_PID")
+    local p started=()
+    for p in "${STARTED[@]}"; do
+        if [[ $p == "$script_pid" ]]; then
+            started+=("$BROKER_PID")
+        else
+            started+=("$p")
+        fi
+    done
+    STARTED=("${started[@]}")
     BROKER_AMQP=amqp://guest:guest@127.0.0.1:$port/%2f
 }
 
-# stop_rabbitmq PID: rabbitmqctl stop, then the VM's process if it lingers, then its epmd.
+# stop_rabbitmq PID: rabbitmqctl stop, then the VM's process if it lingers, the
+# start script, and the node's epmd. PID is the VM's, or the start script's if
+# the node never came up.
 stop_rabbitmq() {
-    local pid=$1 dir=${RABBIT_DIR[$1]} i
+    local dir=${RABBIT_DIR[$1]} vm script i
+    script=$(cat "$dir/script_pid")
+    vm=$(cat "$dir/rabbit.pid" 2>/dev/null || true)
     rabbitctl "$dir" stop >/dev/null 2>&1 || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$(cat "$dir/script_pid")" 2>/dev/null || true
+    if [[ -n $vm ]]; then
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$vm" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$vm" 2>/dev/null || true
+    fi
+    kill -TERM "$script" 2>/dev/null || true
+    wait "$script" 2>/dev/null || true
     (
         rabbit_env "$dir"
         epmd -port "$ERL_EPMD_PORT" -kill >/dev/null 2>&1 || true
     )
-    unset "RABBIT_DIR[$pid]"
+    unset "RABBIT_DIR[$1]"
 }
 
 rabbitmq_version() {
