@@ -308,7 +308,9 @@ def compare_amqp(args):
                 r, o = own.get(k, {}), theirs.get(k, {})
                 rv, ov = num(r.get("recv/s")), num(o.get("recv/s"))
                 met = "-" if rv is None or not ov else ("yes" if rv / ov >= 10 else "no")
-                print(f"- {k[1]} queue(s): {fmt(rv)} vs {fmt(ov)} msg/s = {ratio(rv, ov)}: met? **{met}**")
+                also = "".join(f"; {v}: {fmt(vr.get(k, {}).get('recv/s'))} msg/s = "
+                               f"{ratio(vr.get(k, {}).get('recv/s'), ov)}" for v, vr in var_rows)
+                print(f"- {k[1]} queue(s): {fmt(rv)} vs {fmt(ov)} msg/s = {ratio(rv, ov)}: met? **{met}**{also}")
             print()
 
         if p["amqp_queues"] or q["amqp_queues"]:
