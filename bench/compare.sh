@@ -46,6 +46,7 @@
 #   COMPARE_AMQP_CONSUMERS  consumers of the durable scenario, at least one per queue (4)
 #   COMPARE_AMQP_WINDOW     unconfirmed publishes per publisher (64)
 #   COMPARE_AMQP_PREFETCH   consumer prefetch (100)
+#   COMPARE_AMQP_MULTI_ACK  consumers ack every N-th delivery with `multiple` (1: one ack per message)
 #   COMPARE_AMQP_DECLARE    durable queues of the queue-capacity run; 0 skips it (10000)
 #   COMPARE_AMQP_ALWAYS     1: also run polymq with fsync=always as "polymq-always" (RabbitMQ
 #                           confirms a persistent message only after an fsync; polymq's
@@ -76,6 +77,7 @@ AMQP_PUBLISHERS=${COMPARE_AMQP_PUBLISHERS:-4}
 AMQP_CONSUMERS=${COMPARE_AMQP_CONSUMERS:-4}
 AMQP_WINDOW=${COMPARE_AMQP_WINDOW:-64}
 AMQP_PREFETCH=${COMPARE_AMQP_PREFETCH:-100}
+AMQP_MULTI_ACK=${COMPARE_AMQP_MULTI_ACK:-1}
 AMQP_DECLARE=${COMPARE_AMQP_DECLARE:-10000}
 AMQP_ALWAYS=${COMPARE_AMQP_ALWAYS:-1}
 OUT=${COMPARE_OUT:-$ROOT/bench/results/$(date -u +%F)}
@@ -452,7 +454,7 @@ amqp_run() {
     shift
     bench --json amqp --amqp "${AMQP[$name]}" --label "$name" --broker-pid "${PID[$name]}" --size "$SIZE" \
         --publishers "$AMQP_PUBLISHERS" --consumers "$AMQP_CONSUMERS" --fanout "$AMQP_FANOUT" \
-        --confirm-window "$AMQP_WINDOW" --prefetch "$AMQP_PREFETCH" --seconds "$SECS" "$@" >>"$OUT/compare-amqp-$name.jsonl" ||
+        --confirm-window "$AMQP_WINDOW" --prefetch "$AMQP_PREFETCH" --multi-ack "$AMQP_MULTI_ACK" --seconds "$SECS" "$@" >>"$OUT/compare-amqp-$name.jsonl" ||
         log "$name: an AMQP run failed (exit $?): $*; the notes in $OUT/compare-amqp-$name.jsonl say what"
 }
 
