@@ -41,6 +41,15 @@ pub const MQTT_PACKET_BYTES_MAX_CEILING: u32 = (RECORD_BYTES_MAX - 1024 * 1024) 
 const _: () = assert!(MQTT_PACKET_BYTES_MIN <= MQTT_PACKET_BYTES_MAX_DEFAULT);
 const _: () = assert!(MQTT_PACKET_BYTES_MAX_DEFAULT <= MQTT_PACKET_BYTES_MAX_CEILING);
 
+/// Kafka's default `group.initial.rebalance.delay.ms`.
+pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
+/// A longer initial delay only makes a group's first consumers wait: 5 minutes
+/// is Kafka's default `max.poll.interval.ms`, the longest rebalance timeout
+/// clients normally ask for.
+pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
+/// The AMQP vhost that exists unless configured otherwise.
+pub const AMQP_DEFAULT_VHOST: &str = "/";
+
 /// Every setting of the broker. Build it with [`Config::load`] (or
 /// `Config::default()` and the `apply_*` layers), then call
 /// [`Config::validate`].
@@ -73,6 +82,30 @@ pub struct Config {
     /// The largest MQTT packet accepted (and advertised to MQTT 5 clients as
     /// Maximum Packet Size). Checked before a packet's body is buffered.
     pub mqtt_max_packet_bytes: u32,
+    /// Kafka: a Metadata or Produce request naming an unknown topic creates
+    /// it (Kafka's `auto.create.topics.enable`, on by default there too).
+    pub kafka_auto_create_topics: bool,
+    /// Kafka: partitions of an auto-created topic (Kafka's `num.partitions`).
+    pub kafka_num_partitions: u32,
+    /// Kafka: require SASL (PLAIN, SCRAM-SHA-256/512) against `users`.
+    pub kafka_sasl: bool,
+    // ---- Kafka consumer groups ----
+    /// How long the first JoinGroup of an empty Kafka group waits for more
+    /// members before the first generation forms (Kafka's
+    /// `group.initial.rebalance.delay.ms`, same default): consumers started
+    /// together then get one rebalance instead of one each. 0 disables it.
+    pub kafka_group_initial_rebalance_delay_ms: u64,
+    // -- AMQP vhosts and the memory alarm (one block, to merge easily) --
+    /// AMQP virtual hosts that exist. RabbitMQ's are made by an operator, so
+    /// here they are configured: connection.open to any other vhost is
+    /// refused. In the environment `POLYMQ_AMQP_VHOSTS=/,dev`.
+    pub amqp_vhosts: Vec<String>,
+    /// Resident memory of the process above which the memory alarm is on
+    /// and protocols push back on publishers (AMQP: connection.blocked).
+    /// `None`: 40% of physical RAM (RabbitMQ's `vm_memory_high_watermark`
+    /// 0.4); `Some(0)`: no alarm.
+    pub memory_high_watermark_bytes: Option<u64>,
+    // -- end of the AMQP vhosts and memory alarm block --
 }
 
 impl Default for Config {
@@ -91,6 +124,12 @@ impl Default for Config {
             users: BTreeMap::new(),
             mqtt_allow_anonymous: true,
             mqtt_max_packet_bytes: MQTT_PACKET_BYTES_MAX_DEFAULT,
+            kafka_auto_create_topics: true,
+            kafka_num_partitions: 1,
+            kafka_sasl: false,
+            kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+            amqp_vhosts: vec![AMQP_DEFAULT_VHOST.to_owned()],
+            memory_high_watermark_bytes: None,
         }
     }
 }
@@ -208,6 +247,19 @@ impl Config {
                 "MQTT_MAX_PACKET_BYTES" => {
                     self.mqtt_max_packet_bytes = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
                 }
+                "KAFKA_AUTO_CREATE_TOPICS" => self.kafka_auto_create_topics = parse_bool(value).map_err(env_err)?,
+                "KAFKA_NUM_PARTITIONS" => {
+                    self.kafka_num_partitions = value.trim().parse().map_err(|e| env_err(format!("not a partition count: {e}")))?
+                }
+                "KAFKA_SASL" => self.kafka_sasl = parse_bool(value).map_err(env_err)?,
+                "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
+                    self.kafka_group_initial_rebalance_delay_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
+                "AMQP_VHOSTS" => self.amqp_vhosts = value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect(),
+                "MEMORY_HIGH_WATERMARK_BYTES" => {
+                    self.memory_high_watermark_bytes = Some(value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?)
+                }
                 _ => report.unknown.push(var.to_owned()),
             }
         }
@@ -276,8 +328,31 @@ impl Config {
                 format!("{} is outside {MQTT_PACKET_BYTES_MIN}..={MQTT_PACKET_BYTES_MAX_CEILING}", self.mqtt_max_packet_bytes),
             ));
         }
+        if self.kafka_group_initial_rebalance_delay_ms > KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX {
+            return Err(invalid(
+                "kafka_group_initial_rebalance_delay_ms",
+                format!("{} is above {KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX}", self.kafka_group_initial_rebalance_delay_ms),
+            ));
+        }
         if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
             return Err(invalid("users", format!("user name {name:?} is empty or contains `:` or `,`")));
+        }
+        if !(1..=crate::topic::PARTITIONS_MAX).contains(&self.kafka_num_partitions) {
+            return Err(invalid(
+                "kafka_num_partitions",
+                format!("{} is outside 1..={}", self.kafka_num_partitions, crate::topic::PARTITIONS_MAX),
+            ));
+        }
+        for vhost in &self.amqp_vhosts {
+            // Off `/` a vhost prefixes core names as `<vhost>|<name>`: it may
+            // not contain the separator nor start like an internal name.
+            let reserved = ["mqtt/", "amqp/", crate::topic::PREFIX].iter().any(|p| vhost.starts_with(p));
+            if vhost.is_empty() || vhost.len() > 255 || vhost.contains(['|', ',']) || (vhost != AMQP_DEFAULT_VHOST && reserved) {
+                return Err(invalid(
+                    "amqp_vhosts",
+                    format!("vhost {vhost:?} must be 1..=255 bytes without `|` or `,`, not starting with mqtt/, amqp/ or topic/"),
+                ));
+            }
         }
         Ok(())
     }
@@ -407,6 +482,32 @@ mod tests {
     }
 
     #[test]
+    fn kafka_topic_settings_come_from_file_and_env() {
+        let mut c = Config::from_toml_str("kafka_num_partitions = 3\n").expect("parse");
+        assert!(c.kafka_auto_create_topics && !c.kafka_sasl, "defaults: auto-create on, SASL off");
+        assert_eq!(c.kafka_num_partitions, 3);
+        c.apply_env([("POLYMQ_KAFKA_AUTO_CREATE_TOPICS", "false"), ("POLYMQ_KAFKA_NUM_PARTITIONS", "2"), ("POLYMQ_KAFKA_SASL", "true")])
+            .expect("env");
+        assert!(!c.kafka_auto_create_topics && c.kafka_sasl);
+        assert_eq!(c.kafka_num_partitions, 2);
+        c.kafka_num_partitions = 0;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn kafka_group_initial_rebalance_delay_from_file_and_env() {
+        assert_eq!(Config::default().kafka_group_initial_rebalance_delay_ms, 3_000, "Kafka's default");
+        let mut c = Config::from_toml_str("kafka_group_initial_rebalance_delay_ms = 0\n").expect("parse");
+        assert_eq!(c.kafka_group_initial_rebalance_delay_ms, 0);
+        c.apply_env([("POLYMQ_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "250")]).expect("env");
+        assert_eq!(c.kafka_group_initial_rebalance_delay_ms, 250);
+        c.validate().expect("valid");
+        assert!(c.clone().apply_env([("POLYMQ_KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "soon")]).is_err());
+        c.kafka_group_initial_rebalance_delay_ms = KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX + 1;
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
     fn users_and_mqtt_settings_come_from_file_and_env() {
         let mut c = Config::from_toml_str("mqtt_allow_anonymous = false\n[users]\nalice = \"pw:with:colons\"\n").expect("parse");
         assert!(!c.mqtt_allow_anonymous);
@@ -422,6 +523,25 @@ mod tests {
         assert!(c.clone().apply_env([("POLYMQ_MQTT_ALLOW_ANONYMOUS", "maybe")]).is_err());
         c.mqtt_max_packet_bytes = 16 * 1024 * 1024;
         assert!(c.validate().is_err(), "a packet must fit one log record");
+    }
+
+    #[test]
+    fn amqp_vhosts_and_the_memory_watermark_come_from_file_and_env() {
+        let c = Config::default();
+        assert_eq!(c.amqp_vhosts, vec!["/".to_owned()]);
+        assert_eq!(c.memory_high_watermark_bytes, None);
+        let mut c = Config::from_toml_str("amqp_vhosts = [\"/\", \"staging\"]\nmemory_high_watermark_bytes = 0\n").expect("parse");
+        assert_eq!(c.amqp_vhosts, vec!["/".to_owned(), "staging".to_owned()]);
+        assert_eq!(c.memory_high_watermark_bytes, Some(0));
+        c.apply_env([("POLYMQ_AMQP_VHOSTS", "/, dev"), ("POLYMQ_MEMORY_HIGH_WATERMARK_BYTES", "1048576")]).expect("env");
+        assert_eq!(c.amqp_vhosts, vec!["/".to_owned(), "dev".to_owned()]);
+        assert_eq!(c.memory_high_watermark_bytes, Some(1 << 20));
+        c.validate().expect("valid");
+        for bad in ["a|b", "mqtt/x", ""] {
+            let c = Config { amqp_vhosts: vec![bad.to_owned()], ..Config::default() };
+            assert!(c.validate().is_err(), "{bad:?}");
+        }
+        assert!(c.clone().apply_env([("POLYMQ_MEMORY_HIGH_WATERMARK_BYTES", "lots")]).is_err());
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum StoreError {
     Poisoned,
     #[error("the store is closed")]
     Closed,
+    /// The disk (or quota) is full: the append was not stored and nothing
+    /// else was harmed; appends succeed again once space returns.
+    #[error("no space left for the log: the message was not stored; retry when space returns")]
+    NoSpace,
     #[error("queue not found: {0}")]
     QueueNotFound(String),
     #[error("queue limit reached ({0} queues)")]
@@ -38,5 +42,16 @@ pub enum StoreError {
 impl StoreError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         StoreError::Io { path: path.into(), source }
+    }
+
+    /// Whether this is a write refused for lack of space (ENOSPC, EDQUOT),
+    /// as opposed to an error that leaves the file's state unknown.
+    pub(crate) fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::NoSpace => true,
+            // ENOSPC, EDQUOT (Linux numbering).
+            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(122),
+            _ => false,
+        }
     }
 }

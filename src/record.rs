@@ -21,6 +21,16 @@ pub const KIND_BIND: u8 = 8;
 pub const KIND_UNBIND: u8 = 9;
 /// A message copied forward by compaction: same queues, same offsets.
 pub const KIND_RELOCATED: u8 = 10;
+/// Every committed offset of one consumer group is forgotten.
+pub const KIND_GROUP_DELETE: u8 = 11;
+
+/// [`Message::format`] of a message whose payload is key, headers and value
+/// as the fields say (MQTT, AMQP).
+pub const FORMAT_PLAIN: u8 = 0;
+/// [`Message::format`] of a payload that is one Kafka record batch (magic 2),
+/// byte-exact as the producer sent it; key and headers are empty, `span` is
+/// its record count. Other protocols decode the records they need.
+pub const FORMAT_KAFKA_BATCH: u8 = 1;
 
 /// A message as the protocols hand it to the core.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -118,6 +128,10 @@ pub(crate) enum Record {
         group: String,
         offset: u64,
     },
+    /// Forget every committed offset of `group` (Kafka DeleteGroups).
+    GroupDelete {
+        group: String,
+    },
     /// Index an already stored message into another queue (dead-lettering):
     /// stored once, indexed twice. `from` is removed in the same record.
     Dispatch {
@@ -178,6 +192,11 @@ pub(crate) fn encode(rec: &Record, out: &mut Vec<u8>) {
             out.put_u16_le(group.len() as u16);
             out.put_slice(group.as_bytes());
             out.put_u64_le(*offset);
+        }
+        Record::GroupDelete { group } => {
+            out.put_u8(KIND_GROUP_DELETE);
+            out.put_u16_le(group.len() as u16);
+            out.put_slice(group.as_bytes());
         }
         Record::Dispatch { src_pos, src_total, id, offset, from } => {
             out.put_u8(KIND_DISPATCH);
@@ -320,6 +339,10 @@ pub(crate) fn decode(body: Bytes) -> Result<Record, StoreError> {
             let group = r.string(n)?;
             Record::GroupOffset { id, group, offset: r.u64()? }
         }
+        KIND_GROUP_DELETE => {
+            let n = r.u16()? as usize;
+            Record::GroupDelete { group: r.string(n)? }
+        }
         KIND_DISPATCH => {
             let src_pos = r.u64()?;
             let src_total = r.u32()?;
@@ -376,6 +399,7 @@ mod tests {
         roundtrip(Record::Delete { id: q });
         roundtrip(Record::Ack { id: q, offsets: vec![1, 2, 3] });
         roundtrip(Record::GroupOffset { id: q, group: "g".into(), offset: 5 });
+        roundtrip(Record::GroupDelete { group: "kafka/g".into() });
         roundtrip(Record::Dispatch { src_pos: 100, src_total: 50, id: q, offset: 1, from: Some((QueueId::new(2, 0), 4)) });
         roundtrip(Record::Requeue { id: q, offset: 1, deliveries: 2, visible_at_ms: 99 });
         roundtrip(Record::Bind { space: "amq.topic".into(), pattern: "a/+/#".into(), id: q });

@@ -63,6 +63,8 @@ pub struct StoreMetrics {
     pub append_bytes_total: u64,
     pub write_batches_total: u64,
     pub fsyncs_total: u64,
+    /// Appends refused because the disk was full (nothing else was lost).
+    pub appends_refused_no_space_total: u64,
     pub log_bytes: u64,
     pub segments: u64,
     pub queues: u64,
@@ -299,6 +301,8 @@ pub(crate) struct Inner {
 
 pub struct Store {
     inner: Arc<Inner>,
+    /// Set by the server shell's sampler; read by protocol services.
+    memory_alarm: Arc<crate::server::memory::MemoryAlarm>,
     maintenance_thread: Mutex<Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>>,
     recovery: RecoveryReport,
 }
@@ -392,7 +396,7 @@ impl Store {
             (inner, tx)
         };
         let (inner, _tx) = tx;
-        let store = Arc::new(Store { inner, maintenance_thread: Mutex::new(None), recovery });
+        let store = Arc::new(Store { inner, memory_alarm: Arc::default(), maintenance_thread: Mutex::new(None), recovery });
         if !cfg.maintenance_interval.is_zero() {
             let stop = Arc::new(AtomicBool::new(false));
             let weak = Arc::downgrade(&store.inner);
@@ -457,12 +461,19 @@ impl Store {
             append_bytes_total: c.append_bytes.load(Ordering::Relaxed),
             write_batches_total: c.batches.load(Ordering::Relaxed),
             fsyncs_total: c.fsyncs.load(Ordering::Relaxed),
+            appends_refused_no_space_total: c.refused_no_space.load(Ordering::Relaxed),
             log_bytes: self.inner.log.disk_bytes(),
             segments: self.inner.log.segment_count() as u64,
             queues,
             messages_ready: ready,
             messages_inflight: inflight,
         }
+    }
+
+    /// The memory alarm (see [`crate::server::memory`]): protocol services
+    /// `subscribe()` to push back on publishers while it is on.
+    pub fn memory_alarm(&self) -> &Arc<crate::server::memory::MemoryAlarm> {
+        &self.memory_alarm
     }
 
     pub fn now_ms(&self) -> u64 {
@@ -487,6 +498,21 @@ impl Store {
 
     pub fn list_queues(&self) -> Vec<(QueueId, String)> {
         self.inner.state.lock().map(|st| st.table.names()).unwrap_or_default()
+    }
+
+    /// Replaces a queue's options (e.g. a stream's retention: Kafka
+    /// AlterConfigs), durably: the change is logged as a declare of the same
+    /// id, so it survives a restart. The kind and the transient flag cannot
+    /// change. Retention applies from the next maintenance run.
+    pub async fn alter_queue_options(&self, id: QueueId, opts: QueueOptions) -> Result<QueueInfo, StoreError> {
+        let name = {
+            let st = lock(&self.inner.state)?;
+            st.table.name(id).map(str::to_owned).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?
+        };
+        let rec = Record::Declare { id, name: name.clone(), opts: opts.clone() };
+        let rx = self.inner.submit_control(rec, Op::Durable, |st| st.table.set_options(id, &opts)).await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        self.queue_info(id).ok_or(StoreError::QueueNotFound(name))
     }
 
     /// Deletes a queue and everything in it. `Ok(false)` if it did not exist.
@@ -676,6 +702,60 @@ impl Store {
         }
     }
 
+    /// Bytes a stream holds from the record holding `from` on, counted up to
+    /// `cap` (from the index: no read). For long-poll readiness checks.
+    pub fn stream_bytes_from(&self, id: QueueId, from: u64, cap: u64) -> u64 {
+        self.inner.state.lock().map(|st| st.table.stream_bytes_from(id, from, cap)).unwrap_or(0)
+    }
+
+    /// A long poll over many queues (a Kafka fetch of many partitions):
+    /// returns `Ok(true)` as soon as `ready()` says so, `Ok(false)` once
+    /// `wait` has passed (or the store closes). `ready` is asked again each
+    /// time a message becomes visible in any of `ids`; the wake-ups are armed
+    /// before each check, so nothing arriving in between is missed, and
+    /// nothing runs between wake-ups (no polling).
+    pub async fn wait_any(&self, ids: &[QueueId], wait: Duration, mut ready: impl FnMut() -> bool) -> Result<bool, StoreError> {
+        if ready() {
+            return Ok(true);
+        }
+        if wait.is_zero() {
+            return Ok(false);
+        }
+        if ids.is_empty() {
+            tokio::time::sleep(wait).await;
+            return Ok(ready());
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let waiters = unique.iter().map(|&id| self.inner.waiter(id)).collect::<Result<Vec<_>, _>>()?;
+        loop {
+            let mut armed: Vec<_> = waiters.iter().map(|w| Box::pin(w.notify.notified())).collect();
+            for n in armed.iter_mut() {
+                n.as_mut().enable();
+            }
+            if ready() {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline || self.inner.closed.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            let any = std::future::poll_fn(|cx| {
+                for n in armed.iter_mut() {
+                    if std::future::Future::poll(n.as_mut(), cx).is_ready() {
+                        return std::task::Poll::Ready(());
+                    }
+                }
+                std::task::Poll::Pending
+            });
+            tokio::select! {
+                _ = any => {}
+                _ = tokio::time::sleep_until(deadline) => {}
+            }
+        }
+    }
+
     /// The first offset whose timestamp is at or after `ts_ms` (Kafka ListOffsets).
     pub fn offset_for_timestamp(&self, id: QueueId, ts_ms: u64) -> Result<u64, StoreError> {
         lock(&self.inner.state)?.table.offset_for_timestamp(id, ts_ms)
@@ -704,6 +784,50 @@ impl Store {
     pub fn committed_offset(&self, group: &str, id: QueueId) -> Option<u64> {
         let st = self.inner.state.lock().ok()?;
         st.group_offsets.get(&(Arc::<str>::from(group), id)).copied()
+    }
+
+    /// Every committed offset of `group`, by queue id. Walks all groups'
+    /// offsets: meant for admin requests (Kafka OffsetFetch of all
+    /// partitions), not for the data path.
+    pub fn group_offsets(&self, group: &str) -> Vec<(QueueId, u64)> {
+        let Ok(st) = self.inner.state.lock() else { return Vec::new() };
+        let mut out: Vec<(QueueId, u64)> =
+            st.group_offsets.iter().filter(|((g, _), _)| &**g == group).map(|((_, q), o)| (*q, *o)).collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// The names of the groups with at least one committed offset that start
+    /// with `prefix`, sorted. Walks all groups' offsets (admin requests).
+    pub fn offset_groups(&self, prefix: &str) -> Vec<String> {
+        let Ok(st) = self.inner.state.lock() else { return Vec::new() };
+        let names: std::collections::BTreeSet<&str> =
+            st.group_offsets.keys().map(|(g, _)| &**g).filter(|g| g.starts_with(prefix)).collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Durably forgets every committed offset of `group`; returns how many
+    /// there were (0: nothing was written).
+    pub async fn delete_group_offsets(&self, group: &str) -> Result<usize, StoreError> {
+        if group.is_empty() || group.len() > u16::MAX as usize {
+            return Err(StoreError::InvalidArgument("group names are 1..=65535 bytes".into()));
+        }
+        if self.group_offsets(group).is_empty() {
+            return Ok(0);
+        }
+        let mut removed = 0;
+        let rec = Record::GroupDelete { group: group.to_owned() };
+        let rx = self
+            .inner
+            .submit_control(rec, Op::Durable, |st| {
+                let before = st.group_offsets.len();
+                st.group_offsets.retain(|(g, _), _| &**g != group);
+                removed = before - st.group_offsets.len();
+                Ok(())
+            })
+            .await?;
+        rx.await.map_err(|_| StoreError::Closed)??;
+        Ok(removed)
     }
 
     // ---- consumption by message ----
@@ -1467,7 +1591,8 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
         Record::GroupOffset { id, group, offset } if !meta_known => {
             st.group_offsets.insert((group.into(), id), offset);
         }
-        Record::Declare { .. } | Record::Delete { .. } | Record::GroupOffset { .. } => {}
+        Record::GroupDelete { group } if !meta_known => st.group_offsets.retain(|(g, _), _| **g != *group),
+        Record::Declare { .. } | Record::Delete { .. } | Record::GroupOffset { .. } | Record::GroupDelete { .. } => {}
         Record::Ack { id, offsets } => {
             for o in offsets {
                 st.table.restore_ack(id, o, now);
@@ -1487,6 +1612,9 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
     }
     st.table.drain_live().for_each(drop);
 }
+
+#[cfg(test)]
+mod group_offset_tests;
 
 fn recount_live(st: &State) -> BTreeMap<u64, i64> {
     let mut live = BTreeMap::new();

@@ -631,3 +631,60 @@ async fn a_cancelled_long_poll_does_not_keep_its_queue_alive() {
     let rep = maintain(&s);
     assert_eq!(rep.queues_expired, 2, "no waiter is left registered: {rep:?}");
 }
+
+#[tokio::test]
+async fn altered_stream_retention_applies_and_survives_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, _clock) = open(dir.path());
+    let st = s.declare_queue("topic/t/0", QueueOptions::stream()).await.expect("declare").id;
+    for i in 0..5 {
+        s.append(msg(&format!("v{i}")), &[st]).await.expect("append");
+    }
+    assert_eq!(maintain(&s).batches_dropped, 0, "no retention yet");
+    let altered = QueueOptions { retention_count: Some(2), retention_ms: Some(60_000), ..QueueOptions::stream() };
+    let info = s.alter_queue_options(st, altered.clone()).await.expect("alter");
+    assert_eq!(info.options, altered);
+    assert_eq!(maintain(&s).batches_dropped, 3, "the new retention is maintained");
+    // Kind and durability are fixed at declare time.
+    assert!(s.alter_queue_options(st, QueueOptions::default()).await.is_err());
+    s.close().expect("close");
+    drop(s);
+    let (s, _clock) = open(dir.path());
+    let info = s.queue_info(st).expect("the stream survives");
+    assert_eq!(info.options, altered, "the altered options are durable");
+    assert_eq!((info.start_offset, info.next_offset), (3, 5));
+    // A declare with the old options now disagrees; with the new ones it matches.
+    assert!(s.declare_queue("topic/t/0", QueueOptions::stream()).await.is_err());
+    assert_eq!(s.declare_queue("topic/t/0", altered).await.expect("same options").id, st);
+}
+
+#[tokio::test]
+async fn wait_any_wakes_on_whichever_queue_gets_a_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, _clock) = open(dir.path());
+    let a = s.declare_queue("a", QueueOptions::stream()).await.expect("a").id;
+    let b = s.declare_queue("b", QueueOptions::stream()).await.expect("b").id;
+    // Nothing arrives: the wait ends at its deadline, not earlier.
+    let started = std::time::Instant::now();
+    let ready = s.wait_any(&[a, b], Duration::from_millis(200), || s.stream_bytes_from(b, 0, 1) > 0).await.expect("wait");
+    assert!(!ready && started.elapsed() >= Duration::from_millis(190));
+    // A message to the second queue wakes a waiter on both, well before the deadline.
+    let s2 = Arc::clone(&s);
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s2.append(msg("x"), &[b]).await.expect("append");
+    });
+    let started = std::time::Instant::now();
+    let mut checks = 0;
+    let ready = s
+        .wait_any(&[a, b], Duration::from_secs(20), || {
+            checks += 1;
+            s.stream_bytes_from(b, 0, 1) > 0
+        })
+        .await
+        .expect("wait");
+    writer.await.expect("writer");
+    assert!(ready && started.elapsed() < Duration::from_secs(10));
+    assert!(checks <= 4, "woken by the append, not by polling: {checks} checks");
+    assert!(s.stream_bytes_from(b, 0, u64::MAX) > 0 && s.stream_bytes_from(b, 1, u64::MAX) == 0);
+}

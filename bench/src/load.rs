@@ -178,6 +178,7 @@ fn delta(a: &StoreMetrics, b: &StoreMetrics) -> StoreMetrics {
         append_bytes_total: b.append_bytes_total - a.append_bytes_total,
         write_batches_total: b.write_batches_total - a.write_batches_total,
         fsyncs_total: b.fsyncs_total - a.fsyncs_total,
+        appends_refused_no_space_total: b.appends_refused_no_space_total - a.appends_refused_no_space_total,
         log_bytes: b.log_bytes,
         segments: b.segments,
         queues: b.queues,

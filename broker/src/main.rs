@@ -1,8 +1,6 @@
 //! The `polymq` binary: parses the command line, layers the config, opens the
 //! store and runs the server shell with one service per protocol.
 
-mod placeholder;
-
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,8 +17,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
-use placeholder::PlaceholderService;
 use polymq_amqp::{AmqpConfig, AmqpService};
+use polymq_kafka::{KafkaConfig, KafkaService};
 use polymq_mqtt::{MqttConfig, MqttService};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -188,8 +186,9 @@ async fn run(config: Config) -> Result<()> {
 
     let mqtt = MqttService::new(Arc::clone(&store), MqttConfig::from_config(&config)).await.context("starting the MQTT service")?;
     let amqp = AmqpService::new(Arc::clone(&store), AmqpConfig::from_config(&config)).await.context("starting the AMQP service")?;
+    let kafka = KafkaService::new(Arc::clone(&store), KafkaConfig::from_config(&config)).await.context("starting the Kafka service")?;
     let services: Vec<(SocketAddr, Arc<dyn ProtocolService>)> =
-        vec![(config.mqtt_listen, mqtt), (config.amqp_listen, amqp), (config.kafka_listen, PlaceholderService::new("kafka"))];
+        vec![(config.mqtt_listen, mqtt), (config.amqp_listen, amqp), (config.kafka_listen, kafka)];
     let server = match Server::bind(&config, Arc::clone(&store), services).await {
         Ok(server) => server,
         Err(e) => {

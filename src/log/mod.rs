@@ -87,6 +87,8 @@ pub struct LogCounters {
     pub append_bytes: AtomicU64,
     pub batches: AtomicU64,
     pub fsyncs: AtomicU64,
+    /// Appends refused because the disk was full.
+    pub refused_no_space: AtomicU64,
 }
 
 /// State shared by the writer thread and readers.

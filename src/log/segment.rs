@@ -78,8 +78,15 @@ impl Segment {
         let path = dir.join(file_name(base));
         let file = OpenOptions::new().read(true).append(true).create_new(true).open(&path).map_err(|e| StoreError::io(&path, e))?;
         use std::io::Write;
-        (&file).write_all(&encode_header(base)).map_err(|e| StoreError::io(&path, e))?;
-        file.sync_all().map_err(|e| StoreError::io(&path, e))?;
+        let made = (&file).write_all(&encode_header(base)).and_then(|()| file.sync_all());
+        if let Err(e) = made {
+            // A file without its header would stop the next start (and a
+            // retry of this roll): take it away again.
+            drop(file);
+            let _ = std::fs::remove_file(&path);
+            let err = StoreError::io(&path, e);
+            return Err(if err.is_out_of_space() { StoreError::NoSpace } else { err });
+        }
         sync_dir(dir)?;
         Ok(Segment { base, path, file })
     }

@@ -252,6 +252,7 @@ impl<T: Send + 'static> Writer<T> {
             for tx in syncs.drain(..) {
                 let r = match &result {
                     Ok(()) => Ok(self.shared.synced_end.load(Ordering::Acquire)),
+                    Err(StoreError::NoSpace) => Err(StoreError::NoSpace),
                     Err(_) => Err(StoreError::Poisoned),
                 };
                 tx(r);
@@ -281,7 +282,12 @@ impl<T: Send + 'static> Writer<T> {
         }
         let mut committed: Vec<Committed<T>> = Vec::with_capacity(batch.len());
         let mut dones: Vec<Option<oneshot::Sender<Result<u64, StoreError>>>> = Vec::with_capacity(batch.len());
-        let outcome = self.write_records(batch, &mut committed, &mut dones).and_then(|()| {
+        let mut flushed = 0usize;
+        let written = self.write_records(batch, &mut committed, &mut dones, &mut flushed);
+        if let Err(StoreError::NoSpace) = written {
+            return self.refuse_for_space(committed, dones, flushed);
+        }
+        let outcome = written.and_then(|()| {
             let sync_now = match self.cfg.fsync {
                 FsyncPolicy::Always => self.dirty,
                 // An explicit request (close, flush) must cover everything
@@ -320,11 +326,54 @@ impl<T: Send + 'static> Writer<T> {
         }
     }
 
+    /// The disk is full: a write or a segment roll failed with ENOSPC or
+    /// EDQUOT. The records of the batch written before that (`flushed`,
+    /// only ever the part before a roll) are kept and acknowledged; the
+    /// partly written rest is cut off the active segment, and its appenders
+    /// get [`StoreError::NoSpace`]. The store stays open: appends succeed
+    /// again once space returns. If the cut itself fails, the file's state
+    /// is unknown and the store is poisoned as for any other write error.
+    fn refuse_for_space(
+        &mut self,
+        mut committed: Vec<Committed<T>>,
+        mut dones: Vec<Option<oneshot::Sender<Result<u64, StoreError>>>>,
+        flushed: usize,
+    ) -> Result<(), StoreError> {
+        let end = self.shared.written_end.load(Ordering::Acquire);
+        if let Err(e) = self.active.file.set_len(end - self.active.base) {
+            tracing::error!(error = %e, "cutting a partial write off the log failed; the store is now poisoned and refuses appends");
+            self.shared.poisoned.store(true, Ordering::Release);
+            for done in dones.into_iter().flatten() {
+                let _ = done.send(Err(StoreError::Poisoned));
+            }
+            return Err(StoreError::Poisoned);
+        }
+        let refused = dones.split_off(flushed.min(dones.len()));
+        committed.truncate(flushed);
+        if !committed.is_empty() {
+            (self.on_commit)(&mut committed);
+        }
+        for (c, done) in committed.iter().zip(dones) {
+            if let Some(done) = done {
+                let _ = done.send(Ok(c.pos));
+            }
+        }
+        tracing::warn!(refused = refused.len(), "no space left for the log: appends refused until space returns");
+        self.shared.counters.refused_no_space.fetch_add(refused.len() as u64, Ordering::Relaxed);
+        for done in refused.into_iter().flatten() {
+            let _ = done.send(Err(StoreError::NoSpace));
+        }
+        Err(StoreError::NoSpace)
+    }
+
+    /// Writes the batch; `flushed` counts the records known written (all of
+    /// them on success; on failure those before the failed write).
     fn write_records(
         &mut self,
         batch: &mut Vec<Submit<T>>,
         committed: &mut Vec<Committed<T>>,
         dones: &mut Vec<Option<oneshot::Sender<Result<u64, StoreError>>>>,
+        flushed: &mut usize,
     ) -> Result<(), StoreError> {
         self.buf.clear();
         // (offset in buf where a zero-copy tail goes, the tail)
@@ -336,6 +385,7 @@ impl<T: Send + 'static> Writer<T> {
             let seg_len = pos - self.active.base;
             if seg_len + total > self.cfg.segment_bytes && seg_len > super::segment::HEADER_BYTES {
                 self.flush(&mut tails, pos)?;
+                *flushed = committed.len();
                 pending_bytes = 0;
                 self.roll(pos)?;
                 pos += super::segment::HEADER_BYTES;
@@ -356,6 +406,7 @@ impl<T: Send + 'static> Writer<T> {
         if pending_bytes > 0 {
             self.flush(&mut tails, pos)?;
         }
+        *flushed = committed.len();
         let c = &self.shared.counters;
         c.appends.fetch_add(committed.len() as u64, Ordering::Relaxed);
         c.batches.fetch_add(1, Ordering::Relaxed);
@@ -378,7 +429,14 @@ impl<T: Send + 'static> Writer<T> {
         if total == 0 {
             return Ok(());
         }
-        write_all_vectored(&self.active.file, &mut slices).map_err(|e| StoreError::io(&self.active.path, e))?;
+        write_all_vectored(&self.active.file, &mut slices).map_err(|e| {
+            let err = StoreError::io(&self.active.path, e);
+            if err.is_out_of_space() {
+                StoreError::NoSpace
+            } else {
+                err
+            }
+        })?;
         self.shared.counters.append_bytes.fetch_add(total as u64, Ordering::Relaxed);
         self.shared.written_end.store(end, Ordering::Release);
         self.dirty = true;

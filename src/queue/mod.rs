@@ -277,11 +277,16 @@ impl QueueTable {
 
     /// Replays a declare record (or a snapshot entry): the id is the one the
     /// record carries; `next_offset` only ever moves forward.
+    /// A declare of a queue that already exists under the same id replaces
+    /// its options (that is how [`QueueTable::set_options`] is logged).
     pub fn restore_queue(&mut self, id: QueueId, name: &str, opts: &QueueOptions, next_offset: u64, now_ms: u64) {
         if let Some(existing) = self.lookup(name) {
             if existing == id {
                 if let Ok(s) = self.live_slot_mut(id) {
                     s.next_offset = s.next_offset.max(next_offset);
+                }
+                if self.options(id) != Some(opts) {
+                    let _ = self.set_options(id, opts);
                 }
                 return;
             }
@@ -429,6 +434,26 @@ impl QueueTable {
     pub fn name(&self, id: QueueId) -> Option<&str> {
         self.live_slot(id).and_then(|s| s.name.as_deref())
     }
+    /// Replaces a queue's options (e.g. a stream's retention). The kind and
+    /// the transient flag are fixed at declare time.
+    pub fn set_options(&mut self, id: QueueId, opts: &QueueOptions) -> Result<(), StoreError> {
+        let current = self.options(id).ok_or_else(|| StoreError::QueueNotFound(format!("id {:#x}", id.0)))?;
+        if current.kind != opts.kind || current.transient != opts.transient {
+            return Err(StoreError::InvalidArgument("a queue's kind and durability cannot change after declare".into()));
+        }
+        let maintained = opts.idle_ttl_ms.is_some() || opts.has_retention();
+        let interned = self.intern_options(opts);
+        self.live_slot_mut(id)?.opts = interned;
+        self.maintained.set(id.slot(), maintained);
+        Ok(())
+    }
+
+    /// Bytes a stream holds from the batch holding `from` on, counting at
+    /// most `cap` (cheap readiness checks for long polls).
+    pub fn stream_bytes_from(&self, id: QueueId, from: u64, cap: u64) -> u64 {
+        self.live_slot(id).and_then(|s| s.hot.as_ref()).map(|h| h.stream.bytes_from(from, cap)).unwrap_or(0)
+    }
+
     pub fn options(&self, id: QueueId) -> Option<&QueueOptions> {
         self.live_slot(id).map(|s| &self.options[s.opts as usize])
     }

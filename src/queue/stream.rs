@@ -113,6 +113,19 @@ impl StreamIndex {
         StreamRead { batches: out, start_offset: start, next_offset: next }
     }
 
+    /// Bytes from the batch holding `from` on, stopping once `cap` is reached.
+    pub fn bytes_from(&self, from: u64, cap: u64) -> u64 {
+        let i = self.batches.partition_point(|b| b.offset + b.span as u64 <= from);
+        let mut bytes = 0u64;
+        for b in self.batches.iter().skip(i) {
+            if bytes >= cap {
+                break;
+            }
+            bytes += b.total as u64;
+        }
+        bytes
+    }
+
     pub fn offset_for_timestamp(&self, ts: u64) -> Option<u64> {
         let i = self.batches.partition_point(|b| b.max_ts < ts);
         self.batches.get(i).map(|b| b.offset)

@@ -49,6 +49,12 @@ pub(crate) fn render(store: &StoreMetrics, protocols: &[Arc<ProtocolCounters>], 
     w.single("polymq_log_appends_total", "counter", "Records appended to the commit log.", store.appends_total);
     w.single("polymq_log_append_bytes_total", "counter", "Bytes appended to the commit log.", store.append_bytes_total);
     w.single("polymq_log_fsyncs_total", "counter", "fsync calls issued by the log writer.", store.fsyncs_total);
+    w.single(
+        "polymq_log_appends_refused_no_space_total",
+        "counter",
+        "Appends refused because the disk was full (the store stays open; they succeed again once space returns).",
+        store.appends_refused_no_space_total,
+    );
     w.single("polymq_log_bytes", "gauge", "Bytes held in log segments on disk.", store.log_bytes);
     w.single("polymq_log_segments", "gauge", "Log segment files.", store.segments);
     w.single("polymq_queues", "gauge", "Queues that exist.", store.queues);

@@ -6,6 +6,7 @@
 //! limits and drains connections.
 
 mod http;
+pub mod memory;
 mod metrics;
 mod shutdown;
 
@@ -84,6 +85,8 @@ pub struct Server {
     protocols: Vec<Arc<ProtocolCounters>>,
     connection_max: usize,
     shutdown_grace: Duration,
+    /// Resident bytes above which the memory alarm is on (`None`: no alarm).
+    memory_watermark: Option<u64>,
 }
 
 impl Server {
@@ -120,6 +123,7 @@ impl Server {
             protocols: by_name.into_values().collect(),
             connection_max: config.connection_max,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            memory_watermark: memory::resolve_watermark(config.memory_high_watermark_bytes),
         })
     }
 
@@ -143,7 +147,7 @@ impl Server {
     /// signals every connection task, waits up to the grace period for them,
     /// and closes the store (flush + fsync).
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-        let Server { listeners, http_listener, http_addr, store, protocols, connection_max, shutdown_grace } = self;
+        let Server { listeners, http_listener, http_addr, store, protocols, connection_max, shutdown_grace, memory_watermark } = self;
         let permit_count = u32::try_from(connection_max)
             .map_err(|_| ServerError::Config(format!("connection_max {connection_max} does not fit in u32")))?;
         let permits = Arc::new(Semaphore::new(connection_max));
@@ -157,6 +161,9 @@ impl Server {
         info!(protocol = %HTTP_PROTOCOL, addr = %http_addr, "listening");
 
         let (drain, drain_signal) = shutdown_channel();
+        if let Some(watermark) = memory_watermark {
+            tokio::spawn(memory::run_sampler(Arc::clone(store.memory_alarm()), watermark, drain_signal.clone()));
+        }
         let mut accept_tasks = Vec::with_capacity(listeners.len());
         for listener in listeners {
             info!(protocol = %listener.service.name(), addr = %listener.local_addr, "listening");

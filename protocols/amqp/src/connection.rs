@@ -32,10 +32,13 @@ use tracing::{debug, warn};
 
 use crate::codec::{self, decode_frame, short, AMQPValue, ContentHeader, FieldTable, Frame, FrameError, PROTOCOL_HEADER};
 use crate::deadletter::{dead_lettered, Overflow, QueueArgs, Reason};
-use crate::exchange::{binding_pattern, bindings_in, queue_core_name, space, ExchangeBinding, ExchangeDef, Kind, DEFAULT_VHOST};
+use crate::exchange::{
+    binding_pattern, bindings_in, check_name, delayed_type, find_core_queue, queue_core_name, space, stream_core_name, ExchangeBinding,
+    ExchangeDef, Kind, DELAYED_TYPE,
+};
 use crate::limits::{
     DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT,
-    PURGE_BATCH, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+    PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
 };
 use crate::message::{self, Outgoing};
 use crate::reply::{self, AmqpError};
@@ -64,10 +67,16 @@ pub(crate) async fn serve(svc: Arc<AmqpService>, stream: TcpStream, peer: Socket
     };
     let id = svc.next_connection_id();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let memory_alarm = svc.store.memory_alarm().subscribe();
     let mut conn = Connection {
         svc,
         id,
         peer,
+        vhost: tuned.vhost,
+        blocked_capable: tuned.blocked_capable,
+        memory_alarm,
+        published: false,
+        blocked: false,
         io,
         channel_max: tuned.channel_max,
         heartbeat: tuned.heartbeat,
@@ -148,6 +157,9 @@ impl Io {
 struct Tuned {
     channel_max: u16,
     heartbeat: Duration,
+    vhost: String,
+    /// The client announced the `connection.blocked` capability.
+    blocked_capable: bool,
 }
 
 async fn handshake(
@@ -181,7 +193,7 @@ async fn handshake(
         "authentication_failure_close",
         "connection.blocked",
     ] {
-        capabilities.insert(cap.into(), AMQPValue::Boolean(cap != "connection.blocked"));
+        capabilities.insert(cap.into(), AMQPValue::Boolean(true));
     }
     let mut props = FieldTable::default();
     props.insert("product".into(), AMQPValue::LongString("polymq".into()));
@@ -205,6 +217,10 @@ async fn handshake(
             io.refuse(reply::COMMAND_INVALID, "expected connection.start-ok", 10, 11);
             return Err("expected start-ok");
         }
+    };
+    let blocked_capable = match start_ok.client_properties.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => matches!(caps.inner().get("connection.blocked"), Some(AMQPValue::Boolean(true))),
+        _ => false,
     };
     let mechanism = start_ok.mechanism.as_str().to_owned();
     let login = match mechanism.as_str() {
@@ -262,12 +278,17 @@ async fn handshake(
             return Err("expected open");
         }
     };
-    if open.virtual_host.as_str() != DEFAULT_VHOST {
+    if !cfg.has_vhost(open.virtual_host.as_str()) {
         io.refuse(reply::NOT_ALLOWED, &format!("vhost {} not found", open.virtual_host), 10, 40);
         return Err("unknown vhost");
     }
     io.method(0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})));
-    Ok(Tuned { channel_max, heartbeat: Duration::from_secs(u64::from(tune_ok.heartbeat)) })
+    Ok(Tuned {
+        channel_max,
+        heartbeat: Duration::from_secs(u64::from(tune_ok.heartbeat)),
+        vhost: open.virtual_host.as_str().to_owned(),
+        blocked_capable,
+    })
 }
 
 /// PLAIN: `[authzid] NUL user NUL password`.
@@ -305,8 +326,26 @@ enum End {
 }
 
 enum PumpEvent {
-    Delivery { channel: u16, epoch: u64, tag: Arc<str>, delivery: Delivery },
-    Failed { channel: u16, epoch: u64, tag: Arc<str>, error: StoreError },
+    Delivery {
+        channel: u16,
+        epoch: u64,
+        tag: Arc<str>,
+        delivery: Delivery,
+    },
+    /// A message read from a stream at `offset`.
+    Stream {
+        channel: u16,
+        epoch: u64,
+        tag: Arc<str>,
+        offset: u64,
+        message: Message,
+    },
+    Failed {
+        channel: u16,
+        epoch: u64,
+        tag: Arc<str>,
+        error: StoreError,
+    },
 }
 
 type StoreWait = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + Sync>>;
@@ -329,7 +368,9 @@ struct Consumer {
 }
 
 struct Unacked {
-    receipt: Receipt,
+    /// `None` for a stream delivery: read by offset, nothing to settle in
+    /// the core (its ack only frees the window slot).
+    receipt: Option<Receipt>,
     /// The message and its queue's arguments, kept when the queue has a
     /// dead-letter exchange (a reject republishes it).
     dead_letter: Option<(Arc<QueueArgs>, Message)>,
@@ -378,6 +419,16 @@ struct Connection {
     svc: Arc<AmqpService>,
     id: u64,
     peer: SocketAddr,
+    /// The vhost opened: every name this connection uses is in it.
+    vhost: String,
+    /// The client takes connection.blocked / unblocked notifications.
+    blocked_capable: bool,
+    /// The store's memory alarm (true: over the watermark).
+    memory_alarm: watch::Receiver<bool>,
+    /// The connection has published: it is a publisher the alarm blocks.
+    published: bool,
+    /// Blocked by the memory alarm: the socket is not read.
+    blocked: bool,
     io: Io,
     channel_max: u16,
     heartbeat: Duration,
@@ -409,6 +460,7 @@ impl Connection {
         let mut last_rx = Instant::now();
         let hb = self.heartbeat;
         let mut next_heartbeat = Instant::now() + hb / 2;
+        let mut alarm_alive = true;
         loop {
             if let Err(end) = self.io.flush(wr).await {
                 return end;
@@ -418,7 +470,8 @@ impl Connection {
                     return End::Closed;
                 }
             }
-            let can_read = self.confirms.len() < PENDING_CONFIRMS_MAX;
+            // Blocked by the memory alarm: TCP back-pressure on the publisher.
+            let can_read = self.confirms.len() < PENDING_CONFIRMS_MAX && !self.blocked;
             let close_deadline = self.closing.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 biased;
@@ -466,12 +519,43 @@ impl Connection {
                     codec::encode_heartbeat(&mut self.io.out);
                     next_heartbeat = Instant::now() + hb / 2;
                 }
-                _ = tokio::time::sleep_until(last_rx + hb * 2), if !hb.is_zero() => {
+                changed = self.memory_alarm.changed(), if alarm_alive => match changed {
+                    Err(_) => alarm_alive = false,
+                    Ok(()) => {
+                        let on = *self.memory_alarm.borrow_and_update();
+                        if on && self.published {
+                            self.block();
+                        } else if !on && self.blocked {
+                            self.blocked = false;
+                            last_rx = Instant::now();
+                            if self.blocked_capable {
+                                self.io.method(0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(connection::Unblocked {})));
+                            }
+                        }
+                    }
+                },
+                // A blocked connection is not read, so its heartbeats are not
+                // either (RabbitMQ pauses the monitor too).
+                _ = tokio::time::sleep_until(last_rx + hb * 2), if !hb.is_zero() && !self.blocked => {
                     debug!(peer = %self.peer, "missed heartbeats");
                     return End::MissedHeartbeats;
                 }
                 _ = tokio::time::sleep_until(close_deadline), if self.closing.is_some() => return End::Closed,
             }
+        }
+    }
+
+    /// The memory alarm is on and this connection publishes: stop reading
+    /// it (frames already read are still handled), and say so.
+    fn block(&mut self) {
+        if self.blocked {
+            return;
+        }
+        self.blocked = true;
+        debug!(peer = %self.peer, "blocked by the memory alarm");
+        if self.blocked_capable {
+            self.io
+                .method(0, AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked { reason: "low on memory".into() })));
         }
     }
 
@@ -578,7 +662,7 @@ impl Connection {
     async fn release_channel(&mut self, ch: u16, keep: bool) {
         let Some(c) = self.channels.get_mut(&ch) else { return };
         let consumers: Vec<(Arc<str>, Consumer)> = c.consumers.drain().collect();
-        let unacked: Vec<Receipt> = std::mem::take(&mut c.unacked).into_values().map(|u| u.receipt).collect();
+        let unacked: Vec<Receipt> = std::mem::take(&mut c.unacked).into_values().filter_map(|u| u.receipt).collect();
         c.publishing = None;
         if !keep {
             self.channels.remove(&ch);
@@ -766,6 +850,10 @@ impl Connection {
                 Ok(())
             }
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
+                self.published = true;
+                if *self.memory_alarm.borrow() {
+                    self.block();
+                }
                 let c = self.channel(ch)?;
                 c.publishing = Some(Publishing {
                     exchange: p.exchange.as_str().to_owned(),
@@ -837,12 +925,13 @@ impl Connection {
     // ---- exchanges ----
 
     async fn exchange_declare(&mut self, ch: u16, d: exchange::Declare) -> Flow {
+        let vhost = self.vhost.clone();
         let name = d.exchange.as_str();
-        let sp = space(DEFAULT_VHOST, name);
+        let sp = space(&vhost, name);
         let existing = self.svc.exchanges.get(&sp);
         if d.passive {
             if existing.is_none() {
-                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
+                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '{vhost}'")));
             }
         } else {
             if [crate::exchange::EXCHANGES_SPACE, crate::exchange::E2E_SPACE, crate::deadletter::ARGS_SPACE].contains(&name) {
@@ -851,17 +940,26 @@ impl Connection {
                     format!("exchange name '{name}' is reserved (used by polymq internals)"),
                 ));
             }
-            let Some(kind) = Kind::parse(d.kind.as_str()) else {
-                return Err(AmqpError::connection(reply::COMMAND_INVALID, format!("unknown exchange type '{}'", d.kind)));
+            check_name(&vhost, name, "exchange")?;
+            let delayed = d.kind.as_str() == DELAYED_TYPE;
+            let kind = if delayed {
+                // The delayed message plugin's check and text.
+                delayed_type(&d.arguments).ok_or_else(|| {
+                    AmqpError::channel(reply::PRECONDITION_FAILED, "Invalid argument, 'x-delayed-type' must be an existing exchange type")
+                })?
+            } else {
+                Kind::parse(d.kind.as_str())
+                    .ok_or_else(|| AmqpError::connection(reply::COMMAND_INVALID, format!("unknown exchange type '{}'", d.kind)))?
             };
-            let def = ExchangeDef { kind, durable: d.durable, auto_delete: d.auto_delete, internal: d.internal, arguments: d.arguments };
+            let def =
+                ExchangeDef { kind, delayed, durable: d.durable, auto_delete: d.auto_delete, internal: d.internal, arguments: d.arguments };
             match existing {
                 Some(cur) => {
                     if let Some((arg, got, have)) = cur.inequivalence(&def) {
                         return Err(AmqpError::channel(
                             reply::PRECONDITION_FAILED,
                             format!(
-                                "inequivalent arg '{arg}' for exchange '{name}' in vhost '/': received '{got}' but current is '{have}'"
+                                "inequivalent arg '{arg}' for exchange '{name}' in vhost '{vhost}': received '{got}' but current is '{have}'"
                             ),
                         ));
                     }
@@ -884,14 +982,15 @@ impl Connection {
     }
 
     async fn exchange_delete(&mut self, ch: u16, d: exchange::Delete) -> Flow {
+        let vhost = self.vhost.clone();
         let name = d.exchange.as_str();
         if name.is_empty() || name.starts_with("amq.") {
             return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("deleting exchange '{name}' is not allowed")));
         }
-        let sp = space(DEFAULT_VHOST, name);
+        let sp = space(&vhost, name);
         if self.svc.exchanges.get(&sp).is_some() {
             if d.if_unused && !bindings_in(&self.svc.store, &sp).is_empty() {
-                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("exchange '{name}' in vhost '/' in use")));
+                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("exchange '{name}' in vhost '{vhost}' in use")));
             }
             self.svc.exchanges.remove(&self.svc.store, &sp).await?;
             self.svc.headers.forget(&sp);
@@ -912,23 +1011,25 @@ impl Connection {
         self.channel(ch)?.last_queue.clone().ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, "no previously declared queue"))
     }
 
-    /// Looks a queue up, checking exclusivity.
+    /// Looks a queue (classic or stream) up, checking exclusivity.
     fn find_queue(&self, name: &str) -> Result<QueueId, AmqpError> {
-        let core = queue_core_name(DEFAULT_VHOST, name)?;
-        let id = self
-            .svc
-            .store
-            .queue_id(&core)
-            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no queue '{name}' in vhost '/'")))?;
+        let vhost = &self.vhost;
+        let id = find_core_queue(&self.svc.store, vhost, name)?
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no queue '{name}' in vhost '{vhost}'")))?;
         self.check_exclusive(id, name)?;
         Ok(id)
     }
 
+    fn is_stream(&self, id: QueueId) -> bool {
+        self.svc.store.queue_info(id).is_some_and(|i| i.options.kind == QueueKind::Stream)
+    }
+
     fn check_exclusive(&self, id: QueueId, name: &str) -> Flow {
+        let vhost = self.vhost.clone();
         match self.svc.queues().exclusive.get(&id) {
             Some(owner) if *owner != self.id => Err(AmqpError::channel(
                 reply::RESOURCE_LOCKED,
-                format!("cannot obtain exclusive access to locked queue '{name}' in vhost '/'"),
+                format!("cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'"),
             )),
             _ => Ok(()),
         }
@@ -939,6 +1040,7 @@ impl Connection {
     }
 
     async fn queue_declare(&mut self, ch: u16, d: queue::Declare) -> Flow {
+        let vhost = self.vhost.clone();
         let mut name = d.queue.as_str().to_owned();
         if d.passive {
             let name = self.resolve_queue_name(ch, &name)?;
@@ -950,33 +1052,58 @@ impl Connection {
         } else if name.starts_with("amq.") {
             return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("queue name '{name}' contains reserved prefix 'amq.*'")));
         }
-        let core = queue_core_name(DEFAULT_VHOST, &name)?;
         let (opts, mut args) = queue_options(&d)?;
         args.name = name.clone();
+        args.vhost = vhost.clone();
+        let stream = opts.kind == QueueKind::Stream;
+        let rs = format!("queue '{name}' in vhost '{vhost}'");
+        if stream {
+            // RabbitMQ's checks, in its order.
+            for (bad, property) in [(d.auto_delete, "auto-delete"), (d.exclusive, "exclusive-owner"), (!d.durable, "non-durable")] {
+                if bad {
+                    return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("invalid property '{property}' for {rs}")));
+                }
+            }
+        }
+        let core = if stream { stream_core_name(&vhost, &name)? } else { queue_core_name(&vhost, &name)? };
         let store = Arc::clone(&self.svc.store);
+        // A name is a classic queue or a stream, never both.
+        let other_core = if stream { queue_core_name(&vhost, &name).ok() } else { stream_core_name(&vhost, &name).ok() };
+        if other_core.and_then(|c| store.queue_id(&c)).is_some() {
+            let (got, have) = if stream { ("stream".to_owned(), "classic") } else { (queue_type(&d.arguments), "stream") };
+            return Err(AmqpError::channel(
+                reply::PRECONDITION_FAILED,
+                format!("inequivalent arg 'x-queue-type' for {rs}: received '{got}' but current is '{have}'"),
+            ));
+        }
         if let Some(id) = store.queue_id(&core) {
             self.check_exclusive(id, &name)?;
-            let current = self
-                .svc
-                .queues()
-                .args
-                .get(&id)
-                .map(|a| QueueArgs::clone(a))
-                .unwrap_or_else(|| QueueArgs { name: name.clone(), ..QueueArgs::default() });
+            let current = self.svc.queues().args.get(&id).map(|a| QueueArgs::clone(a)).unwrap_or_else(|| QueueArgs {
+                name: name.clone(),
+                vhost: vhost.clone(),
+                ..QueueArgs::default()
+            });
             if let Some((arg, got, have)) = current.inequivalence(&args) {
                 return Err(AmqpError::channel(
                     reply::PRECONDITION_FAILED,
-                    format!("inequivalent arg '{arg}' for queue '{name}' in vhost '/': received '{got}' but current is '{have}'"),
+                    format!("inequivalent arg '{arg}' for {rs}: received '{got}' but current is '{have}'"),
                 ));
             }
             if let Some(info) = store.queue_info(id) {
-                if info.options.transient != opts.transient {
+                let show = |v: Option<u64>| v.map_or_else(|| "none".to_owned(), |v| v.to_string());
+                let differs = if info.options.transient != opts.transient {
+                    Some(("durable", (!opts.transient).to_string(), (!info.options.transient).to_string()))
+                } else if info.options.retention_ms != opts.retention_ms {
+                    Some(("x-max-age", show(opts.retention_ms.map(|ms| ms / 1000)), show(info.options.retention_ms.map(|ms| ms / 1000))))
+                } else if info.options.retention_bytes != opts.retention_bytes {
+                    Some(("x-max-length-bytes", show(opts.retention_bytes), show(info.options.retention_bytes)))
+                } else {
+                    None
+                };
+                if let Some((arg, got, have)) = differs {
                     return Err(AmqpError::channel(
                         reply::PRECONDITION_FAILED,
-                        format!(
-                            "inequivalent arg 'durable' for queue '{name}' in vhost '/': received '{}' but current is '{}'",
-                            !opts.transient, !info.options.transient
-                        ),
+                        format!("inequivalent arg '{arg}' for {rs}: received '{got}' but current is '{have}'"),
                     ));
                 }
             }
@@ -986,7 +1113,7 @@ impl Connection {
             Err(StoreError::Inequivalent(_)) => {
                 return Err(AmqpError::channel(
                     reply::PRECONDITION_FAILED,
-                    format!("inequivalent arg for queue '{name}' in vhost '/': arguments differ from the existing queue's"),
+                    format!("inequivalent arg for {rs}: arguments differ from the existing queue's"),
                 ))
             }
             Err(e) => return Err(e.into()),
@@ -1019,7 +1146,7 @@ impl Connection {
         if nowait {
             return Ok(());
         }
-        let ready = self.svc.store.queue_info(id).map(|i| i.ready).unwrap_or(0);
+        let ready = self.svc.store.queue_info(id).map(|i| message_count(&i)).unwrap_or(0);
         let consumers = self.consumer_count(id);
         self.io.method(
             ch,
@@ -1033,17 +1160,18 @@ impl Connection {
     }
 
     async fn exchange_bind(&mut self, destination: &str, source: &str, key: &str, arguments: &FieldTable, add: bool) -> Flow {
+        let vhost = self.vhost.clone();
         for name in [destination, source] {
             if name.is_empty() {
                 return Err(AmqpError::channel(reply::ACCESS_REFUSED, "operation not permitted on the default exchange"));
             }
-            if self.svc.exchanges.get(&space(DEFAULT_VHOST, name)).is_none() {
-                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '/'")));
+            if self.svc.exchanges.get(&space(&vhost, name)).is_none() {
+                return Err(AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{name}' in vhost '{vhost}'")));
             }
         }
         let b = ExchangeBinding {
-            source: space(DEFAULT_VHOST, source),
-            destination: space(DEFAULT_VHOST, destination),
+            source: space(&vhost, source),
+            destination: space(&vhost, destination),
             routing_key: key.to_owned(),
             arguments: arguments.clone(),
         };
@@ -1052,6 +1180,7 @@ impl Connection {
     }
 
     async fn queue_bind(&mut self, ch: u16, queue: &str, exchange: &str, key: &str, arguments: &FieldTable, add: bool) -> Flow {
+        let vhost = self.vhost.clone();
         let queue = self.resolve_queue_name(ch, queue)?;
         let id = self.find_queue(&queue)?;
         if exchange.is_empty() {
@@ -1060,12 +1189,12 @@ impl Connection {
                 format!("operation not permitted on the default exchange (queue '{queue}')"),
             ));
         }
-        let sp = space(DEFAULT_VHOST, exchange);
+        let sp = space(&vhost, exchange);
         let def = self
             .svc
             .exchanges
             .get(&sp)
-            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+            .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '{vhost}'")))?;
         let pattern = match def.kind {
             Kind::Headers => crate::headers::binding_pattern(key, arguments),
             kind => binding_pattern(kind, key)?,
@@ -1084,7 +1213,8 @@ impl Connection {
     async fn queue_purge(&mut self, ch: u16, p: queue::Purge) -> Flow {
         let name = self.resolve_queue_name(ch, p.queue.as_str())?;
         let id = self.find_queue(&name)?;
-        let purged = purge(&self.svc.store, id).await?;
+        // A stream is not purged (retention removes its messages), as RabbitMQ.
+        let purged = if self.is_stream(id) { 0 } else { purge(&self.svc.store, id).await? };
         if !p.nowait {
             self.io.method(
                 ch,
@@ -1095,18 +1225,18 @@ impl Connection {
     }
 
     async fn queue_delete(&mut self, ch: u16, d: queue::Delete) -> Flow {
+        let vhost = self.vhost.clone();
         let name = self.resolve_queue_name(ch, d.queue.as_str())?;
-        let core = queue_core_name(DEFAULT_VHOST, &name)?;
         let mut count = 0;
         // Deleting a queue that does not exist succeeds (RabbitMQ 3.x).
-        if let Some(id) = self.svc.store.queue_id(&core) {
+        if let Some(id) = find_core_queue(&self.svc.store, &vhost, &name)? {
             self.check_exclusive(id, &name)?;
-            let ready = self.svc.store.queue_info(id).map(|i| i.ready).unwrap_or(0);
+            let ready = self.svc.store.queue_info(id).map(|i| message_count(&i)).unwrap_or(0);
             if d.if_unused && self.consumer_count(id) > 0 {
-                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("queue '{name}' in vhost '/' in use")));
+                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("queue '{name}' in vhost '{vhost}' in use")));
             }
             if d.if_empty && ready > 0 {
-                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("queue '{name}' in vhost '/' is not empty")));
+                return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("queue '{name}' in vhost '{vhost}' is not empty")));
             }
             count = ready;
             self.delete_queue(id).await;
@@ -1125,9 +1255,7 @@ impl Connection {
     async fn basic_consume(&mut self, ch: u16, c: basic::Consume) -> Flow {
         let name = self.resolve_queue_name(ch, c.queue.as_str())?;
         let id = self.find_queue(&name)?;
-        if self.svc.store.queue_info(id).is_some_and(|i| i.options.kind == QueueKind::Stream) {
-            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, "consuming from a stream queue is not supported yet"));
-        }
+        let stream_from = if self.is_stream(id) { Some(self.stream_start(ch, id, &name, &c)?) } else { None };
         let tag: Arc<str> = if c.consumer_tag.as_str().is_empty() {
             format!("amq.ctag-{}", random_suffix()).into()
         } else {
@@ -1159,17 +1287,47 @@ impl Connection {
             self.io.method(ch, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk { consumer_tag: short(&tag) })));
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        tokio::spawn(pump(
-            Arc::clone(&self.svc.store),
-            id,
-            PumpKey { channel: ch, epoch, tag: Arc::clone(&tag) },
-            Arc::clone(&window),
-            self.events_tx.clone(),
-            stop_rx,
-            gate,
-        ));
+        let key = PumpKey { channel: ch, epoch, tag: Arc::clone(&tag) };
+        let store = Arc::clone(&self.svc.store);
+        match stream_from {
+            Some(from) => tokio::spawn(stream_pump(store, id, from, key, Arc::clone(&window), self.events_tx.clone(), stop_rx)),
+            None => tokio::spawn(pump(store, id, key, Arc::clone(&window), self.events_tx.clone(), stop_rx, gate)),
+        };
         self.channel(ch)?.consumers.insert(tag, Consumer { queue: id, no_ack: c.no_ack, window, stop: stop_tx });
         Ok(())
+    }
+
+    /// The offset a stream consumer starts at, after RabbitMQ's checks: a
+    /// prefetch is required, automatic acknowledgement and global qos are
+    /// not supported.
+    fn stream_start(&mut self, ch: u16, id: QueueId, name: &str, c: &basic::Consume) -> Result<u64, AmqpError> {
+        let rs = format!("queue '{name}' in vhost '{}'", self.vhost);
+        let chan = self.channel(ch)?;
+        if chan.global_window.is_some() {
+            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, format!("{rs} does not support global qos")));
+        }
+        if chan.prefetch == 0 {
+            return Err(AmqpError::channel(reply::PRECONDITION_FAILED, format!("consumer prefetch count is not set for stream {rs}")));
+        }
+        if c.no_ack {
+            return Err(AmqpError::channel(
+                reply::NOT_IMPLEMENTED,
+                format!("automatic acknowledgement not supported by stream queues {rs}"),
+            ));
+        }
+        let store = &self.svc.store;
+        let info = store.queue_info(id).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no {rs}")))?;
+        let spec = StreamOffset::parse(c.arguments.inner().get("x-stream-offset"))
+            .ok_or_else(|| AmqpError::channel(reply::PRECONDITION_FAILED, format!("invalid x-stream-offset for consumer of {rs}")))?;
+        Ok(match spec {
+            StreamOffset::First => info.start_offset,
+            // "The last chunk": a message is a chunk here, so the last message.
+            StreamOffset::Last => info.next_offset.saturating_sub(1).max(info.start_offset),
+            StreamOffset::Next => info.next_offset,
+            StreamOffset::Offset(n) => n,
+            StreamOffset::Timestamp(ms) => store.offset_for_timestamp(id, ms)?,
+            StreamOffset::Ago(ms) => store.offset_for_timestamp(id, store.now_ms().saturating_sub(ms))?,
+        })
     }
 
     fn on_event(&mut self, ev: PumpEvent) {
@@ -1198,7 +1356,7 @@ impl Connection {
                     window.add_permits(1);
                     ack_in_background(&self.svc, vec![delivery.receipt]);
                 } else {
-                    chan.unacked.insert(delivery_tag, Unacked { receipt: delivery.receipt, dead_letter, window: Some(window) });
+                    chan.unacked.insert(delivery_tag, Unacked { receipt: Some(delivery.receipt), dead_letter, window: Some(window) });
                 }
                 self.io.method(
                     channel,
@@ -1211,6 +1369,31 @@ impl Connection {
                     })),
                 );
                 codec::encode_content(channel, out.properties, &delivery.message.payload, self.io.frame_max, &mut self.io.out);
+            }
+            PumpEvent::Stream { channel, epoch, tag, offset, message } => {
+                let live = self.channels.get(&channel).filter(|c| c.epoch == epoch && !c.closing).and_then(|c| c.consumers.get(&tag));
+                // Cancelled or closed meanwhile: nothing to hand back, a stream is read, not popped.
+                let Some(consumer) = live else { return };
+                let window = Arc::clone(&consumer.window);
+                let mut out = Outgoing::from_core(&message);
+                let mut headers = out.properties.headers().clone().unwrap_or_default();
+                headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(offset.min(i64::MAX as u64) as i64));
+                out.properties = out.properties.with_headers(headers);
+                let Some(chan) = self.channels.get_mut(&channel) else { return };
+                let delivery_tag = chan.next_tag;
+                chan.next_tag += 1;
+                chan.unacked.insert(delivery_tag, Unacked { receipt: None, dead_letter: None, window: Some(window) });
+                self.io.method(
+                    channel,
+                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
+                        consumer_tag: short(&tag),
+                        delivery_tag,
+                        redelivered: false,
+                        exchange: short(&out.exchange),
+                        routing_key: short(&out.routing_key),
+                    })),
+                );
+                codec::encode_content(channel, out.properties, &message.payload, self.io.frame_max, &mut self.io.out);
             }
             PumpEvent::Failed { channel, epoch, tag, error } => {
                 debug!(peer = %self.peer, error = %error, "consumer stopped");
@@ -1236,6 +1419,12 @@ impl Connection {
     async fn basic_get(&mut self, ch: u16, g: basic::Get) -> Flow {
         let name = self.resolve_queue_name(ch, g.queue.as_str())?;
         let id = self.find_queue(&name)?;
+        if self.is_stream(id) {
+            return Err(AmqpError::channel(
+                reply::NOT_IMPLEMENTED,
+                format!("basic.get not supported by stream queues queue '{name}' in vhost '{}'", self.vhost),
+            ));
+        }
         let store = Arc::clone(&self.svc.store);
         let now = store.now_ms();
         let args = self.svc.queues().args.get(&id).cloned();
@@ -1264,7 +1453,7 @@ impl Connection {
             ack_in_background(&self.svc, vec![d.receipt]);
         } else {
             let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, d.message.clone()));
-            chan.unacked.insert(delivery_tag, Unacked { receipt: d.receipt, dead_letter, window: None });
+            chan.unacked.insert(delivery_tag, Unacked { receipt: Some(d.receipt), dead_letter, window: None });
         }
         let remaining = store.queue_info(id).map(|i| i.ready).unwrap_or(0);
         self.io.method(
@@ -1305,21 +1494,24 @@ impl Connection {
 
     /// Like [`take_unacked_entries`](Self::take_unacked_entries), freeing their window slots.
     fn take_unacked(&mut self, ch: u16, tag: u64, multiple: bool) -> Result<Vec<Receipt>, AmqpError> {
-        Ok(self.take_unacked_entries(ch, tag, multiple)?.into_iter().map(|(_, u)| release(u)).collect())
+        Ok(self.take_unacked_entries(ch, tag, multiple)?.into_iter().filter_map(|(_, u)| release(u)).collect())
     }
 
     /// basic.ack (`negative` = None) or basic.nack/reject (`Some(requeue)`);
     /// held until commit on a transactional channel.
     fn settle(&mut self, ch: u16, tag: u64, multiple: bool, negative: Option<bool>) -> Flow {
         let entries = self.take_unacked_entries(ch, tag, multiple)?;
+        if negative.is_some() && entries.iter().any(|(_, u)| u.receipt.is_none()) {
+            return Err(AmqpError::channel(reply::NOT_IMPLEMENTED, "basic.nack and basic.reject not supported by stream queues"));
+        }
         let chan = self.channel(ch)?;
         if let Some(tx) = chan.tx.as_mut() {
             tx.settles.extend(entries.into_iter().map(|(t, u)| (t, u, negative)));
             return Ok(());
         }
         match negative {
-            None => ack_in_background(&self.svc, entries.into_iter().map(|(_, u)| release(u)).collect()),
-            Some(true) => requeue_in_background(&self.svc, entries.into_iter().map(|(_, u)| release(u)).collect()),
+            None => ack_in_background(&self.svc, entries.into_iter().filter_map(|(_, u)| release(u)).collect()),
+            Some(true) => requeue_in_background(&self.svc, entries.into_iter().filter_map(|(_, u)| release(u)).collect()),
             Some(false) => reject_in_background(&self.svc, entries.into_iter().map(|(_, u)| u).collect()),
         }
         Ok(())
@@ -1341,11 +1533,13 @@ impl Connection {
         let mut rejects = Vec::new();
         for (_, u, negative) in buf.settles {
             match negative {
-                None => acks.push(release(u)),
+                None => acks.extend(release(u)),
                 Some(false) => rejects.push(u),
                 Some(true) => {
-                    if let Err(e) = store.nack(release(u), NackAction::Requeue { delay_ms: 0 }).await {
-                        debug!(error = %e, "settling a delivery at commit");
+                    if let Some(r) = release(u) {
+                        if let Err(e) = store.nack(r, NackAction::Requeue { delay_ms: 0 }).await {
+                            debug!(error = %e, "settling a delivery at commit");
+                        }
                     }
                 }
             }
@@ -1439,7 +1633,12 @@ impl Connection {
             }
             return Ok(());
         }
-        let msg = message::to_core(&p.exchange, &p.routing_key, &props, p.body.freeze(), store.now_ms());
+        let now = store.now_ms();
+        let mut msg = message::to_core(&p.exchange, &p.routing_key, &props, p.body.freeze(), now);
+        if let Some(delay) = self.delay_of(&p.exchange, props.headers().as_ref()) {
+            // The core's pop queues hold the message back until then.
+            msg.deliver_at_ms = now.saturating_add(delay);
+        }
         if let Some(tx) = self.channel(ch)?.tx.as_mut() {
             tx.publishes.push((msg, targets));
             return Ok(());
@@ -1506,9 +1705,28 @@ impl Connection {
         (targets.into_iter().filter(|q| !refused.contains(q)).collect(), any)
     }
 
+    /// An `x-delayed-message` exchange's delay for a publish: its `x-delay`
+    /// header in ms (missing, not an integer or not positive: none).
+    fn delay_of(&self, exchange: &str, headers: Option<&FieldTable>) -> Option<u64> {
+        if exchange.is_empty() || !self.svc.exchanges.get(&space(&self.vhost, exchange)).is_some_and(|d| d.delayed) {
+            return None;
+        }
+        let delay = match headers?.inner().get("x-delay")? {
+            AMQPValue::ShortShortInt(n) => i64::from(*n),
+            AMQPValue::ShortShortUInt(n) => i64::from(*n),
+            AMQPValue::ShortInt(n) => i64::from(*n),
+            AMQPValue::ShortUInt(n) => i64::from(*n),
+            AMQPValue::LongInt(n) => i64::from(*n),
+            AMQPValue::LongUInt(n) => i64::from(*n),
+            AMQPValue::LongLongInt(n) => *n,
+            _ => return None,
+        };
+        u64::try_from(delay).ok().filter(|d| *d > 0)
+    }
+
     /// The queues a publish goes to.
     fn route(&self, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
-        route_in(&self.svc, exchange, key, headers)
+        route_in(&self.svc, &self.vhost, exchange, key, headers)
     }
 
     /// basic.ack / basic.nack to publishers, in order, coalescing runs.
@@ -1561,7 +1779,7 @@ impl Connection {
 }
 
 /// Frees a settled delivery's window slot; its receipt remains to settle.
-fn release(u: Unacked) -> Receipt {
+fn release(u: Unacked) -> Option<Receipt> {
     if let Some(w) = u.window {
         w.add_permits(1);
     }
@@ -1569,17 +1787,22 @@ fn release(u: Unacked) -> Receipt {
 }
 
 /// The queues a publish to `exchange` with `key` goes to.
-fn route_in(svc: &AmqpService, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
+fn route_in(svc: &AmqpService, vhost: &str, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
     if exchange.is_empty() {
         // The default exchange: the queue named by the routing key.
-        let Ok(core) = queue_core_name(DEFAULT_VHOST, key) else { return Ok(Vec::new()) };
+        let Ok(core) = queue_core_name(vhost, key) else { return Ok(Vec::new()) };
         return Ok(svc.store.queue_id(&core).into_iter().collect());
     }
-    let sp = space(DEFAULT_VHOST, exchange);
-    let def =
-        svc.exchanges.get(&sp).ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '/'")))?;
+    let sp = space(vhost, exchange);
+    let def = svc
+        .exchanges
+        .get(&sp)
+        .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '{vhost}'")))?;
     if def.internal {
-        return Err(AmqpError::channel(reply::ACCESS_REFUSED, format!("cannot publish to internal exchange '{exchange}' in vhost '/'")));
+        return Err(AmqpError::channel(
+            reply::ACCESS_REFUSED,
+            format!("cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"),
+        ));
     }
     let mut out = Vec::new();
     let mut visited = vec![sp.clone()];
@@ -1634,10 +1857,11 @@ fn expired(args: Option<&QueueArgs>, msg: &Message, out: &Outgoing, now_ms: u64)
 /// stored, then acks the original away. Without a DLX the message is dropped.
 async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: Receipt, msg: Message, reason: Reason) {
     let store = &svc.store;
+    let a_vhost = args.as_ref().map_or_else(String::new, |a| a.vhost.clone());
     if let Some((exchange, key, copy)) = args.and_then(|a| dead_lettered(&a, &msg, reason, store.now_ms())) {
         // A missing dead-letter exchange drops the message, as in RabbitMQ.
         let headers = Outgoing::from_core(&copy).properties.headers().clone();
-        let targets = route_in(svc, &exchange, &key, headers.as_ref()).unwrap_or_default();
+        let targets = route_in(svc, &a_vhost, &exchange, &key, headers.as_ref()).unwrap_or_default();
         if !targets.is_empty() {
             let stored = match store.submit(copy, &targets).await {
                 Ok(ticket) => ticket.wait().await.map(drop),
@@ -1668,10 +1892,12 @@ fn reject_in_background(svc: &Arc<AmqpService>, mut entries: Vec<Unacked>) {
         return;
     }
     let dead: Vec<_> = entries.iter_mut().map(|u| u.dead_letter.take()).collect();
-    let receipts: Vec<Receipt> = entries.into_iter().map(release).collect();
+    let receipts: Vec<Option<Receipt>> = entries.into_iter().map(release).collect();
     let svc = Arc::clone(svc);
     tokio::spawn(async move {
         for (receipt, dl) in receipts.into_iter().zip(dead) {
+            // Stream deliveries never get here (settle refuses them).
+            let Some(receipt) = receipt else { continue };
             match dl {
                 Some((args, msg)) => dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await,
                 None => {
@@ -1696,8 +1922,88 @@ fn window_size(prefetch: u16) -> usize {
     }
 }
 
+/// The `x-queue-type` a declare asks for ("classic" when absent).
+fn queue_type(arguments: &FieldTable) -> String {
+    match arguments.inner().get("x-queue-type") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.as_str().to_owned(),
+        _ => "classic".to_owned(),
+    }
+}
+
+/// declare-ok's message count: ready messages, or a stream's retained ones.
+fn message_count(info: &polymq::queue::QueueInfo) -> u64 {
+    match info.options.kind {
+        QueueKind::Stream => info.next_offset.saturating_sub(info.start_offset),
+        QueueKind::Queue => info.ready,
+    }
+}
+
+/// RabbitMQ's `x-max-age` (and interval `x-stream-offset`): a positive
+/// number and one unit of Y M D h m s (a year is 365 days, a month 30).
+fn parse_max_age(s: &[u8]) -> Option<u64> {
+    let s = std::str::from_utf8(s).ok()?;
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    let n: u64 = s[..digits].parse().ok().filter(|n| *n > 0)?;
+    let unit_ms: u64 = match &s[digits..] {
+        "Y" => 365 * 86_400_000,
+        "M" => 30 * 86_400_000,
+        "D" => 86_400_000,
+        "h" => 3_600_000,
+        "m" => 60_000,
+        "s" => 1000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms)
+}
+
+/// Where a stream consumer starts (`x-stream-offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamOffset {
+    First,
+    Last,
+    Next,
+    Offset(u64),
+    /// An AMQP timestamp (seconds), in ms.
+    Timestamp(u64),
+    /// An interval like "10m": messages from that long ago, in ms.
+    Ago(u64),
+}
+
+impl StreamOffset {
+    /// `None`: not a valid `x-stream-offset`.
+    fn parse(v: Option<&AMQPValue>) -> Option<StreamOffset> {
+        let int = |n: i64| u64::try_from(n).ok().map(StreamOffset::Offset);
+        match v {
+            None => Some(StreamOffset::Next),
+            Some(AMQPValue::LongString(s)) => match s.as_bytes() {
+                b"first" => Some(StreamOffset::First),
+                b"last" => Some(StreamOffset::Last),
+                b"next" => Some(StreamOffset::Next),
+                other => parse_max_age(other).map(StreamOffset::Ago),
+            },
+            Some(AMQPValue::ShortString(s)) => StreamOffset::parse(Some(&AMQPValue::LongString(s.as_str().into()))),
+            Some(AMQPValue::Timestamp(t)) => Some(StreamOffset::Timestamp(t.saturating_mul(1000))),
+            Some(AMQPValue::ShortShortInt(n)) => int(i64::from(*n)),
+            Some(AMQPValue::ShortShortUInt(n)) => int(i64::from(*n)),
+            Some(AMQPValue::ShortInt(n)) => int(i64::from(*n)),
+            Some(AMQPValue::ShortUInt(n)) => int(i64::from(*n)),
+            Some(AMQPValue::LongInt(n)) => int(i64::from(*n)),
+            Some(AMQPValue::LongUInt(n)) => int(i64::from(*n)),
+            Some(AMQPValue::LongLongInt(n)) => int(*n),
+            Some(_) => None,
+        }
+    }
+}
+
 /// Core options from queue.declare flags and arguments.
 fn queue_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpError> {
+    let bad = |arg: &str, why: &str| AmqpError::channel(reply::PRECONDITION_FAILED, format!("invalid arg '{arg}': {why}"));
+    match queue_type(&d.arguments).as_str() {
+        "classic" | "quorum" => {}
+        "stream" => return stream_options(d),
+        _ => return Err(bad("x-queue-type", "expected classic, quorum or stream")),
+    }
     let mut o = QueueOptions { transient: !d.durable || d.exclusive, ..QueueOptions::default() };
     let mut a = QueueArgs::default();
     let int = |v: &AMQPValue| -> Option<i64> {
@@ -1713,7 +2019,6 @@ fn queue_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpEr
             _ => return None,
         })
     };
-    let bad = |arg: &str, why: &str| AmqpError::channel(reply::PRECONDITION_FAILED, format!("invalid arg '{arg}': {why}"));
     for (k, v) in &d.arguments {
         match k.as_str() {
             "x-max-priority" => {
@@ -1760,15 +2065,42 @@ fn queue_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpEr
                 AMQPValue::Boolean(b) => a.single_active_consumer = *b,
                 _ => return Err(bad("x-single-active-consumer", "expected a boolean")),
             },
-            "x-queue-type" => match v {
-                AMQPValue::LongString(s) if matches!(s.as_bytes(), b"classic" | b"quorum") => {}
-                _ => return Err(bad("x-queue-type", "only classic and quorum queues are supported so far")),
-            },
             // Accepted and not acted on yet: see docs/design-amqp.md.
             _ => {}
         }
     }
     Ok((o, a))
+}
+
+/// A stream's core options: `x-max-age` and `x-max-length-bytes` are its
+/// retention; the queue arguments of classic queues do not apply (RabbitMQ
+/// ignores them on streams too).
+fn stream_options(d: &queue::Declare) -> Result<(QueueOptions, QueueArgs), AmqpError> {
+    let bad = |arg: &str, why: &str| AmqpError::channel(reply::PRECONDITION_FAILED, format!("invalid arg '{arg}': {why}"));
+    let mut o = QueueOptions::stream();
+    for (k, v) in &d.arguments {
+        match (k.as_str(), v) {
+            ("x-max-age", AMQPValue::LongString(s)) => {
+                o.retention_ms = Some(parse_max_age(s.as_bytes()).ok_or_else(|| bad("x-max-age", "expected e.g. 7D, 12h, 30m or 10s"))?);
+            }
+            ("x-max-age", _) => return Err(bad("x-max-age", "expected a string such as 7D")),
+            ("x-max-length-bytes", v) => {
+                let n = match v {
+                    AMQPValue::ShortShortUInt(n) => i64::from(*n),
+                    AMQPValue::ShortUInt(n) => i64::from(*n),
+                    AMQPValue::ShortInt(n) => i64::from(*n),
+                    AMQPValue::LongInt(n) => i64::from(*n),
+                    AMQPValue::LongUInt(n) => i64::from(*n),
+                    AMQPValue::LongLongInt(n) => *n,
+                    _ => -1,
+                };
+                o.retention_bytes = Some(u64::try_from(n).map_err(|_| bad("x-max-length-bytes", "expected a non-negative integer"))?);
+            }
+            // x-stream-max-segment-size-bytes and the rest: accepted, not acted on.
+            _ => {}
+        }
+    }
+    Ok((o, QueueArgs::default()))
 }
 
 /// Removes every visible message of a queue; returns how many.
@@ -1917,10 +2249,91 @@ async fn pump(
     }
 }
 
+/// Reads a stream from `from` while the consumer's window has room and
+/// hands the messages to the connection; waits (long poll) at the end.
+async fn stream_pump(
+    store: Arc<polymq::Store>,
+    queue: QueueId,
+    mut from: u64,
+    key: PumpKey,
+    window: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<PumpEvent>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&window).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stop.changed() => return,
+        };
+        permit.forget();
+        let mut held = 1usize;
+        while held < POP_BATCH_MAX {
+            match window.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    held += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        let read = tokio::select! {
+            r = store.read_wait(queue, from, held, STREAM_READ_BYTES_MAX, POP_WAIT) => r,
+            _ = stop.changed() => {
+                window.add_permits(held);
+                return;
+            }
+        };
+        let messages = match read {
+            Ok(r) => r.messages,
+            Err(error) => {
+                window.add_permits(held);
+                let _ = tx.send(PumpEvent::Failed { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), error });
+                return;
+            }
+        };
+        window.add_permits(held - messages.len().min(held));
+        for m in messages {
+            from = m.offset + u64::from(m.message.span.max(1));
+            let ev = PumpEvent::Stream {
+                channel: key.channel,
+                epoch: key.epoch,
+                tag: Arc::clone(&key.tag),
+                offset: m.offset,
+                message: m.message,
+            };
+            if tx.send(ev).is_err() {
+                return;
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::codec::LongString;
+
+    #[test]
+    fn max_age_and_stream_offsets_parse() {
+        assert_eq!(parse_max_age(b"7D"), Some(7 * 86_400_000));
+        assert_eq!(parse_max_age(b"1h"), Some(3_600_000));
+        assert_eq!(parse_max_age(b"30m"), Some(1_800_000));
+        assert_eq!(parse_max_age(b"10s"), Some(10_000));
+        assert_eq!(parse_max_age(b"1Y"), Some(365 * 86_400_000));
+        for bad in [&b"0s"[..], b"10", b"s", b"10x", b"-1s"] {
+            assert_eq!(parse_max_age(bad), None, "{bad:?}");
+        }
+        assert_eq!(StreamOffset::parse(None), Some(StreamOffset::Next));
+        assert_eq!(StreamOffset::parse(Some(&AMQPValue::LongString("first".into()))), Some(StreamOffset::First));
+        assert_eq!(StreamOffset::parse(Some(&AMQPValue::LongString("10m".into()))), Some(StreamOffset::Ago(600_000)));
+        assert_eq!(StreamOffset::parse(Some(&AMQPValue::ShortInt(5))), Some(StreamOffset::Offset(5)));
+        assert_eq!(StreamOffset::parse(Some(&AMQPValue::LongLongInt(-1))), None);
+        assert_eq!(StreamOffset::parse(Some(&AMQPValue::Timestamp(1_700_000_000))), Some(StreamOffset::Timestamp(1_700_000_000_000)));
+        assert_eq!(StreamOffset::parse(Some(&AMQPValue::LongString("soon".into()))), None);
+    }
     use amq_protocol::protocol::BasicProperties;
 
     #[test]

@@ -20,6 +20,9 @@ use crate::message::{self, Outgoing};
 pub(crate) struct QueueArgs {
     /// The queue's AMQP name (x-death names it).
     pub name: String,
+    /// Its vhost: the dead-letter exchange is looked up there. Not part of
+    /// the record: derived from the core queue name when loaded.
+    pub vhost: String,
     pub message_ttl_ms: Option<u64>,
     pub dead_letter_exchange: Option<String>,
     pub dead_letter_routing_key: Option<String>,
@@ -165,6 +168,7 @@ impl QueueArgs {
         };
         Some(QueueArgs {
             name: s("name")?,
+            vhost: crate::exchange::DEFAULT_VHOST.to_owned(),
             message_ttl_ms: n("x-message-ttl"),
             max_length: n("x-max-length"),
             max_length_bytes: n("x-max-length-bytes"),
@@ -290,6 +294,7 @@ mod tests {
     fn args() -> QueueArgs {
         QueueArgs {
             name: "work".into(),
+            vhost: "/".into(),
             message_ttl_ms: Some(1000),
             dead_letter_exchange: Some("dlx".into()),
             dead_letter_routing_key: None,

@@ -21,8 +21,12 @@ pub(crate) const EXCHANGES_SPACE: &str = "amqp.exchanges";
 /// Side space of exchange-to-exchange bindings between durable exchanges:
 /// pattern `[source, destination, routing-key, arguments-hex]`.
 pub(crate) const E2E_SPACE: &str = "amqp.e2e-bindings";
-/// The only virtual host so far.
+/// The virtual host every installation has; its names are the core's names verbatim.
 pub(crate) const DEFAULT_VHOST: &str = "/";
+/// Separates a vhost from a name in core names and topic spaces off `/`.
+pub(crate) const VHOST_SEPARATOR: char = '|';
+/// The exchange type of the rabbitmq_delayed_message_exchange plugin.
+pub(crate) const DELAYED_TYPE: &str = "x-delayed-message";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -54,7 +58,10 @@ impl Kind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ExchangeDef {
+    /// How it routes (for an `x-delayed-message` exchange: its `x-delayed-type`).
     pub kind: Kind,
+    /// `x-delayed-message`: publishes are held back by their `x-delay` header.
+    pub delayed: bool,
     pub durable: bool,
     pub auto_delete: bool,
     pub internal: bool,
@@ -63,7 +70,16 @@ pub(crate) struct ExchangeDef {
 
 impl ExchangeDef {
     fn builtin(kind: Kind) -> ExchangeDef {
-        ExchangeDef { kind, durable: true, auto_delete: false, internal: false, arguments: FieldTable::default() }
+        ExchangeDef { kind, delayed: false, durable: true, auto_delete: false, internal: false, arguments: FieldTable::default() }
+    }
+
+    /// The type as declared: `x-delayed-message` or the routing kind.
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            DELAYED_TYPE
+        } else {
+            self.kind.name()
+        }
     }
 
     fn flags(&self) -> String {
@@ -74,7 +90,7 @@ impl ExchangeDef {
         let args: String = codec::table_to_bytes(&self.arguments).iter().map(|b| format!("{b:02x}")).collect();
         Pattern(vec![
             Level::Word(name.into()),
-            Level::Word(self.kind.name().into()),
+            Level::Word(self.type_name().into()),
             Level::Word(self.flags().into()),
             Level::Word(args.into()),
         ])
@@ -88,22 +104,22 @@ impl ExchangeDef {
         }
         let bytes: Option<Vec<u8>> =
             (0..args.len() / 2).map(|i| args.get(2 * i..2 * i + 2).and_then(|h| u8::from_str_radix(h, 16).ok())).collect();
+        let arguments = codec::table_from_bytes(&bytes?)?;
+        let delayed = &**kind == DELAYED_TYPE;
+        let kind = if delayed { delayed_type(&arguments)? } else { Kind::parse(kind)? };
         Some((
             name.to_string(),
-            ExchangeDef {
-                kind: Kind::parse(kind)?,
-                durable: f[1] == b'1',
-                auto_delete: f[3] == b'1',
-                internal: f[5] == b'1',
-                arguments: codec::table_from_bytes(&bytes?)?,
-            },
+            ExchangeDef { kind, delayed, durable: f[1] == b'1', auto_delete: f[3] == b'1', internal: f[5] == b'1', arguments },
         ))
     }
 
     /// The first property in which `other` differs, RabbitMQ's way of saying it.
     pub fn inequivalence(&self, other: &ExchangeDef) -> Option<(&'static str, String, String)> {
-        if self.kind != other.kind {
-            return Some(("type", other.kind.name().into(), self.kind.name().into()));
+        if self.kind != other.kind || self.delayed != other.delayed {
+            if self.delayed && other.delayed {
+                return Some(("x-delayed-type", other.kind.name().into(), self.kind.name().into()));
+            }
+            return Some(("type", other.type_name().into(), self.type_name().into()));
         }
         if self.durable != other.durable {
             return Some(("durable", other.durable.to_string(), self.durable.to_string()));
@@ -118,13 +134,39 @@ impl ExchangeDef {
     }
 }
 
+/// The routing kind an `x-delayed-message` exchange's `x-delayed-type` names.
+pub(crate) fn delayed_type(arguments: &FieldTable) -> Option<Kind> {
+    match arguments.inner().get("x-delayed-type")? {
+        codec::AMQPValue::LongString(s) => Kind::parse(std::str::from_utf8(s.as_bytes()).ok()?),
+        codec::AMQPValue::ShortString(s) => Kind::parse(s.as_str()),
+        _ => None,
+    }
+}
+
 /// The topic space of an exchange: its name on `/`, `<vhost>|<name>` elsewhere.
 pub(crate) fn space(vhost: &str, exchange: &str) -> String {
     if vhost == DEFAULT_VHOST {
         exchange.to_owned()
     } else {
-        format!("{vhost}|{exchange}")
+        format!("{vhost}{VHOST_SEPARATOR}{exchange}")
     }
+}
+
+/// The vhost of a core queue name or topic space made by [`space`].
+pub(crate) fn vhost_of(core: &str) -> &str {
+    core.split_once(VHOST_SEPARATOR).map_or(DEFAULT_VHOST, |(v, _)| v)
+}
+
+/// Names on `/` may not contain `|`: `a|b` there would be the name `b` of
+/// vhost `a` (names on other vhosts may: the first `|` ends the vhost).
+pub(crate) fn check_name(vhost: &str, name: &str, what: &str) -> Result<(), AmqpError> {
+    if vhost == DEFAULT_VHOST && name.contains(VHOST_SEPARATOR) {
+        return Err(AmqpError::channel(
+            reply::ACCESS_REFUSED,
+            format!("{what} name '{name}' contains '{VHOST_SEPARATOR}', which polymq uses to separate vhosts"),
+        ));
+    }
+    Ok(())
 }
 
 /// The core name of an AMQP queue. Names the other protocols and this one
@@ -138,7 +180,34 @@ pub(crate) fn queue_core_name(vhost: &str, name: &str) -> Result<String, AmqpErr
             ));
         }
     }
+    check_name(vhost, name, "queue")?;
     Ok(space(vhost, name))
+}
+
+/// The core name of an AMQP stream queue: partition 0 of the topic of the
+/// same name (`<vhost>|<name>` off `/`), so a stream IS a Kafka topic.
+pub(crate) fn stream_core_name(vhost: &str, name: &str) -> Result<String, AmqpError> {
+    queue_core_name(vhost, name)?;
+    let topic = space(vhost, name);
+    if !polymq::topic::valid_name(&topic) {
+        return Err(AmqpError::channel(
+            reply::PRECONDITION_FAILED,
+            format!(
+                "stream queue name '{name}' cannot name a topic: 1..={} bytes without '/' (vhost included)",
+                polymq::topic::NAME_BYTES_MAX
+            ),
+        ));
+    }
+    Ok(polymq::topic::partition_queue(&topic, 0))
+}
+
+/// The core queue an AMQP queue name refers to: the classic queue of that
+/// name, else the stream (a name is one or the other; declare keeps it so).
+pub(crate) fn find_core_queue(store: &Store, vhost: &str, name: &str) -> Result<Option<QueueId>, AmqpError> {
+    if let Some(id) = store.queue_id(&queue_core_name(vhost, name)?) {
+        return Ok(Some(id));
+    }
+    Ok(stream_core_name(vhost, name).ok().and_then(|core| store.queue_id(&core)))
 }
 
 /// The binding pattern for `routing_key` on an exchange of `kind`.
@@ -220,7 +289,7 @@ pub(crate) struct Exchanges {
 
 impl Exchanges {
     /// Declares the metadata queue and loads the durable exchanges.
-    pub async fn load(store: &Arc<Store>) -> Result<Exchanges, StoreError> {
+    pub async fn load(store: &Arc<Store>, vhosts: &[String]) -> Result<Exchanges, StoreError> {
         let meta = store.declare_queue(META_QUEUE, QueueOptions::default()).await?.id;
         let mut map = HashMap::new();
         for (name, kind) in [
@@ -231,7 +300,9 @@ impl Exchanges {
             ("amq.headers", Kind::Headers),
             ("amq.match", Kind::Headers),
         ] {
-            map.insert(space(DEFAULT_VHOST, name), ExchangeDef::builtin(kind));
+            for vhost in vhosts {
+                map.insert(space(vhost, name), ExchangeDef::builtin(kind));
+            }
         }
         let mut e2e = Vec::new();
         for (sp, p) in store.bindings_of(meta) {
@@ -336,7 +407,7 @@ mod tests {
     fn definitions_round_trip_through_their_record() {
         let mut arguments = FieldTable::default();
         arguments.insert("alternate-exchange".into(), AMQPValue::LongString("ae".into()));
-        let def = ExchangeDef { kind: Kind::Topic, durable: true, auto_delete: true, internal: false, arguments };
+        let def = ExchangeDef { kind: Kind::Topic, delayed: false, durable: true, auto_delete: true, internal: false, arguments };
         let p = def.record_pattern("logs/x.y");
         let back = ExchangeDef::from_record(&Pattern::from_canonical(&p.to_canonical()));
         assert_eq!(back, Some(("logs/x.y".to_owned(), def)));

@@ -41,6 +41,8 @@ pub struct AmqpConfig {
     pub channel_max: u16,
     /// Heartbeat interval offered in connection.tune (0: none).
     pub heartbeat: Duration,
+    /// The virtual hosts that exist (connection.open to others: 530).
+    pub vhosts: Vec<String>,
 }
 
 impl Default for AmqpConfig {
@@ -50,6 +52,7 @@ impl Default for AmqpConfig {
             frame_max: limits::FRAME_MAX_DEFAULT,
             channel_max: limits::CHANNEL_MAX_DEFAULT,
             heartbeat: Duration::from_secs(u64::from(limits::HEARTBEAT_DEFAULT_SECS)),
+            vhosts: vec![exchange::DEFAULT_VHOST.to_owned()],
         }
     }
 }
@@ -57,7 +60,11 @@ impl Default for AmqpConfig {
 impl AmqpConfig {
     /// The AMQP part of the broker's configuration.
     pub fn from_config(config: &polymq::config::Config) -> AmqpConfig {
-        AmqpConfig { users: config.users.clone(), ..AmqpConfig::default() }
+        AmqpConfig { users: config.users.clone(), vhosts: config.amqp_vhosts.clone(), ..AmqpConfig::default() }
+    }
+
+    pub(crate) fn has_vhost(&self, vhost: &str) -> bool {
+        self.vhosts.iter().any(|v| v == vhost)
     }
 
     /// Whether `user`/`password` may log in from `peer`.
@@ -98,14 +105,15 @@ pub struct AmqpService {
 impl AmqpService {
     /// Loads the durable exchange definitions and returns the service.
     pub async fn new(store: Arc<Store>, config: AmqpConfig) -> Result<Arc<AmqpService>, StoreError> {
-        let exchanges = Exchanges::load(&store).await?;
+        let exchanges = Exchanges::load(&store, &config.vhosts).await?;
         let mut registry = QueueRegistry::default();
         // Durable queues' AMQP-layer arguments: a walk over every queue, once
         // at start (the core has no index of a space's bindings).
-        for (q, _) in store.list_queues() {
+        for (q, name) in store.list_queues() {
             for (sp, p) in store.bindings_of(q) {
                 if sp == deadletter::ARGS_SPACE {
-                    if let Some(a) = deadletter::QueueArgs::from_record(&p) {
+                    if let Some(mut a) = deadletter::QueueArgs::from_record(&p) {
+                        a.vhost = exchange::vhost_of(&name).to_owned();
                         registry.args.insert(q, Arc::new(a));
                     }
                 }

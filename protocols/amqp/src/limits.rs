@@ -26,6 +26,9 @@ pub const POP_BATCH_MAX: usize = 64;
 /// core allows. AMQP redelivers when the channel closes, not on a timer.
 pub const DELIVERY_INVISIBLE: Duration = Duration::from_millis(polymq::limits::INVISIBLE_MS_MAX);
 
+/// Bytes one stream read may return (at least one message always comes).
+pub const STREAM_READ_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
 /// Long-poll length of one pop (also how often a consumed queue is touched).
 pub const POP_WAIT: Duration = Duration::from_secs(20);
 

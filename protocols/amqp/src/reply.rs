@@ -67,6 +67,7 @@ impl From<polymq::StoreError> for AmqpError {
             E::InvalidQueueName(q) => AmqpError::channel(PRECONDITION_FAILED, format!("invalid queue name {q}")),
             E::QueueLimit(n) => AmqpError::channel(RESOURCE_ERROR, format!("queue limit reached ({n} queues)")),
             E::MemoryLimit(n) => AmqpError::channel(RESOURCE_ERROR, format!("memory for transient messages is full ({n} bytes)")),
+            E::NoSpace => AmqpError::channel(RESOURCE_ERROR, "no space left on the broker's disk; retry when space returns"),
             E::RecordTooLarge { size, max } => AmqpError::channel(PRECONDITION_FAILED, format!("message of {size} bytes exceeds {max}")),
             E::InvalidArgument(a) => AmqpError::channel(PRECONDITION_FAILED, a),
             other => AmqpError::connection(INTERNAL_ERROR, other),

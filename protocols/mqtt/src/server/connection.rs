@@ -758,7 +758,7 @@ impl Connection {
             Err(e) if self.version.is_v5() => {
                 debug!(client = %self.client_id, error = %e, "publish not stored");
                 ack.reason_code = match e {
-                    StoreError::MemoryLimit(_) => ReasonCode::QUOTA_EXCEEDED,
+                    StoreError::MemoryLimit(_) | StoreError::NoSpace => ReasonCode::QUOTA_EXCEEDED,
                     _ => ReasonCode::UNSPECIFIED_ERROR,
                 };
             }
