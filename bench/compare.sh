@@ -46,6 +46,7 @@
 #   COMPARE_AMQP_CONSUMERS  consumers of the durable scenario, at least one per queue (4)
 #   COMPARE_AMQP_WINDOW     unconfirmed publishes per publisher (64)
 #   COMPARE_AMQP_PREFETCH   consumer prefetch (100)
+#   COMPARE_AMQP_MULTI_ACK  consumers ack every N-th delivery with `multiple` (1: one ack per message)
 #   COMPARE_AMQP_DECLARE    durable queues of the queue-capacity run; 0 skips it (10000)
 #   COMPARE_AMQP_ALWAYS     1: also run polymq with fsync=always as "polymq-always" (RabbitMQ
 #                           confirms a persistent message only after an fsync; polymq's
@@ -76,6 +77,7 @@ AMQP_PUBLISHERS=${COMPARE_AMQP_PUBLISHERS:-4}
 AMQP_CONSUMERS=${COMPARE_AMQP_CONSUMERS:-4}
 AMQP_WINDOW=${COMPARE_AMQP_WINDOW:-64}
 AMQP_PREFETCH=${COMPARE_AMQP_PREFETCH:-100}
+AMQP_MULTI_ACK=${COMPARE_AMQP_MULTI_ACK:-1}
 AMQP_DECLARE=${COMPARE_AMQP_DECLARE:-10000}
 AMQP_ALWAYS=${COMPARE_AMQP_ALWAYS:-1}
 OUT=${COMPARE_OUT:-$ROOT/bench/results/$(date -u +%F)}
@@ -302,29 +304,48 @@ start_rabbitmq() {
     ) >"$dir/rabbitmq.out" 2>&1 &
     script_pid=$!
     echo "$script_pid" >"$dir/script_pid"
+    # Known under the script's id until the VM's is (so a failed start is cleaned up too).
+    RABBIT_DIR[$script_pid]=$dir
+    STARTED+=("$script_pid")
     wait_for_port "$port" "$dir/rabbitmq.out" "$script_pid" 120
     rabbitctl "$dir" await_startup >/dev/null
     BROKER_PID=$(cat "$dir/rabbit.pid")
+    unset "RABBIT_DIR[$script_pid]"
     RABBIT_DIR[$BROKER_PID]=$dir
-    STARTED+=("$BROKER_PID")
+    local p started=()
+    for p in "${STARTED[@]}"; do
+        if [[ $p == "$script_pid" ]]; then
+            started+=("$BROKER_PID")
+        else
+            started+=("$p")
+        fi
+    done
+    STARTED=("${started[@]}")
     BROKER_AMQP=amqp://guest:guest@127.0.0.1:$port/%2f
 }
 
-# stop_rabbitmq PID: rabbitmqctl stop, then the VM's process if it lingers, then its epmd.
+# stop_rabbitmq PID: rabbitmqctl stop, then the VM's process if it lingers, the
+# start script, and the node's epmd. PID is the VM's, or the start script's if
+# the node never came up.
 stop_rabbitmq() {
-    local pid=$1 dir=${RABBIT_DIR[$1]} i
+    local dir=${RABBIT_DIR[$1]} vm script i
+    script=$(cat "$dir/script_pid")
+    vm=$(cat "$dir/rabbit.pid" 2>/dev/null || true)
     rabbitctl "$dir" stop >/dev/null 2>&1 || true
-    for ((i = 0; i < 100; i++)); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$(cat "$dir/script_pid")" 2>/dev/null || true
+    if [[ -n $vm ]]; then
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$vm" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$vm" 2>/dev/null || true
+    fi
+    kill -TERM "$script" 2>/dev/null || true
+    wait "$script" 2>/dev/null || true
     (
         rabbit_env "$dir"
         epmd -port "$ERL_EPMD_PORT" -kill >/dev/null 2>&1 || true
     )
-    unset "RABBIT_DIR[$pid]"
+    unset "RABBIT_DIR[$1]"
 }
 
 rabbitmq_version() {
@@ -433,7 +454,7 @@ amqp_run() {
     shift
     bench --json amqp --amqp "${AMQP[$name]}" --label "$name" --broker-pid "${PID[$name]}" --size "$SIZE" \
         --publishers "$AMQP_PUBLISHERS" --consumers "$AMQP_CONSUMERS" --fanout "$AMQP_FANOUT" \
-        --confirm-window "$AMQP_WINDOW" --prefetch "$AMQP_PREFETCH" --seconds "$SECS" "$@" >>"$OUT/compare-amqp-$name.jsonl" ||
+        --confirm-window "$AMQP_WINDOW" --prefetch "$AMQP_PREFETCH" --multi-ack "$AMQP_MULTI_ACK" --seconds "$SECS" "$@" >>"$OUT/compare-amqp-$name.jsonl" ||
         log "$name: an AMQP run failed (exit $?): $*; the notes in $OUT/compare-amqp-$name.jsonl say what"
 }
 

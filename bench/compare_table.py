@@ -257,6 +257,8 @@ def compare_amqp(args):
     if str(args.repeat) != "1":
         print(f"- every scenario ran {args.repeat} times per broker, interleaved; each row is the run with the "
               "median recv msg/s")
+    print("- `busy% before`: how busy the machine was (all cores) just before the run; `others% during`: the share "
+          "of the machine that processes other than the broker and the load generator took during the run")
     print("- ratios are polymq / peer: msg/s higher is better for polymq; latency, memory lower is better")
     print()
 
@@ -272,10 +274,10 @@ def compare_amqp(args):
                 + f"{name} | **ratio** | "
                 + "".join(f"ratio {v} | " for v in vn)
                 + f"confirm msg/s polymq / {'/ '.join(vn + [name])} | e2e p50 ms | e2e p99 ms | e2e p99.9 ms "
-                f"| confirm p99 ms | lost % | errors | cpu% | bench% | others% |")
+                f"| confirm p99 ms | lost % | errors | cpu% | bench% | busy% before | others% during |")
         print(head)
         print("| --- | ---: | ---: | --- | ---: | " + "---: | " * len(vn) + "---: | ---: | " + "---: | " * len(vn)
-              + "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+              + "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         keys = list(own) + [k for k in theirs if k not in own]
         for k in keys:
             r = own.get(k) or {"scenario": k[0], "queues": k[1], "mode": k[2], "pubs": k[3], "subs": k[4]}
@@ -290,7 +292,8 @@ def compare_amqp(args):
                   + "".join(f"{ratio(v.get('recv/s'), o.get('recv/s'))} | " for v in vs)
                   + f"{several('confirm/s')} | {several('p50_ms', 2)} | {several('p99_ms', 2)} "
                   f"| {several('p99.9_ms', 2)} | {several('confirm_p99_ms', 2)} | {several('lost%', 2)} "
-                  f"| {several('errors')} | {several('broker_cpu%')} | {several('bench_cpu%')} | {several('others%')} |")
+                  f"| {several('errors')} | {several('broker_cpu%')} | {several('bench_cpu%')} | {several('busy%')} "
+                  f"| {several('others%')} |")
         print()
         busy = [x for x in p["amqp"] + q["amqp"] + sum((d["amqp"] for _, d in variants), [])
                 if (num(x.get("others%")) or 0) > 10]
@@ -305,7 +308,9 @@ def compare_amqp(args):
                 r, o = own.get(k, {}), theirs.get(k, {})
                 rv, ov = num(r.get("recv/s")), num(o.get("recv/s"))
                 met = "-" if rv is None or not ov else ("yes" if rv / ov >= 10 else "no")
-                print(f"- {k[1]} queue(s): {fmt(rv)} vs {fmt(ov)} msg/s = {ratio(rv, ov)}: met? **{met}**")
+                also = "".join(f"; {v}: {fmt(vr.get(k, {}).get('recv/s'))} msg/s = "
+                               f"{ratio(vr.get(k, {}).get('recv/s'), ov)}" for v, vr in var_rows)
+                print(f"- {k[1]} queue(s): {fmt(rv)} vs {fmt(ov)} msg/s = {ratio(rv, ov)}: met? **{met}**{also}")
             print()
 
         if p["amqp_queues"] or q["amqp_queues"]:
@@ -322,7 +327,7 @@ def compare_amqp(args):
                                       ("broker RSS with the queues, MiB", "rss_held_MiB", 1),
                                       ("**broker RSS per queue, bytes**", "bytes/queue", 0),
                                       ("deletes/s", "deletes/s", 0), ("broker cpu%", "broker_cpu%", 0),
-                                      ("others%", "others%", 0)):
+                                      ("machine busy% before", "busy%", 0), ("others% during", "others%", 0)):
                     if key is None:
                         pv = f"{fmt(c.get('declared'))} ({fmt(c.get('failed'))})" if c else "-"
                         ov = f"{fmt(o.get('declared'))} ({fmt(o.get('failed'))})" if o else "-"

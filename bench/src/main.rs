@@ -2,9 +2,9 @@
 //!
 //! `polymq-bench <scenario> [options]`. The core scenarios open a
 //! `polymq::Store` in-process on a scratch directory (so they measure the
-//! store, not a wire protocol); protocol scenarios that drive real client
-//! libraries against polymq or a peer broker will sit beside them as more
-//! subcommands with a `--target` option. Every scenario prints the machine
+//! store, not a wire protocol); the protocol scenarios (`mqtt`, `mqtt-conns`,
+//! `amqp`, `amqp-queues`) drive real client libraries over real sockets
+//! against any broker address, polymq or a peer. Every scenario prints the machine
 //! facts first, then a table (or JSON lines with `--json`), and a progress
 //! line on stderr while it runs.
 
