@@ -687,6 +687,7 @@ async fn wait_any_wakes_on_whichever_queue_gets_a_message() {
     assert!(ready && started.elapsed() < Duration::from_secs(10));
     assert!(checks <= 4, "woken by the append, not by polling: {checks} checks");
     assert!(s.stream_bytes_from(b, 0, u64::MAX) > 0 && s.stream_bytes_from(b, 1, u64::MAX) == 0);
+}
 
 #[tokio::test]
 async fn peek_shows_the_ready_head_in_pop_order_without_delivering_it() {
