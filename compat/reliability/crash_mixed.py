@@ -70,7 +70,7 @@ class Broker:
             self.proc = subprocess.Popen(
                 [str(polymq_binary()), "serve", "--data-dir", str(self.data_dir), "--fsync", "always",
                  "--mqtt-listen", any_port, "--amqp-listen", any_port, "--kafka-listen", any_port,
-                 "--http-listen", any_port, "--log", "info"],
+                 "--http-listen", any_port, "--log", "info,polymq_mqtt=debug"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, "NO_COLOR": "1"},
             )
@@ -148,14 +148,19 @@ def mqtt_prepare(port: int, it: int) -> None:
     c.loop_stop()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"crash-sub-{it}", clean_session=False)
     done = threading.Event()
-    c.on_subscribe = lambda *a: done.set()
+    seen: list[str] = []
+    c.on_connect = lambda cl, u, flags, rc, props: seen.append(f"CONNACK {rc}")
+    c.on_disconnect = lambda cl, u, flags, rc, props: seen.append(f"disconnected {rc}")
+    c.on_subscribe = lambda *a: (seen.append("SUBACK"), done.set())
     c.connect("127.0.0.1", port)
     c.loop_start()
-    c.subscribe(f"crash/{it}/mqtt", qos=1)
+    result = c.subscribe(f"crash/{it}/mqtt", qos=1)
+    seen.append(f"subscribe() -> {result}")
     # Generous: a persistent session's SUBACK waits for an fsync (fsync=always),
     # which can take seconds on a disk busy with other work.
     if not done.wait(60):
-        raise RuntimeError("no SUBACK within 60 s")
+        c.loop_stop()
+        raise RuntimeError(f"no SUBACK within 60 s; client saw: {seen}")
     c.disconnect()
     c.loop_stop()
 

@@ -103,7 +103,11 @@ def test_disk_full_refuses_then_recovers_and_loses_nothing(small_disk: Path, tmp
         conn.close()
         # An MQTT subscriber session that keeps what it is sent (so the
         # publish below has to be stored, not dropped for lack of subscribers).
-        crash_mixed.mqtt_prepare(broker.ports["mqtt"], 9999)
+        try:
+            crash_mixed.mqtt_prepare(broker.ports["mqtt"], 9999)
+        except RuntimeError as e:
+            log = (tmp_path / f"polymq-{broker.starts}.log").read_text(errors="replace")
+            raise AssertionError(f"{e}\nbroker log (tail):\n{log[-6000:]}") from e
 
         ballast = small_disk / "ballast"
         fill_to(ballast, small_disk, FREE_AFTER_BALLAST)
