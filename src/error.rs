@@ -17,9 +17,10 @@ pub enum StoreError {
     Poisoned,
     #[error("the store is closed")]
     Closed,
-    /// The disk (or quota) is full: the append was not stored and nothing
-    /// else was harmed; appends succeed again once space returns.
-    #[error("no space left for the log: the message was not stored; retry when space returns")]
+    /// The log's filesystem refuses writes for now (full, over quota, or
+    /// remounted read-only): the append was not stored and nothing else was
+    /// harmed; appends succeed again once it takes writes.
+    #[error("the log's disk refuses writes (full or read-only): the message was not stored; retry later")]
     NoSpace,
     #[error("queue not found: {0}")]
     QueueNotFound(String),
@@ -44,13 +45,16 @@ impl StoreError {
         StoreError::Io { path: path.into(), source }
     }
 
-    /// Whether this is a write refused for lack of space (ENOSPC, EDQUOT),
-    /// as opposed to an error that leaves the file's state unknown.
-    pub(crate) fn is_out_of_space(&self) -> bool {
+    /// Whether this is a write the filesystem refused outright (ENOSPC,
+    /// EDQUOT, EROFS), as opposed to an error that leaves the file's state
+    /// unknown (EIO, a failed fsync).
+    pub(crate) fn is_write_refused(&self) -> bool {
         match self {
             StoreError::NoSpace => true,
-            // ENOSPC, EDQUOT (Linux numbering).
-            StoreError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull || source.raw_os_error() == Some(122),
+            // ENOSPC, EROFS, EDQUOT (Linux numbering).
+            StoreError::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull || matches!(source.raw_os_error(), Some(28 | 30 | 122))
+            }
             _ => false,
         }
     }

@@ -85,7 +85,7 @@ impl Segment {
             drop(file);
             let _ = std::fs::remove_file(&path);
             let err = StoreError::io(&path, e);
-            return Err(if err.is_out_of_space() { StoreError::NoSpace } else { err });
+            return Err(if err.is_write_refused() { StoreError::NoSpace } else { err });
         }
         sync_dir(dir)?;
         Ok(Segment { base, path, file })

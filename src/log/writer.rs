@@ -326,8 +326,8 @@ impl<T: Send + 'static> Writer<T> {
         }
     }
 
-    /// The disk is full: a write or a segment roll failed with ENOSPC or
-    /// EDQUOT. The records of the batch written before that (`flushed`,
+    /// The disk refuses writes: a write or a segment roll failed with
+    /// ENOSPC, EDQUOT or EROFS. The records of the batch written before that (`flushed`,
     /// only ever the part before a roll) are kept and acknowledged; the
     /// partly written rest is cut off the active segment, and its appenders
     /// get [`StoreError::NoSpace`]. The store stays open: appends succeed
@@ -340,7 +340,13 @@ impl<T: Send + 'static> Writer<T> {
         flushed: usize,
     ) -> Result<(), StoreError> {
         let end = self.shared.written_end.load(Ordering::Acquire);
-        if let Err(e) = self.active.file.set_len(end - self.active.base) {
+        // A read-only filesystem wrote nothing, and cannot be cut either.
+        let written = self.active.file.metadata().map(|m| m.len());
+        let cut = match written {
+            Ok(len) if len == end - self.active.base => Ok(()),
+            _ => self.active.file.set_len(end - self.active.base),
+        };
+        if let Err(e) = cut {
             tracing::error!(error = %e, "cutting a partial write off the log failed; the store is now poisoned and refuses appends");
             self.shared.poisoned.store(true, Ordering::Release);
             for done in dones.into_iter().flatten() {
@@ -431,7 +437,7 @@ impl<T: Send + 'static> Writer<T> {
         }
         write_all_vectored(&self.active.file, &mut slices).map_err(|e| {
             let err = StoreError::io(&self.active.path, e);
-            if err.is_out_of_space() {
+            if err.is_write_refused() {
                 StoreError::NoSpace
             } else {
                 err
