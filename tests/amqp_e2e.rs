@@ -1109,6 +1109,19 @@ async fn a_durable_delayed_exchange_survives_a_restart() -> Result<()> {
     publish_delayed(&ch, "timers", "t", "tick", Some(800)).await?;
     ensure!(next(&mut c).await?.data == b"tick");
     ensure!(start.elapsed() >= Duration::from_millis(750), "{:?}", start.elapsed());
+    // A message waiting out its delay in a durable queue survives a restart
+    // and is still held back until it is due.
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    let start = std::time::Instant::now();
+    let props = BasicProperties::default().with_headers(args(&[("x-delay", AMQPValue::LongLongInt(2000))]));
+    let confirm = ch.basic_publish("timers".into(), "t".into(), BasicPublishOptions::default(), b"across", props).await?;
+    ensure!(tokio::time::timeout(WAIT, confirm).await??.is_ack());
+    conn.close(200, "restart".into()).await?;
+    broker.restart().await?;
+    let (_conn, ch) = broker.channel().await?;
+    let mut c = consume(&ch, "fired", true).await?;
+    ensure!(next(&mut c).await?.data == b"across");
+    ensure!(start.elapsed() >= Duration::from_millis(1950), "delivered after {:?}", start.elapsed());
     Ok(())
 }
 

@@ -461,6 +461,11 @@ def test_ttl_delay_queue_without_consumers(polymq):
     [(_, props, body)] = drain(ch, "ready", 1)
     assert body == b"later" and time.monotonic() - start >= 0.28
     assert props.headers["x-death"][0]["reason"] == "expired"
+    # Per-message expiration in a queue with a dead-letter exchange, unread too.
+    ch.queue_declare("wait-each", arguments={"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "ready"})
+    ch.basic_publish("", "wait-each", b"each", pika.BasicProperties(expiration="200"))
+    [(_, _, body)] = drain(ch, "ready", 1)
+    assert body == b"each"
     conn.close()
 
 

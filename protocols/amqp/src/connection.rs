@@ -1882,8 +1882,9 @@ async fn dead_letter(svc: &AmqpService, args: Option<Arc<QueueArgs>>, receipt: R
     }
 }
 
-/// Expires the heads of queues that have an `x-message-ttl` and no
-/// consumer (RabbitMQ expires a queue's head even when nobody reads it;
+/// Expires the heads of queues that have an `x-message-ttl` or a dead-letter
+/// exchange (per-message `expiration` then matters) and no consumer
+/// (RabbitMQ expires a queue's head even when nobody reads it;
 /// queues with consumers expire as they deliver). Runs until the service
 /// is gone. Peeks first, so an unexpired head is left untouched.
 pub(crate) async fn expire_unread_heads(svc: std::sync::Weak<AmqpService>) {
@@ -1896,7 +1897,9 @@ pub(crate) async fn expire_unread_heads(svc: std::sync::Weak<AmqpService>) {
             let reg = svc.queues();
             reg.args
                 .iter()
-                .filter(|(q, a)| a.message_ttl_ms.is_some() && !reg.consumers.get(q).is_some_and(|n| *n > 0))
+                .filter(|(q, a)| {
+                    (a.message_ttl_ms.is_some() || a.dead_letter_exchange.is_some()) && reg.consumers.get(q).is_none_or(|n| *n == 0)
+                })
                 .map(|(q, a)| (*q, Arc::clone(a)))
                 .collect()
         };
