@@ -100,15 +100,21 @@ impl Probe {
         Probe { stop, trips, failures, thread: Some(thread) }
     }
 
-    /// Stops the probe and asserts it never failed and ran at least once.
+    /// Waits for one more round trip (so one ran after all the bad input),
+    /// stops the probe and asserts it never failed.
     fn finish(mut self) {
+        let seen = self.trips.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.trips.load(Ordering::Relaxed) < seen + 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             t.join().expect("probe thread");
         }
         let failures = self.failures.lock().expect("lock");
         assert!(failures.is_empty(), "the well-behaved client failed while the bad one ran: {failures:#?}");
-        assert!(self.trips.load(Ordering::Relaxed) > 0, "the probe never ran");
+        assert!(self.trips.load(Ordering::Relaxed) >= seen + 2, "no probe round trip completed after the bad input (30 s)");
     }
 }
 
