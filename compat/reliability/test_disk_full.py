@@ -142,3 +142,47 @@ def test_disk_full_refuses_then_recovers_and_loses_nothing(small_disk: Path, tmp
         assert got[-len(second):] == second, "the second run's messages are out of order"
     finally:
         broker.stop()
+
+
+
+def test_a_read_only_data_directory_stops_start_up_and_loses_nothing(small_disk: Path, tmp_path: Path):
+    """Linux will not remount a filesystem read-only under a process holding
+    files open for writing, so the read-only case a broker meets is at start
+    (a disk that came back read-only after an error). polymq must refuse to
+    start with an error naming the directory, not start half-working, and
+    start normally with everything intact once the filesystem is writable."""
+    broker = crash_mixed.Broker(small_disk / "data", tmp_path)
+    broker.start()
+    import pika
+    conn = pika.BlockingConnection(crash_mixed.amqp_params(broker.ports["amqp"]))
+    conn.channel().queue_declare("ro", durable=True)
+    conn.close()
+    first, refusal = publish_until_refused(broker.ports["amqp"], "ro", 50)
+    assert not refusal and len(first) == 50, refusal
+    broker.kill9()
+
+    r = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            broker.start()
+        message = str(refused.value)
+        assert str(small_disk / "data") in message, f"the error must name the data directory:\n{message}"
+        assert "Read-only file system" in message or "read-only" in message.lower(), message
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True, text=True)
+
+    broker.start()
+    try:
+        conn = pika.BlockingConnection(crash_mixed.amqp_params(broker.ports["amqp"]))
+        ch = conn.channel()
+        got = []
+        while True:
+            method, _, body = ch.basic_get("ro", auto_ack=True)
+            if method is None:
+                break
+            got.append(int.from_bytes(body[:4], "big"))
+        conn.close()
+        assert got == first
+    finally:
+        broker.stop()
