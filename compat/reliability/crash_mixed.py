@@ -141,10 +141,20 @@ class Tally:
 
 def mqtt_prepare(port: int, it: int) -> None:
     import paho.mqtt.client as mqtt
+    # Clear any old session first. Wait for CONNACK and for the close: a
+    # CONNECT still unprocessed when the next client connects would be
+    # processed after it and take the client id over from it (the broker is
+    # right to do so: the last CONNECT it reads wins), losing its SUBSCRIBE.
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"crash-sub-{it}", clean_session=True)
+    connected, closed = threading.Event(), threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.on_disconnect = lambda *a: closed.set()
     c.connect("127.0.0.1", port)
     c.loop_start()
+    if not connected.wait(60):
+        raise RuntimeError("no CONNACK within 60 s")
     c.disconnect()
+    closed.wait(10)
     c.loop_stop()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"crash-sub-{it}", clean_session=False)
     done = threading.Event()
