@@ -121,7 +121,8 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             }
             responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses));
         }
-        encode(ApiKey::Produce, &ProduceResponse::default().with_responses(responses), version)
+        let resp = ProduceResponse::default().with_responses(responses).with_throttle_time_ms(session.produce_throttle_ms);
+        encode(ApiKey::Produce, &resp, version)
     })
 }
 
