@@ -54,10 +54,12 @@ def test_confluent_produce_consume(kafka_broker, topic_name, mechanism):
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_confluent_wrong_password_is_refused(kafka_broker, mechanism):
     errors = []
-    admin = AdminClient({**sasl_conf(kafka_broker.bootstrap, mechanism, password="wrong"),
-                         "error_cb": lambda e: errors.append(e)})
+    p = Producer({**sasl_conf(kafka_broker.bootstrap, mechanism, password="wrong"), "error_cb": errors.append})
     with pytest.raises(Exception):
-        admin.list_topics(timeout=5)
+        p.list_topics(timeout=5)
+    deadline = time.monotonic() + WAIT
+    while not errors and time.monotonic() < deadline:
+        p.poll(0.2)
     assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
 
 

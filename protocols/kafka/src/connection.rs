@@ -59,6 +59,10 @@ pub(crate) struct Session {
 /// How long a Produce is throttled while the memory alarm is on. The client
 /// comes back after it and is throttled again while the alarm lasts.
 pub(crate) const PRODUCE_THROTTLE: Duration = Duration::from_millis(1000);
+/// A refused authentication is answered (or closed) after this, as Kafka's
+/// `connection.failed.authentication.delay.ms`: a client that retries at
+/// once (librdkafka reconnects within 50 ms) does not spin the broker.
+const FAILED_AUTHENTICATION_DELAY: Duration = Duration::from_millis(100);
 /// The first allocation for a request body; larger bodies grow as they arrive.
 const BODY_PREALLOC_MAX: usize = 1024 * 1024;
 
@@ -134,10 +138,13 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                 },
             };
             let response = if session.auth.expects_raw_token() {
-                Some(raw_sasl_token(&mut session, &frame)?)
+                Some(raw_sasl_token(&mut session, &frame)?).filter(|_| session.close_after_reply.is_none())
             } else {
                 handle(&mut session, frame).await?
             };
+            if session.close_after_reply.is_some() {
+                tokio::time::sleep(FAILED_AUTHENTICATION_DELAY).await;
+            }
             if let Some(response) = response {
                 out.clear();
                 out.put_i32(response.len() as i32);
@@ -193,7 +200,8 @@ fn eof(e: std::io::Error) -> Closed {
 }
 
 /// A bare SASL token after a v0 SaslHandshake: the answer is a bare token
-/// too (PLAIN: an empty frame); a refusal closes the connection, as Kafka.
+/// too (PLAIN: an empty frame); a refusal sets `close_after_reply` and the
+/// connection closes without an answer, as Kafka.
 fn raw_sasl_token(session: &mut Session, frame: &[u8]) -> Result<Bytes, Closed> {
     if frame.len() > sasl::TOKEN_BYTES_MAX {
         return Err(Closed::Sasl(format!("a SASL token of {} bytes", frame.len())));
@@ -204,7 +212,11 @@ fn raw_sasl_token(session: &mut Session, frame: &[u8]) -> Result<Bytes, Closed> 
             info!(peer = %session.peer, user = %user, "Kafka client authenticated");
             Ok(Bytes::from(token))
         }
-        Step::Failed(reason) => Err(Closed::Sasl(reason)),
+        Step::Failed(reason) => {
+            session.close_after_reply = Some(reason);
+            // Closed without an answer (as Kafka), after the delay.
+            Ok(Bytes::new())
+        }
     }
 }
 
