@@ -56,7 +56,8 @@ fn hmac_of(sha512: bool, key: &[u8], data: &[u8]) -> Vec<u8> {
 
 fn scram_client_final(sha512: bool, password: &str, client_first_bare: &str, server_first: &str) -> Result<(String, Vec<u8>)> {
     let attr = |k: &str| server_first.split(',').find_map(|a| a.strip_prefix(k)).map(str::to_owned).context("attribute missing");
-    let (nonce, salt, iterations): (String, Vec<u8>, u32) = (attr("r=")?, B64.decode(attr("s=")?).map_err(|e| anyhow::anyhow!("salt: {e}"))?, attr("i=")?.parse()?);
+    let (nonce, salt, iterations): (String, Vec<u8>, u32) =
+        (attr("r=")?, B64.decode(attr("s=")?).map_err(|e| anyhow::anyhow!("salt: {e}"))?, attr("i=")?.parse()?);
     let mut u = hmac_of(sha512, password.as_bytes(), &[salt.as_slice(), &1u32.to_be_bytes()].concat());
     let mut salted = u.clone();
     for _ in 1..iterations {

@@ -32,33 +32,39 @@ async fn one(broker: &TestBroker, key: ApiKey, v: i16) -> Result<()> {
     use kafka_protocol::messages::{
         alter_configs_request as ac, create_partitions_request as cp, create_topics_request as ct, describe_configs_request as dc,
         fetch_request as f, incremental_alter_configs_request as iac, join_group_request as jg, leave_group_request as lg,
-        list_offsets_request as lo, metadata_request as md, offset_commit_request as oc, offset_fetch_request as of,
-        produce_request as p,
+        list_offsets_request as lo, metadata_request as md, offset_commit_request as oc, offset_fetch_request as of, produce_request as p,
     };
     let c = &mut broker.client().await?;
     let t = "t";
     match key {
         ApiKey::ApiVersions => call(c, ApiVersionsRequest::default(), v).await,
-        ApiKey::Metadata => call(c, MetadataRequest::default().with_topics(Some(vec![md::MetadataRequestTopic::default().with_name(Some(topic(t)))])), v).await,
+        ApiKey::Metadata => {
+            call(c, MetadataRequest::default().with_topics(Some(vec![md::MetadataRequestTopic::default().with_name(Some(topic(t)))])), v)
+                .await
+        }
         ApiKey::Produce => {
             let records = batch(&[record(Some(b"k"), Some(b"v"), 1_700_000_000_000)])?;
             let part = p::PartitionProduceData::default().with_index(0).with_records(Some(records));
-            let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![
-                p::TopicProduceData::default().with_name(topic(t)).with_partition_data(vec![part.clone(), part.with_index(7)]),
-            ]);
+            let req = ProduceRequest::default().with_acks(-1).with_timeout_ms(5000).with_topic_data(vec![p::TopicProduceData::default()
+                .with_name(topic(t))
+                .with_partition_data(vec![part.clone(), part.with_index(7)])]);
             call(c, req, v).await
         }
         ApiKey::Fetch => {
             let part = |i: i32| f::FetchPartition::default().with_partition(i).with_fetch_offset(0).with_partition_max_bytes(1 << 20);
-            let req = FetchRequest::default().with_replica_id(BrokerId(-1)).with_max_wait_ms(0).with_min_bytes(1).with_max_bytes(1 << 20).with_topics(
-                vec![f::FetchTopic::default().with_topic(topic(t)).with_partitions(vec![part(0), part(1), part(9)])],
-            );
+            let req = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(0)
+                .with_min_bytes(1)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![f::FetchTopic::default().with_topic(topic(t)).with_partitions(vec![part(0), part(1), part(9)])]);
             call(c, req, v).await
         }
         ApiKey::ListOffsets => {
-            let parts = [-2i64, -1, 0, 1_800_000_000_000].iter().enumerate().map(|(i, ts)| {
-                lo::ListOffsetsPartition::default().with_partition_index(if i == 3 { 9 } else { 0 }).with_timestamp(*ts)
-            });
+            let parts = [-2i64, -1, 0, 1_800_000_000_000]
+                .iter()
+                .enumerate()
+                .map(|(i, ts)| lo::ListOffsetsPartition::default().with_partition_index(if i == 3 { 9 } else { 0 }).with_timestamp(*ts));
             let req = ListOffsetsRequest::default()
                 .with_replica_id(BrokerId(-1))
                 .with_topics(vec![lo::ListOffsetsTopic::default().with_name(topic(t)).with_partitions(parts.collect())]);
@@ -72,7 +78,8 @@ async fn one(broker: &TestBroker, key: ApiKey, v: i16) -> Result<()> {
         }
         ApiKey::DeleteTopics => {
             let req = if v >= 6 {
-                DeleteTopicsRequest::default().with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(topic("nope")))])
+                DeleteTopicsRequest::default()
+                    .with_topics(vec![delete_topics_request::DeleteTopicState::default().with_name(Some(topic("nope")))])
             } else {
                 DeleteTopicsRequest::default().with_topic_names(vec![topic("nope")])
             };
@@ -102,7 +109,8 @@ async fn one(broker: &TestBroker, key: ApiKey, v: i16) -> Result<()> {
             call(c, req, v).await
         }
         ApiKey::IncrementalAlterConfigs => {
-            let cfg = iac::AlterableConfig::default().with_name(s("retention.bytes")).with_config_operation(0).with_value(Some(s("1000000")));
+            let cfg =
+                iac::AlterableConfig::default().with_name(s("retention.bytes")).with_config_operation(0).with_value(Some(s("1000000")));
             let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
                 iac::AlterConfigsResource::default().with_resource_type(2).with_resource_name(s(t)).with_configs(vec![cfg.clone()]),
                 iac::AlterConfigsResource::default().with_resource_type(2).with_resource_name(s("nope")).with_configs(vec![cfg]),
@@ -128,14 +136,18 @@ async fn one(broker: &TestBroker, key: ApiKey, v: i16) -> Result<()> {
                     of::OffsetFetchRequestGroup::default().with_group_id(group("g")).with_topics(None),
                 ])
             } else {
-                OffsetFetchRequest::default().with_group_id(group("g")).with_topics(Some(vec![
-                    of::OffsetFetchRequestTopic::default().with_name(topic(t)).with_partition_indexes(vec![0, 1]),
-                ]))
+                OffsetFetchRequest::default()
+                    .with_group_id(group("g"))
+                    .with_topics(Some(vec![of::OffsetFetchRequestTopic::default().with_name(topic(t)).with_partition_indexes(vec![0, 1])]))
             };
             call(c, req, v).await
         }
         ApiKey::FindCoordinator => {
-            let req = if v >= 4 { FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g"), s("h")]) } else { FindCoordinatorRequest::default().with_key(s("g")) };
+            let req = if v >= 4 {
+                FindCoordinatorRequest::default().with_coordinator_keys(vec![s("g"), s("h")])
+            } else {
+                FindCoordinatorRequest::default().with_key(s("g"))
+            };
             call(c, req, v).await
         }
         ApiKey::JoinGroup => {
@@ -144,14 +156,18 @@ async fn one(broker: &TestBroker, key: ApiKey, v: i16) -> Result<()> {
                 .with_session_timeout_ms(10_000)
                 .with_rebalance_timeout_ms(if v >= 1 { 10_000 } else { -1 })
                 .with_protocol_type(s("consumer"))
-                .with_protocols(vec![jg::JoinGroupRequestProtocol::default().with_name(s("range")).with_metadata(Bytes::from_static(b"m"))]);
+                .with_protocols(vec![jg::JoinGroupRequestProtocol::default()
+                    .with_name(s("range"))
+                    .with_metadata(Bytes::from_static(b"m"))]);
             call(c, req, v).await
         }
         ApiKey::SyncGroup => call(c, SyncGroupRequest::default().with_group_id(group("g")).with_member_id(s("m")), v).await,
         ApiKey::Heartbeat => call(c, HeartbeatRequest::default().with_group_id(group("g")).with_member_id(s("m")), v).await,
         ApiKey::LeaveGroup => {
             let req = if v >= 3 {
-                LeaveGroupRequest::default().with_group_id(group("g")).with_members(vec![lg::MemberIdentity::default().with_member_id(s("m"))])
+                LeaveGroupRequest::default()
+                    .with_group_id(group("g"))
+                    .with_members(vec![lg::MemberIdentity::default().with_member_id(s("m"))])
             } else {
                 LeaveGroupRequest::default().with_group_id(group("g")).with_member_id(s("m"))
             };
@@ -168,7 +184,8 @@ async fn one(broker: &TestBroker, key: ApiKey, v: i16) -> Result<()> {
 
 #[tokio::test]
 async fn every_advertised_api_answers_at_every_advertised_version() -> Result<()> {
-    let broker = TestBroker::start_with(KafkaConfig { group_initial_rebalance_delay_ms: 0, num_partitions: 2, ..KafkaConfig::default() }).await?;
+    let broker =
+        TestBroker::start_with(KafkaConfig { group_initial_rebalance_delay_ms: 0, num_partitions: 2, ..KafkaConfig::default() }).await?;
     // A topic with data and a group with an offset, so responses carry content.
     let mut c = broker.client().await?;
     one(&broker, ApiKey::Produce, 9).await?;

@@ -381,7 +381,8 @@ fn garbage_after_a_valid_handshake_is_closed() {
 fn slow_handshakes_are_closed_within_the_handshake_timeout() {
     // Kafka has no handshake: its per-request read deadline (30 s by
     // default) is set short here through the environment.
-    let listen = ["--mqtt-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"];
+    let listen =
+        ["--mqtt-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"];
     let mut broker = Broker::serve_raw(&listen, &[("POLYMQ_KAFKA_REQUEST_READ_TIMEOUT_MS", "5000")]);
     let addrs = broker.wait_healthy();
     let probe = Probe::start(addrs["mqtt"]);

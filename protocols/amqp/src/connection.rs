@@ -1896,7 +1896,7 @@ pub(crate) async fn expire_unread_heads(svc: std::sync::Weak<AmqpService>) {
             let reg = svc.queues();
             reg.args
                 .iter()
-                .filter(|(q, a)| a.message_ttl_ms.is_some() && !reg.consumers.get(q).is_some_and(|n| *n > 0))
+                .filter(|(q, a)| a.message_ttl_ms.is_some() && reg.consumers.get(q).is_none_or(|n| *n == 0))
                 .map(|(q, a)| (*q, Arc::clone(a)))
                 .collect()
         };

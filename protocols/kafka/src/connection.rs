@@ -105,15 +105,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
     let (rd, mut wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(16 * 1024, rd);
     let auth = AuthState::initial(shared.config.sasl);
-    let mut session = Session {
-        shared,
-        peer,
-        advertised,
-        auth,
-        close_after_reply: None,
-        produce_throttle_ms: 0,
-        mute_after_reply: None,
-    };
+    let mut session = Session { shared, peer, advertised, auth, close_after_reply: None, produce_throttle_ms: 0, mute_after_reply: None };
     let mut out = BytesMut::new();
     let result: Result<(), Closed> = async {
         loop {

@@ -203,12 +203,7 @@ impl ScramCredential {
     pub(crate) fn derive(hash: ScramHash, password: &[u8], salt: Vec<u8>, iterations: u32) -> ScramCredential {
         let salted = hi(hash, password, &salt, iterations);
         let client_key = hmac(hash, &salted, b"Client Key");
-        ScramCredential {
-            stored_key: digest(hash, &client_key),
-            server_key: hmac(hash, &salted, b"Server Key"),
-            salt,
-            iterations,
-        }
+        ScramCredential { stored_key: digest(hash, &client_key), server_key: hmac(hash, &salted, b"Server Key"), salt, iterations }
     }
 }
 
@@ -434,16 +429,20 @@ mod tests {
             String::from_utf8(server_first).expect("utf8"),
             "r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,s=W22ZaJ0SNY7soEsUEjb6gQ==,i=4096"
         );
-        let server_final = scram_final(
-            &x,
-            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=",
-        )
-        .expect("final");
+        let server_final =
+            scram_final(&x, b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
+                .expect("final");
         assert_eq!(String::from_utf8(server_final).expect("utf8"), "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=");
-        assert!(scram_final(&x, b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=AHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
-            .is_err());
-        assert!(scram_final(&x, b"c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=")
-            .is_err());
+        assert!(scram_final(
+            &x,
+            b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=AHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        )
+        .is_err());
+        assert!(scram_final(
+            &x,
+            b"c=eSws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ="
+        )
+        .is_err());
         assert!(scram_final(&x, b"c=biws,r=rOprNGfwEbeRWgbNEkqO,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=").is_err());
     }
 
