@@ -48,6 +48,12 @@ pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
 /// clients normally ask for.
 pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
 /// The AMQP vhost that exists unless configured otherwise.
+/// Default of [`Config::kafka_request_read_timeout_ms`].
+pub const KAFKA_REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default of [`Config::kafka_connections_max_idle_ms`] (Kafka's 10 minutes).
+pub const KAFKA_CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
+/// Upper bound of both Kafka connection timeouts (a day).
+pub const KAFKA_CONNECTION_TIMEOUT_MS_MAX: u64 = 86_400_000;
 pub const AMQP_DEFAULT_VHOST: &str = "/";
 
 /// Every setting of the broker. Build it with [`Config::load`] (or
@@ -89,6 +95,12 @@ pub struct Config {
     pub kafka_num_partitions: u32,
     /// Kafka: require SASL (PLAIN, SCRAM-SHA-256/512) against `users`.
     pub kafka_sasl: bool,
+    /// Kafka: once a request's first byte is in, the whole request must
+    /// arrive within this, or the connection is closed (slow clients).
+    pub kafka_request_read_timeout_ms: u64,
+    /// Kafka: a connection without requests for this long is closed
+    /// (Kafka's `connections.max.idle.ms`, same default).
+    pub kafka_connections_max_idle_ms: u64,
     // ---- Kafka consumer groups ----
     /// How long the first JoinGroup of an empty Kafka group waits for more
     /// members before the first generation forms (Kafka's
@@ -127,6 +139,8 @@ impl Default for Config {
             kafka_auto_create_topics: true,
             kafka_num_partitions: 1,
             kafka_sasl: false,
+            kafka_request_read_timeout_ms: KAFKA_REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            kafka_connections_max_idle_ms: KAFKA_CONNECTIONS_MAX_IDLE_MS_DEFAULT,
             kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
             amqp_vhosts: vec![AMQP_DEFAULT_VHOST.to_owned()],
             memory_high_watermark_bytes: None,
@@ -252,6 +266,14 @@ impl Config {
                     self.kafka_num_partitions = value.trim().parse().map_err(|e| env_err(format!("not a partition count: {e}")))?
                 }
                 "KAFKA_SASL" => self.kafka_sasl = parse_bool(value).map_err(env_err)?,
+                "KAFKA_REQUEST_READ_TIMEOUT_MS" => {
+                    self.kafka_request_read_timeout_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
+                "KAFKA_CONNECTIONS_MAX_IDLE_MS" => {
+                    self.kafka_connections_max_idle_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
                 "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
                     self.kafka_group_initial_rebalance_delay_ms =
                         value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
@@ -333,6 +355,14 @@ impl Config {
                 "kafka_group_initial_rebalance_delay_ms",
                 format!("{} is above {KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX}", self.kafka_group_initial_rebalance_delay_ms),
             ));
+        }
+        for (key, ms) in [
+            ("kafka_request_read_timeout_ms", self.kafka_request_read_timeout_ms),
+            ("kafka_connections_max_idle_ms", self.kafka_connections_max_idle_ms),
+        ] {
+            if !(1..=KAFKA_CONNECTION_TIMEOUT_MS_MAX).contains(&ms) {
+                return Err(invalid(key, format!("{ms} is outside 1..={KAFKA_CONNECTION_TIMEOUT_MS_MAX}")));
+            }
         }
         if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
             return Err(invalid("users", format!("user name {name:?} is empty or contains `:` or `,`")));

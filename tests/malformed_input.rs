@@ -385,7 +385,12 @@ fn garbage_after_a_valid_handshake_is_closed() {
 
 #[test]
 fn slow_handshakes_are_closed_within_the_handshake_timeout() {
-    let (_broker, addrs) = start();
+    // Kafka has no handshake: its per-request read deadline (30 s by
+    // default) is set short here through the environment.
+    let listen =
+        ["--mqtt-listen", "127.0.0.1:0", "--amqp-listen", "127.0.0.1:0", "--kafka-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"];
+    let mut broker = Broker::serve_raw(&listen, &[("POLYMQ_KAFKA_REQUEST_READ_TIMEOUT_MS", "5000")]);
+    let addrs = broker.wait_healthy();
     let probe = Probe::start(addrs["mqtt"]);
     // One byte a second of a valid start: the handshake timeout (10 s) ends it.
     let slow = |addr: SocketAddr, bytes: Vec<u8>| {
@@ -415,7 +420,9 @@ fn slow_handshakes_are_closed_within_the_handshake_timeout() {
     long_connect.truncate(long_connect.len() - 1);
     let mqtt = slow(addrs["mqtt"], long_connect);
     let amqp = slow(addrs["amqp"], b"AMQP\x00\x00\x09\x01\x01\x00\x00\x00\x00\x01\x00".to_vec());
-    for (name, t) in [("MQTT", mqtt), ("AMQP", amqp)] {
+    // A Kafka ApiVersions v0 request, one byte a second.
+    let kafka = slow(addrs["kafka"], kafka_request(18, 0, 1, &[]));
+    for (name, t) in [("MQTT", mqtt), ("AMQP", amqp), ("Kafka", kafka)] {
         let took = t.join().expect("slow client thread").unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert!(took < SLOW_CLOSE_WITHIN, "{name} slow client closed only after {took:?}");
     }

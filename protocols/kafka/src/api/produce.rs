@@ -46,8 +46,13 @@ pub(crate) fn decode(r: &mut Reader, _version: i16, flex: bool) -> WireResult<Pr
 
 /// Where one partition's answer comes from.
 enum Pending {
-    Done { error: i16, base_offset: i64, message: Option<String> },
-    Ticket(Ticket),
+    Done {
+        error: i16,
+        base_offset: i64,
+        message: Option<String>,
+    },
+    /// Handed to the log; with the idempotence state recorded for it, if any.
+    Ticket(Ticket, Option<(polymq::queue::QueueId, batch::BatchHeader, u64)>),
 }
 
 fn done(error: i16) -> Pending {
@@ -55,12 +60,19 @@ fn done(error: i16) -> Pending {
 }
 
 fn storage_error(e: &StoreError) -> Pending {
-    let error = match e {
+    Pending::Done { error: store_error_code(e), base_offset: -1, message: Some(e.to_string()) }
+}
+
+/// A failed append's Kafka code. A full disk (`NoSpace`) is
+/// KAFKA_STORAGE_ERROR, retriable: clients retry and succeed once space
+/// returns.
+fn store_error_code(e: &StoreError) -> i16 {
+    match e {
         StoreError::RecordTooLarge { .. } => MESSAGE_TOO_LARGE,
         StoreError::QueueNotFound(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        StoreError::NoSpace => code::KAFKA_STORAGE_ERROR,
         _ => code::KAFKA_STORAGE_ERROR,
-    };
-    Pending::Done { error, base_offset: -1, message: Some(e.to_string()) }
+    }
 }
 
 pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'_> {
@@ -106,9 +118,14 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             for (index, answer) in answers {
                 let (error, base_offset, message) = match answer {
                     Pending::Done { error, base_offset, message } => (error, base_offset, message),
-                    Pending::Ticket(ticket) => match ticket.wait().await {
+                    Pending::Ticket(ticket, recorded) => match ticket.wait().await {
                         Ok(appended) => (code::NONE, appended.offsets.first().map(|o| o.1 as i64).unwrap_or(-1), None),
-                        Err(e) => (code::KAFKA_STORAGE_ERROR, -1, Some(e.to_string())),
+                        Err(e) => {
+                            if let Some((q, h, offset)) = recorded {
+                                shared.producers.forget(q, &h, offset);
+                            }
+                            (store_error_code(&e), -1, Some(e.to_string()))
+                        }
                     },
                 };
                 let mut pr = PartitionProduceResponse::default()
@@ -121,7 +138,8 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             }
             responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses));
         }
-        encode(ApiKey::Produce, &ProduceResponse::default().with_responses(responses), version)
+        let resp = ProduceResponse::default().with_responses(responses).with_throttle_time_ms(session.produce_throttle_ms);
+        encode(ApiKey::Produce, &resp, version)
     })
 }
 
@@ -148,7 +166,7 @@ async fn append(session: &Session, q: polymq::queue::QueueId, records: Option<By
     let store = &session.shared.store;
     if h.producer_id < 0 || h.base_sequence < 0 {
         return match store.submit(msg, &[q]).await {
-            Ok(ticket) => Pending::Ticket(ticket),
+            Ok(ticket) => Pending::Ticket(ticket, None),
             Err(e) => storage_error(&e),
         };
     }
@@ -163,7 +181,7 @@ async fn append(session: &Session, q: polymq::queue::QueueId, records: Option<By
                 // write completes is already a duplicate.
                 let offset = ticket.offsets().first().map(|o| o.1).unwrap_or(0);
                 producers.record(q, &h, offset);
-                Pending::Ticket(ticket)
+                Pending::Ticket(ticket, Some((q, h, offset)))
             }
             Err(e) => storage_error(&e),
         },
