@@ -52,6 +52,9 @@ pub struct KafkaConfig {
     pub users: std::collections::BTreeMap<String, String>,
     /// See `polymq::config::Config::kafka_group_initial_rebalance_delay_ms`.
     pub group_initial_rebalance_delay_ms: u64,
+    /// The one address space: whether produced records are routed into the
+    /// topic space MQTT and AMQP's `amq.topic` share.
+    pub mapping: polymq::mapping::Mapping,
 }
 
 impl Default for KafkaConfig {
@@ -64,6 +67,7 @@ impl Default for KafkaConfig {
             sasl: false,
             users: Default::default(),
             group_initial_rebalance_delay_ms: polymq::config::KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+            mapping: polymq::mapping::Mapping::default(),
         }
     }
 }
@@ -78,6 +82,7 @@ impl KafkaConfig {
             sasl: config.kafka_sasl,
             users: config.users.clone(),
             group_initial_rebalance_delay_ms: config.kafka_group_initial_rebalance_delay_ms,
+            mapping: config.mapping.clone(),
             ..KafkaConfig::default()
         }
     }
