@@ -40,7 +40,10 @@ async fn main() -> Result<()> {
         match ev {
             Event::Incoming(Packet::SubAck(_)) if !published => {
                 let props = BasicProperties::default().with_content_type("text/plain".into());
-                channel.basic_publish("amq.topic".into(), "sensors.dev9.temp".into(), BasicPublishOptions::default(), b"19.0", props).await?.await?;
+                channel
+                    .basic_publish("amq.topic".into(), "sensors.dev9.temp".into(), BasicPublishOptions::default(), b"19.0", props)
+                    .await?
+                    .await?;
                 println!("AMQP: published to amq.topic with routing key sensors.dev9.temp");
                 published = true;
             }

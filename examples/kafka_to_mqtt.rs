@@ -39,11 +39,7 @@ async fn main() -> Result<()> {
             }
             Event::Incoming(Packet::Publish(p)) => {
                 let ct = p.properties.and_then(|p| p.content_type).unwrap_or_default();
-                println!(
-                    "MQTT: {} {} (content type {ct})",
-                    String::from_utf8_lossy(&p.topic),
-                    String::from_utf8_lossy(&p.payload)
-                );
+                println!("MQTT: {} {} (content type {ct})", String::from_utf8_lossy(&p.topic), String::from_utf8_lossy(&p.payload));
                 return Ok(());
             }
             _ => {}

@@ -281,8 +281,7 @@ impl Config {
                 "MAPPING_STREAMS_ONLY_LISTED" => self.mapping.streams_only_listed = parse_bool(value).map_err(env_err)?,
                 "MAPPING_TOPIC_HEADER" => self.mapping.topic_header = value.trim().to_owned(),
                 "MAPPING_DECODED_BATCH_BYTES_MAX" => {
-                    self.mapping.decoded_batch_bytes_max =
-                        value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
+                    self.mapping.decoded_batch_bytes_max = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
                 }
                 _ => report.unknown.push(var.to_owned()),
             }
@@ -580,8 +579,12 @@ mod tests {
         .expect("parse");
         assert!(!c.mapping.mqtt_to_streams && c.mapping.auto_create_streams && c.mapping.streams_only_listed);
         assert_eq!(c.mapping.streams.get("sensors").map(String::as_str), Some("iot.sensors"));
-        c.apply_env([("POLYMQ_MAPPING_STREAMS", "a=x, b=y"), ("POLYMQ_MAPPING_AMQP_TO_STREAMS", "off"), ("POLYMQ_MAPPING_TOPIC_HEADER", "topic")])
-            .expect("env");
+        c.apply_env([
+            ("POLYMQ_MAPPING_STREAMS", "a=x, b=y"),
+            ("POLYMQ_MAPPING_AMQP_TO_STREAMS", "off"),
+            ("POLYMQ_MAPPING_TOPIC_HEADER", "topic"),
+        ])
+        .expect("env");
         assert_eq!(c.mapping.streams.len(), 2);
         assert!(!c.mapping.amqp_to_streams);
         assert_eq!(c.mapping.topic_header, "topic");

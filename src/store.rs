@@ -576,11 +576,7 @@ impl Store {
     /// Whether any binding in `space` could match a topic whose first level
     /// is `first` (see `TopicTrie::may_match_under`).
     pub fn may_route_under(&self, space: &str, first: &str, dollar_rule: bool) -> bool {
-        self.inner
-            .state
-            .lock()
-            .map(|st| st.spaces.get(space).is_some_and(|t| t.may_match_under(first, dollar_rule)))
-            .unwrap_or(false)
+        self.inner.state.lock().map(|st| st.spaces.get(space).is_some_and(|t| t.may_match_under(first, dollar_rule))).unwrap_or(false)
     }
 
     /// Every binding of a queue (admin, AMQP unbind-on-delete bookkeeping).

@@ -22,9 +22,7 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Record;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use polymq::config::Config;
@@ -417,9 +415,7 @@ async fn an_amqp_publish_to_amq_topic_reaches_mqtt_and_kafka() -> Result<()> {
         .with_correlation_id("corr-9".into())
         .with_reply_to("sensors.dev9.reply".into())
         .with_headers(headers);
-    ch.basic_publish("amq.topic".into(), "sensors.dev9.temp".into(), BasicPublishOptions::default(), b"21.5", props)
-        .await?
-        .await?;
+    ch.basic_publish("amq.topic".into(), "sensors.dev9.temp".into(), BasicPublishOptions::default(), b"21.5", props).await?.await?;
 
     let (topic, body, props) = sub.next_publish().await?;
     ensure!(topic == "sensors/dev9/temp" && &body[..] == b"21.5", "the MQTT subscriber sees the topic, not the dotted key: {topic}");
@@ -512,7 +508,10 @@ async fn an_amqp_stream_is_a_kafka_topic_with_the_same_offsets() -> Result<()> {
         let Some(AMQPValue::LongLongInt(off)) = amqp_header(&d, "x-stream-offset") else { bail!("no x-stream-offset") };
         seen.push((off, String::from_utf8_lossy(&d.data).into_owned(), d.routing_key.to_string()));
     }
-    ensure!(seen == [(3, "o-3".to_owned(), "k-3".to_owned()), (4, "o-4".to_owned(), "k-4".to_owned())], "each record its own message: {seen:?}");
+    ensure!(
+        seen == [(3, "o-3".to_owned(), "k-3".to_owned()), (4, "o-4".to_owned(), "k-4".to_owned())],
+        "each record its own message: {seen:?}"
+    );
     nothing(&mut c).await?;
     Ok(())
 }

@@ -16,9 +16,7 @@ use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, RequestHeader, ResponseHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -38,7 +36,8 @@ fn name(s: &str) -> TopicName {
 impl Kafka {
     pub async fn connect() -> Result<Kafka> {
         let addr = format!("{}:9092", host());
-        let stream = TcpStream::connect(&addr).await.with_context(|| format!("connecting to Kafka at {addr} (is `polymq serve` running?)"))?;
+        let stream =
+            TcpStream::connect(&addr).await.with_context(|| format!("connecting to Kafka at {addr} (is `polymq serve` running?)"))?;
         Ok(Kafka { stream, correlation_id: 0 })
     }
 
@@ -150,10 +149,9 @@ impl Kafka {
             .with_min_bytes(0)
             .with_max_bytes(1)
             .with_session_epoch(-1)
-            .with_topics(vec![FetchTopic::default().with_topic(name(topic)).with_partitions(vec![FetchPartition::default()
-                .with_partition(0)
-                .with_fetch_offset(0)
-                .with_partition_max_bytes(1)])]);
+            .with_topics(vec![FetchTopic::default()
+                .with_topic(name(topic))
+                .with_partitions(vec![FetchPartition::default().with_partition(0).with_fetch_offset(0).with_partition_max_bytes(1)])]);
         let resp = self.send(&req, 12).await?;
         Ok(resp.responses[0].partitions[0].high_watermark)
     }
@@ -161,7 +159,10 @@ impl Kafka {
 
 pub fn show(r: &Record) -> String {
     let text = |b: &Option<Bytes>| b.as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_else(|| "null".into());
-    let headers: Vec<String> =
-        r.headers.iter().map(|(k, v)| format!("{}={}", k.as_str(), v.as_deref().map(String::from_utf8_lossy).unwrap_or_default())).collect();
+    let headers: Vec<String> = r
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{}={}", k.as_str(), v.as_deref().map(String::from_utf8_lossy).unwrap_or_default()))
+        .collect();
     format!("offset {} key {} value {} headers [{}]", r.offset, text(&r.key), text(&r.value), headers.join(", "))
 }

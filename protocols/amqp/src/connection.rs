@@ -1932,7 +1932,7 @@ pub(crate) async fn expire_unread_heads(svc: std::sync::Weak<AmqpService>) {
             let reg = svc.queues();
             reg.args
                 .iter()
-                .filter(|(q, a)| a.message_ttl_ms.is_some() && !reg.consumers.get(q).is_some_and(|n| *n > 0))
+                .filter(|(q, a)| a.message_ttl_ms.is_some() && reg.consumers.get(q).is_none_or(|n| *n == 0))
                 .map(|(q, a)| (*q, Arc::clone(a)))
                 .collect()
         };
@@ -2402,7 +2402,8 @@ async fn stream_pump(
                                 timestamp_ms: u64::try_from(r.timestamp_ms).unwrap_or(0),
                                 ..Message::new(Bytes::new())
                             };
-                            let ev = PumpEvent::Stream { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), offset, message };
+                            let ev =
+                                PumpEvent::Stream { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), offset, message };
                             if tx.send(ev).is_err() {
                                 return;
                             }

@@ -46,7 +46,11 @@ pub(crate) fn decode(r: &mut Reader, _version: i16, flex: bool) -> WireResult<Pr
 
 /// Where one partition's answer comes from.
 enum Pending {
-    Done { error: i16, base_offset: i64, message: Option<String> },
+    Done {
+        error: i16,
+        base_offset: i64,
+        message: Option<String>,
+    },
     /// The batch, and the copies of its records routed into the topic space.
     Ticket(Ticket, Vec<Ticket>),
 }
