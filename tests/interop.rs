@@ -22,7 +22,9 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::{BrokerId, CreateTopicsRequest, FetchRequest, ProduceRequest, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::records::Record;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Consumer};
 use polymq::config::Config;
@@ -487,6 +489,8 @@ async fn an_amqp_stream_is_a_kafka_topic_with_the_same_offsets() -> Result<()> {
     let mut args = FieldTable::default();
     args.insert("x-queue-type".into(), text("stream"));
     ch.queue_declare("orders".into(), QueueDeclareOptions { durable: true, ..Default::default() }, args).await?;
+    // Confirms: each publish is stored before the Kafka fetch below looks.
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
     for body in [&b"o-0"[..], b"o-1"] {
         ch.basic_publish("".into(), "orders".into(), BasicPublishOptions::default(), body, BasicProperties::default()).await?.await?;
     }
