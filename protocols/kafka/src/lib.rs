@@ -60,6 +60,9 @@ pub struct KafkaConfig {
     /// A connection with no request for this long is closed (Kafka's
     /// `connections.max.idle.ms`).
     pub connections_max_idle: Duration,
+    /// The one address space: whether produced records are routed into the
+    /// topic space MQTT and AMQP's `amq.topic` share.
+    pub mapping: polymq::mapping::Mapping,
 }
 
 impl Default for KafkaConfig {
@@ -74,6 +77,7 @@ impl Default for KafkaConfig {
             group_initial_rebalance_delay_ms: polymq::config::KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
             request_read_timeout: Duration::from_millis(polymq::config::KAFKA_REQUEST_READ_TIMEOUT_MS_DEFAULT),
             connections_max_idle: Duration::from_millis(polymq::config::KAFKA_CONNECTIONS_MAX_IDLE_MS_DEFAULT),
+            mapping: polymq::mapping::Mapping::default(),
         }
     }
 }
@@ -90,6 +94,7 @@ impl KafkaConfig {
             group_initial_rebalance_delay_ms: config.kafka_group_initial_rebalance_delay_ms,
             request_read_timeout: Duration::from_millis(config.kafka_request_read_timeout_ms),
             connections_max_idle: Duration::from_millis(config.kafka_connections_max_idle_ms),
+            mapping: config.mapping.clone(),
             ..KafkaConfig::default()
         }
     }

@@ -32,7 +32,7 @@ use super::message::{self, Stored};
 use super::session::{ClaimResult, SessionState};
 use super::subs::{
     filter_matches, filter_pattern, options_pattern, parse_options_pattern, queue_name, SubOpts, OPTIONS_SPACE, SESSION_PREFIX,
-    SHARED_PREFIX, TOPIC_SPACE, TRANSIENT_PREFIX,
+    SHARED_PREFIX, TRANSIENT_PREFIX,
 };
 use super::MqttService;
 use crate::limits::{
@@ -402,7 +402,7 @@ impl Connection {
             if let Some((group, inner)) = split_shared(&filter) {
                 let qname = shared_queue_name(group, inner);
                 let q = store.declare_queue(&qname, QueueOptions::default()).await?.id;
-                store.bind(TOPIC_SPACE, &filter_pattern(inner), q).await?;
+                store.bind(&self.svc.config.mapping.topic_space, &filter_pattern(inner), q).await?;
                 if !resumed_in_memory {
                     *self.svc.groups().entry(qname).or_default() += 1;
                 }
@@ -837,7 +837,7 @@ impl Connection {
         }
         match split_shared(filter) {
             None => {
-                store.bind(TOPIC_SPACE, &filter_pattern(filter), self.state.queue).await?;
+                store.bind(&self.svc.config.mapping.topic_space, &filter_pattern(filter), self.state.queue).await?;
                 if !self.pumps.contains_key(&None) {
                     self.start_pump(None, self.state.queue);
                 }
@@ -846,7 +846,7 @@ impl Connection {
                 if old.is_none() {
                     let qname = shared_queue_name(group, inner);
                     let q = store.declare_queue(&qname, QueueOptions::default()).await?.id;
-                    store.bind(TOPIC_SPACE, &filter_pattern(inner), q).await?;
+                    store.bind(&self.svc.config.mapping.topic_space, &filter_pattern(inner), q).await?;
                     *self.svc.groups().entry(qname).or_default() += 1;
                     self.start_pump(Some(Arc::from(filter)), q);
                 }
@@ -869,7 +869,7 @@ impl Connection {
                 }
                 match split_shared(filter) {
                     None => {
-                        store.unbind(TOPIC_SPACE, &filter_pattern(filter), self.state.queue).await?;
+                        store.unbind(&self.svc.config.mapping.topic_space, &filter_pattern(filter), self.state.queue).await?;
                     }
                     Some((group, inner)) => {
                         if let Some(pump) = self.pumps.remove(&Some(Arc::from(filter.as_str()))) {
@@ -1171,8 +1171,18 @@ async fn publish_message(
     msg: polymq::record::Message,
 ) -> Result<Option<polymq::store::Ticket>, StoreError> {
     let store = &svc.store;
+    let mapping = &svc.config.mapping;
     let levels: Vec<&str> = topic.split('/').collect();
-    let mut targets = store.route(TOPIC_SPACE, &levels, true);
+    let mut targets = store.route(&mapping.topic_space, &levels, true);
+    // The one address space: the first level names a Kafka topic, which
+    // gets the same stored message as one more target.
+    if mapping.mqtt_to_streams {
+        if let Some(q) = mapping.stream_target(store, &levels, topic).await {
+            if !targets.contains(&q) {
+                targets.push(q);
+            }
+        }
+    }
     let mut retained_in = None;
     if retain {
         if msg.payload.is_empty() {
