@@ -206,6 +206,7 @@ start_polymq_with() {
     wait_for_log "$dir/polymq.log" "listening protocol=kafka" "$BROKER_PID"
     BROKER_ADDR=127.0.0.1:$port
     BROKER_KAFKA=127.0.0.1:$kport
+    BROKER_DIR=$dir
     BROKER_AMQP=amqp://guest:guest@127.0.0.1:$aport/%2f
 }
 
@@ -568,6 +569,7 @@ kafka_run() {
     local target=(--bootstrap mock)
     if [[ $name != mock ]]; then
         BROKER_KAFKA=
+        BROKER_DIR=
         "start_$name"
         target=(--bootstrap "$BROKER_KAFKA" --broker-pid "$BROKER_PID")
     fi
@@ -578,6 +580,10 @@ kafka_run() {
         log "$name: a Kafka run failed (exit $?): $*; the notes in $OUT/compare-kafka-$name.jsonl say what"
     if [[ $name != mock ]]; then
         stop_broker "$BROKER_PID"
+        # Each setting writes GBs: do not keep a stopped broker's log.
+        if [[ -n $BROKER_DIR ]]; then
+            rm -rf "$BROKER_DIR"
+        fi
     fi
 }
 
