@@ -3,8 +3,9 @@
 //! `polymq-bench <scenario> [options]`. The core scenarios open a
 //! `polymq::Store` in-process on a scratch directory (so they measure the
 //! store, not a wire protocol); the protocol scenarios (`mqtt`, `mqtt-conns`,
-//! `amqp`, `amqp-queues`) drive real client libraries over real sockets
-//! against any broker address, polymq or a peer. Every scenario prints the machine
+//! `amqp`, `amqp-queues`, `kafka`) drive real client libraries over real
+//! sockets against any broker address, polymq or a peer; `disk` and
+//! `loopback` measure the baselines the Kafka goals are read against. Every scenario prints the machine
 //! facts first, then a table (or JSON lines with `--json`), and a progress
 //! line on stderr while it runs.
 
