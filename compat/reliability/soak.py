@@ -256,7 +256,7 @@ def main() -> int:
     ap.add_argument("--interval", type=float, default=10, help="seconds between samples")
     ap.add_argument("--rate", type=float, default=200, help="messages/s per protocol")
     ap.add_argument("--csv", type=Path, help="write the samples here")
-    ap.add_argument("--max-rss-growth-mb-per-hour", type=float, default=20)
+    ap.add_argument("--max-rss-growth-mb-per-hour", type=float, default=5)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep)
