@@ -174,7 +174,7 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max_rss_growth: float,
-        keep: bool = False) -> int:
+        keep: bool = False, only: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="polymq-soak-"))
     broker = Broker(work / "data", work, fsync=None)
     failed = False
@@ -183,7 +183,7 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
         broker.start()
         assert broker.proc is not None
         pid = broker.proc.pid
-        protocols = [p for p in RUN if p != "kafka" or kafka_serves_produce(broker.ports["kafka"])]
+        protocols = [p for p in (only or RUN) if p != "kafka" or kafka_serves_produce(broker.ports["kafka"])]
         print(f"soak: {minutes:g} min, {rate:g} msg/s per protocol ({','.join(protocols)}), "
               f"sample every {interval:g} s, data {work}", flush=True)
         lats = {p: Latencies() for p in protocols}
@@ -258,8 +258,10 @@ def main() -> int:
     ap.add_argument("--csv", type=Path, help="write the samples here")
     ap.add_argument("--max-rss-growth-mb-per-hour", type=float, default=5)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--protocols", default="mqtt,amqp,kafka", help="comma-separated subset")
     args = ap.parse_args()
-    return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep)
+    only = [p for p in args.protocols.split(",") if p in RUN]
+    return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep, only)
 
 
 if __name__ == "__main__":
