@@ -384,6 +384,11 @@ def run(iterations: int, seed: int, keep: bool) -> int:
                 line.append(f"{p} acked {len(tally.acked)} found {len(tally.found)} lost {lost} dup {dup} reordered {order};")
             print(" ".join(line), flush=True)
         broker.stop()
+    except Exception:
+        # A setup failure (no SUBACK, ...): keep the broker's logs to see why.
+        failed = True
+        print(f"crash_mixed: failed; logs kept in {work}", flush=True)
+        raise
     finally:
         if broker.proc and broker.proc.poll() is None:
             broker.proc.kill()
