@@ -6,6 +6,14 @@
 //! own queue and one per shared subscription). A pump pops only while the
 //! connection has room in its outbound window (the client's Receive Maximum,
 //! capped), so an unacknowledged backlog stays in the store, not in memory.
+//!
+//! Under the store's memory alarm a connection that has published is not
+//! read until the alarm clears: its further PUBLISH packets wait in the
+//! socket, so their PUBACK/PUBREC are withheld and a v5 client stops at its
+//! Receive Maximum (TCP back-pressure for v3). Deliveries go on, so
+//! subscribers keep draining. Keep-alive is not enforced while blocked (the
+//! client's PINGREQs wait in the socket too), as RabbitMQ pauses AMQP
+//! heartbeats of a blocked connection.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -239,6 +247,11 @@ struct Connection {
     // Inbound.
     aliases: HashMap<u16, String>,
     replies: VecDeque<PendingReply>,
+    /// The memory alarm, watched from the first publish on: a subscriber
+    /// that never publishes is never blocked.
+    alarm: Option<watch::Receiver<bool>>,
+    /// Not read because the memory alarm is on.
+    blocked: bool,
 }
 
 impl Connection {
@@ -338,6 +351,8 @@ impl Connection {
             events_rx: None,
             aliases: HashMap::new(),
             replies: VecDeque::new(),
+            alarm: None,
+            blocked: false,
         }
     }
 
@@ -511,7 +526,7 @@ impl Connection {
             }
             // 1.5 x keep-alive (spec 3.1.2.10).
             let keep_alive_deadline = last_rx + self.keep_alive + self.keep_alive / 2;
-            let can_read = self.replies.len() < receive_max;
+            let can_read = self.replies.len() < receive_max && !self.blocked;
             tokio::select! {
                 biased;
                 _ = &mut shutdown_fut => return End::Shutdown,
@@ -570,11 +585,48 @@ impl Connection {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(keep_alive_deadline), if !self.keep_alive.is_zero() => {
+                changed = alarm_changed(&mut self.alarm), if self.alarm.is_some() => match changed {
+                    None => {
+                        self.alarm = None;
+                        self.blocked = false;
+                    }
+                    Some(true) => self.block(),
+                    Some(false) => {
+                        if self.blocked {
+                            self.blocked = false;
+                            // Nothing was read while blocked: keep-alive starts afresh.
+                            last_rx = Instant::now();
+                            debug!(client = %self.client_id, "memory alarm cleared: reading again");
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(keep_alive_deadline), if !self.keep_alive.is_zero() && !self.blocked => {
                     return End::KeepAliveTimeout;
                 }
             }
             self.ack_delivered();
+        }
+    }
+
+    /// The memory alarm is on and this connection publishes: stop reading it
+    /// (packets already read are still handled).
+    fn block(&mut self) {
+        if !self.blocked {
+            self.blocked = true;
+            debug!(client = %self.client_id, "blocked by the memory alarm");
+        }
+    }
+
+    /// Called for every inbound PUBLISH: from the first one on the
+    /// connection watches the memory alarm, and blocks while it is on.
+    fn watch_alarm(&mut self) {
+        let alarm = self.alarm.get_or_insert_with(|| {
+            let mut rx = self.svc.store.memory_alarm().subscribe();
+            rx.borrow_and_update();
+            rx
+        });
+        if *alarm.borrow() {
+            self.block();
         }
     }
 
@@ -685,6 +737,7 @@ impl Connection {
     // ---- inbound publishes ----
 
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), End> {
+        self.watch_alarm();
         let topic = match self.resolve_alias(&mut p) {
             Ok(t) => t,
             Err(reason) => return Err(End::ProtocolError(reason)),
@@ -1225,6 +1278,17 @@ fn shared_queue_name(group: &str, inner: &str) -> String {
 }
 
 /// The next pump event; never, before the first pump exists.
+/// The alarm's next state; `None` once its sender is gone.
+async fn alarm_changed(rx: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_event(rx: &mut Option<mpsc::UnboundedReceiver<PumpEvent>>) -> Option<PumpEvent> {
     match rx {
         Some(rx) => rx.recv().await,
