@@ -520,6 +520,12 @@ impl Connection {
         let max_packet = self.svc.config.max_packet_bytes as usize;
         let receive_max = usize::from(self.svc.config.receive_maximum);
         let mut last_rx = Instant::now();
+        // Packets that came in the same read as CONNECT (a client may send
+        // SUBSCRIBE right behind it) are buffered already: the socket will not
+        // turn readable for them, so handle them before waiting on it.
+        if let Err(end) = self.handle_buffered(&mut inbuf, max_packet).await {
+            return end;
+        }
         loop {
             if let Err(end) = self.flush(wr).await {
                 return end;
@@ -554,19 +560,8 @@ impl Connection {
                         Err(_) => return End::Lost,
                     }
                     last_rx = Instant::now();
-                    loop {
-                        match decode(&mut inbuf, Some(self.version), max_packet) {
-                            Ok(Some(packet)) => {
-                                if let Err(end) = self.handle(packet).await {
-                                    return end;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                debug!(client = %self.client_id, error = %e, "malformed packet");
-                                return End::ProtocolError(e.reason_code());
-                            }
-                        }
+                    if let Err(end) = self.handle_buffered(&mut inbuf, max_packet).await {
+                        return end;
                     }
                     if inbuf.is_empty() {
                         inbuf = BytesMut::new();
@@ -627,6 +622,20 @@ impl Connection {
         });
         if *alarm.borrow() {
             self.block();
+        }
+    }
+
+    /// Decodes and handles every whole packet in `inbuf`.
+    async fn handle_buffered(&mut self, inbuf: &mut BytesMut, max_packet: usize) -> Result<(), End> {
+        loop {
+            match decode(inbuf, Some(self.version), max_packet) {
+                Ok(Some(packet)) => self.handle(packet).await?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    debug!(client = %self.client_id, error = %e, "malformed packet");
+                    return Err(End::ProtocolError(e.reason_code()));
+                }
+            }
         }
     }
 
