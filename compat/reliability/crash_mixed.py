@@ -28,14 +28,10 @@ Needs the compat venv (paho-mqtt, pika, confluent-kafka): `compat/run` makes it.
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import re
 import shutil
-import signal
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,68 +39,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 60.0
-_LISTENING = re.compile(r"listening protocol=(\w+) addr=(\S+):(\d+)")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from polymq_process import PolymqProcess  # noqa: E402
 
 
-def polymq_binary() -> Path:
-    path = Path(os.environ.get("POLYMQ_BIN", "target/debug/polymq"))
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
-class Broker:
+class Broker(PolymqProcess):
     """polymq on `data_dir`, restartable; `fsync=None` keeps the default
     policy, `env` adds variables (e.g. POLYMQ_MEMORY_HIGH_WATERMARK_BYTES)."""
 
     def __init__(self, data_dir: Path, log_dir: Path, fsync: str | None = "always", env: dict[str, str] | None = None):
-        self.data_dir = data_dir
-        self.log_dir = log_dir
-        self.fsync = fsync
-        self.env = env or {}
-        self.proc: subprocess.Popen | None = None
-        self.ports: dict[str, int] = {}
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        log_path = self.log_dir / f"polymq-{self.starts}.log"
-        any_port = "127.0.0.1:0"
-        with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [str(polymq_binary()), "serve", "--data-dir", str(self.data_dir),
-                 *(["--fsync", self.fsync] if self.fsync else []),
-                 "--mqtt-listen", any_port, "--amqp-listen", any_port, "--kafka-listen", any_port,
-                 "--http-listen", any_port, "--log", "info,polymq_mqtt=debug"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "NO_COLOR": "1", **self.env},
-            )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            text = _ANSI.sub("", log_path.read_text(errors="replace"))
-            ports = {m.group(1): int(m.group(3)) for m in _LISTENING.finditer(text)}
-            if {"mqtt", "amqp", "kafka"} <= ports.keys():
-                self.ports = ports
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"polymq exited with {self.proc.returncode}:\n{text[-3000:]}")
-            time.sleep(0.05)
-        raise RuntimeError(f"polymq did not start within {START_TIMEOUT}s")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(data_dir, log_dir, fsync=fsync, env=env, log="info,polymq_mqtt=debug")
 
 
 def kafka_serves_produce(port: int) -> bool:
