@@ -415,7 +415,11 @@ struct Publishing {
     routing_key: codec::ShortString,
     mandatory: bool,
     header: Option<ContentHeader>,
+    /// A body that came in several frames, copied together.
     body: BytesMut,
+    /// A body that came in one frame (the common case): the read buffer's
+    /// bytes, not copied.
+    whole: Option<Bytes>,
 }
 
 struct Channel {
@@ -898,6 +902,7 @@ impl Connection {
                     mandatory: p.mandatory,
                     header: None,
                     body: BytesMut::new(),
+                    whole: None,
                 });
                 Ok(())
             }
@@ -1613,9 +1618,6 @@ impl Connection {
                 format!("message size {} is larger than configured max size {max}", h.body_size),
             ));
         }
-        // Grown as frames arrive, not by the declared size: a header alone
-        // must not make us allocate 16 MiB.
-        p.body.reserve((h.body_size as usize).min(64 * 1024));
         let empty = h.body_size == 0;
         p.header = Some(h);
         if empty {
@@ -1638,6 +1640,13 @@ impl Connection {
         if p.body.len() as u64 + b.len() as u64 > size {
             return Err(AmqpError::connection(reply::FRAME_ERROR, "content body larger than its header said"));
         }
+        if p.body.is_empty() && b.len() as u64 == size {
+            p.whole = Some(b);
+            return self.finish_publish(ch).await;
+        }
+        // Grown as frames arrive, not by the declared size: a header alone
+        // must not make us allocate 16 MiB.
+        p.body.reserve((size as usize).min(64 * 1024));
         p.body.extend_from_slice(&b);
         if p.body.len() as u64 == size {
             return self.finish_publish(ch).await;
@@ -1674,15 +1683,26 @@ impl Connection {
                         routing_key: short(p.routing_key.as_str()),
                     })),
                 );
-                codec::encode_content(ch, props, &p.body, self.io.frame_max, &mut self.io.out);
+                let body = p.whole.unwrap_or_else(|| p.body.freeze());
+                codec::encode_content(ch, props, &body, self.io.frame_max, &mut self.io.out);
             }
             if confirm {
                 self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: ConfirmWait::Nothing, failed: false });
             }
             return Ok(());
         }
+        let tx = self.channel(ch)?.tx.is_some();
+        let body = match p.whole.take() {
+            // Held in memory (a transaction, or only memory-only queues): a
+            // copy of its own, so it does not pin the whole read buffer it
+            // shares with the frames around it.
+            Some(b) if tx || targets.iter().all(|q| q.is_transient()) => Bytes::copy_from_slice(&b),
+            // Written to the log and dropped: the read buffer's bytes will do.
+            Some(b) => b,
+            None => p.body.freeze(),
+        };
         let now = store.now_ms();
-        let mut msg = message::to_core(p.exchange.as_str(), p.routing_key.as_str(), &props, p.body.freeze(), now);
+        let mut msg = message::to_core(p.exchange.as_str(), p.routing_key.as_str(), &props, body, now);
         if let Some(delay) = self.delay_of(p.exchange.as_str(), props.headers().as_ref()) {
             // The core's pop queues hold the message back until then.
             msg.deliver_at_ms = now.saturating_add(delay);
