@@ -1046,7 +1046,9 @@ impl Inner {
             let span = if st.table.options(q).map(|o| o.kind) == Some(QueueKind::Stream) { msg.span } else { 1 };
             dispatch.push((q, st.table.reserve_offsets(q, span)?));
         }
-        let mut head = Vec::with_capacity(64 + msg.key.len() + targets.len() * 16);
+        // Sized for the whole head (headers included): no regrowth while encoding.
+        let headers: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+        let mut head = Vec::with_capacity(64 + msg.key.len() + headers + targets.len() * 16);
         record::encode_message_head(&MessageHead { relocated: false, timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
         let op = Op::Message {
             dispatch: dispatch.clone(),

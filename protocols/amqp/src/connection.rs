@@ -395,7 +395,9 @@ struct Unacked {
     receipt: Option<Receipt>,
     /// The message and its queue's arguments, kept when the queue has a
     /// dead-letter exchange (a reject republishes it).
-    dead_letter: Option<(Arc<QueueArgs>, Message)>,
+    /// Boxed: most deliveries have none, and the entries move around in
+    /// the channel's map (a `Message` inline would make every move copy it).
+    dead_letter: Option<Box<(Arc<QueueArgs>, Message)>>,
     /// The window slot it holds (none for basic.get and no-ack).
     window: Option<Arc<Semaphore>>,
 }
@@ -1390,7 +1392,7 @@ impl Connection {
                     expire_in_background(&self.svc, args, delivery.receipt, delivery.message);
                     return;
                 }
-                let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, delivery.message.clone()));
+                let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| Box::new((a, delivery.message.clone())));
                 let Some(chan) = self.channels.get_mut(&channel) else { return };
                 let delivery_tag = chan.next_tag;
                 chan.next_tag += 1;
@@ -1400,15 +1402,14 @@ impl Connection {
                 } else {
                     chan.unacked.insert(delivery_tag, Unacked { receipt: Some(delivery.receipt), dead_letter, window: Some(window) });
                 }
-                self.io.method(
+                codec::encode_deliver(
                     channel,
-                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                        consumer_tag: short(&tag),
-                        delivery_tag,
-                        redelivered: delivery.deliveries > 1,
-                        exchange: short(&out.exchange),
-                        routing_key: short(&out.routing_key),
-                    })),
+                    &tag,
+                    delivery_tag,
+                    delivery.deliveries > 1,
+                    &out.exchange,
+                    &out.routing_key,
+                    &mut self.io.out,
                 );
                 codec::encode_content(channel, out.properties, &delivery.message.payload, self.io.frame_max, &mut self.io.out);
             }
@@ -1494,7 +1495,7 @@ impl Connection {
         if g.no_ack {
             self.acks.push(d.receipt);
         } else {
-            let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, d.message.clone()));
+            let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| Box::new((a, d.message.clone())));
             chan.unacked.insert(delivery_tag, Unacked { receipt: Some(d.receipt), dead_letter, window: None });
         }
         let remaining = store.queue_info(id).map(|i| i.ready).unwrap_or(0);
@@ -1874,7 +1875,7 @@ impl Connection {
         let emit = |io: &mut Io, run: Option<(u16, u64, u64, usize)>, channels: &HashMap<u16, Channel>| {
             if let Some((ch, epoch, seq, n)) = run {
                 if channels.get(&ch).is_some_and(|c| c.epoch == epoch && !c.closing) {
-                    io.method(ch, AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: seq, multiple: n > 1 })));
+                    codec::encode_basic_ack(ch, seq, n > 1, &mut io.out);
                 }
             }
         };
@@ -2068,7 +2069,10 @@ fn reject_in_background(svc: &Arc<AmqpService>, mut entries: Vec<Unacked>) {
             // Stream deliveries never get here (settle refuses them).
             let Some(receipt) = receipt else { continue };
             match dl {
-                Some((args, msg)) => dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await,
+                Some(dl) => {
+                    let (args, msg) = *dl;
+                    dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await
+                }
                 None => {
                     if let Err(e) = svc.store.nack(receipt, NackAction::DeadLetter).await {
                         debug!(error = %e, "rejecting a delivery");
