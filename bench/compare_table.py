@@ -3,6 +3,8 @@
 
   compare_table.py --polymq P.jsonl --peer mosquitto=M.jsonl [--peer-version mosquitto=...] [--commit C]
   compare_table.py --protocol amqp --polymq P.jsonl [--variant polymq-always=PA.jsonl] --peer rabbitmq=R.jsonl
+  compare_table.py --protocol kafka --polymq P.jsonl --baselines B.jsonl [--peer tansu=T.jsonl] [--variant mock=M.jsonl]
+  compare_table.py --baseline-values B.jsonl   # "DISK_MBPS BUFFERED_MBPS LOOPBACK_MBPS" for compare.sh
   compare_table.py --human FILE.jsonl      # one broker's rows as plain aligned tables
 
 Ratios are polymq / peer: above 1 means polymq does more (msg/s, conn/s) or
@@ -17,7 +19,7 @@ import sys
 
 def load(path):
     out = {"machine": {}, "mqtt": [], "conns": [], "amqp": [], "amqp_queues": [], "notes": [], "settings": {},
-           "amqp_settings": {}}
+           "amqp_settings": {}, "kafka": [], "kafka_settings": {}, "disk": [], "loopback": []}
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -31,6 +33,14 @@ def load(path):
                 out["settings"] = obj
             elif kind == "amqp settings":
                 out["amqp_settings"] = obj
+            elif kind == "kafka settings":
+                out["kafka_settings"] = obj
+            elif kind.startswith("kafka:"):
+                out["kafka"].append(obj)
+            elif kind.startswith("disk: sequential"):
+                out["disk"].append(obj)
+            elif kind.startswith("loopback:"):
+                out["loopback"].append(obj)
             elif kind.startswith("amqp-queues:"):
                 out["amqp_queues"].append(obj)
             elif kind.startswith("amqp:"):
@@ -88,7 +98,8 @@ def medians(rows):
 def human(path):
     data = load(path)
     for name, rows in (("mqtt", data["mqtt"]), ("mqtt-conns", data["conns"]), ("amqp", data["amqp"]),
-                       ("amqp-queues", data["amqp_queues"])):
+                       ("amqp-queues", data["amqp_queues"]), ("kafka", data["kafka"]), ("disk", data["disk"]),
+                       ("loopback", data["loopback"])):
         if not rows:
             continue
         cols = []
@@ -346,10 +357,153 @@ def compare_amqp(args):
             print()
 
 
+def baseline_values(path):
+    """(O_DIRECT MB/s, buffered MB/s, loopback MB/s): medians of the baseline runs."""
+    b = load(path)
+
+    def median(xs):
+        xs = sorted(x for x in xs if x is not None)
+        return xs[len(xs) // 2] if xs else None
+
+    direct = median(num(r.get("MB/s")) for r in b["disk"] if r.get("method") == "O_DIRECT + final fdatasync")
+    buffered = median(num(r.get("MB/s")) for r in b["disk"] if r.get("method") == "buffered + final fdatasync")
+    loop = median(num(r.get("MB/s")) for r in b["loopback"] if r.get("run") != "median")
+    return direct, buffered, loop
+
+
+def kafka_key(row):
+    return (row.get("scenario"), row.get("size"), row.get("acks"), row.get("compression"))
+
+
+def kafka_medians(rows):
+    """As `medians`, for Kafka rows (median by MB/s)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(kafka_key(r), []).append(r)
+    out = {}
+    for k, g in groups.items():
+        g = sorted(g, key=lambda r: num(r.get("MB/s")) or 0)
+        pick = dict(g[(len(g) - 1) // 2])
+        pick["runs"] = len(g)
+        out[k] = pick
+    return out
+
+
+def compare_kafka(args):
+    p = load(args.polymq)
+    versions = dict(v.split("=", 1) for v in args.peer_version)
+    peers = [(x.split("=", 1)[0], load(x.split("=", 1)[1])) for x in args.peer]
+    variants = [(v.split("=", 1)[0], load(v.split("=", 1)[1])) for v in args.variant]
+    direct, buffered, loop = baseline_values(args.baselines) if args.baselines else (None, None, None)
+    m = p["machine"]
+    s = p["kafka_settings"]
+    print(f"# Kafka: polymq against {', '.join(n for n, _ in peers) or 'nobody'}, the disk and loopback\n")
+    print(f"- date: {m.get('date', '?')}; machine: {m.get('nproc', '?')} vCPU ({m.get('cpu', '?')}), "
+          f"{fmt(m.get('mem_gib'), 1)} GiB, kernel {m.get('kernel', '?')}, data dir on {m.get('filesystem', '?')}")
+    print(f"- client: {s.get('client', '?')}, one process per producer and consumer "
+          f"({s.get('client_processes', '?')}), on the same 2 cores as the broker: `client cpu%` is their CPU, "
+          "`broker cpu%` the broker's (% of one core)")
+    print(f"- polymq: commit {args.commit}, `polymq serve` defaults (fsync interval=50), fresh data dir per setting; "
+          "acks=1 and acks=all both answer once the batch is written to the log")
+    for name, _ in peers:
+        if name in versions:
+            print(f"- {name}: {versions[name]}: keeps everything in memory, so it writes nothing to disk")
+    for name, _ in variants:
+        if name == "mock":
+            print("- mock: librdkafka's own in-memory mock broker (`test.mock.num.brokers`), the client's ceiling on "
+                  "this machine: what the same producers reach when the broker costs almost nothing")
+    print(f"- runs: {args.seconds} s of producing per run, {s.get('partitions', '?')} partitions, linger.ms "
+          f"{s.get('linger_ms', '?')}, batch.size {s.get('batch_bytes', '?')}; every broker freshly started for each "
+          "setting, brokers back to back; consume = one consumer, all partitions assigned, from the earliest offset; "
+          "group = a consumer group (subscribe, rebalance) reading the same topic")
+    print(f"- baselines (same run): disk **{fmt(direct)} MB/s** (O_DIRECT, 1 MiB writes + fdatasync; buffered + "
+          f"fdatasync {fmt(buffered)} MB/s), loopback **{fmt(loop)} MB/s** (one TCP connection, 1 MiB writes)")
+    print("- MB/s counts record values (MB = 10^6 B); `busy%` is how busy the machine was before the run, "
+          "`others%` what other processes took during it")
+    print()
+
+    own = kafka_medians(p["kafka"])
+    theirs = [(n, kafka_medians(d["kafka"])) for n, d in peers]
+    var = [(n, kafka_medians(d["kafka"])) for n, d in variants]
+    cols = [n for n, _ in theirs] + [n for n, _ in var]
+    others = theirs + var
+
+    def table(scenario, title, goal_col, goal_of):
+        keys = [k for k in own if k[0] == scenario] + [k for _, rows in others for k in rows if k[0] == scenario and k not in own]
+        keys = list(dict.fromkeys(keys))
+        if not keys:
+            return
+        print(f"## {title}\n")
+        print(f"| size | acks | compression | polymq msg/s | polymq MB/s | {goal_col} | "
+              + "".join(f"{n} MB/s | polymq / {n} | " for n in cols)
+              + "p50 / p99 / p99.9 ms polymq | " + "".join(f"p99 ms {n} | " for n in cols)
+              + "broker cpu% polymq / " + " / ".join(cols) + " | client cpu% polymq / " + " / ".join(cols)
+              + " | broker write MB/s polymq | errors | busy% / others% |")
+        print("| ---: | --- | --- | ---: | ---: | ---: | " + "---: | ---: | " * len(cols) + "---: | " + "---: | " * len(cols)
+              + "---: | ---: | ---: | ---: | ---: |")
+        for k in keys:
+            r = own.get(k, {})
+            o = [rows.get(k, {}) for _, rows in others]
+            g = goal_of(num(r.get("MB/s")))
+            print(f"| {k[1]} | {k[2]} | {k[3]} | {fmt(r.get('msg/s'))} | **{fmt(r.get('MB/s'), 1)}** | {g} | "
+                  + "".join(f"{fmt(x.get('MB/s'), 1)} | {ratio(r.get('MB/s'), x.get('MB/s'))} | " for x in o)
+                  + f"{fmt(r.get('p50_ms'), 1)} / {fmt(r.get('p99_ms'), 1)} / {fmt(r.get('p99.9_ms'), 1)} | "
+                  + "".join(f"{fmt(x.get('p99_ms'), 1)} | " for x in o)
+                  + " / ".join(fmt(x.get('broker_cpu%')) for x in [r] + o) + " | "
+                  + " / ".join(fmt(x.get('client_cpu%')) for x in [r] + o) + " | "
+                  + f"{fmt(r.get('broker_write_MB/s'), 1)} | {fmt(r.get('errors'))} | {fmt(r.get('busy%'))} / {fmt(r.get('others%'))} |")
+        print()
+
+    pct = lambda base: (lambda v: "-" if v is None or not base else f"{100 * v / base:.1f} %")
+    table("produce", "Produce (N producers flat out into a fresh topic)", "% of disk (O_DIRECT)", pct(direct))
+    table("consume", "Consume from the earliest offset (one consumer)", "% of loopback", pct(loop))
+    table("group", "Consumer group (subscribe, read the same topic)", "% of loopback", pct(loop))
+
+    e2e = [k for k in own if k[0] == "e2e"]
+    if e2e:
+        print("## End-to-end latency at a fixed rate (producers paced, one live consumer; ms from the scheduled "
+              "send time in the payload to the consumer)\n")
+        print("| size | broker | msg/s | p50 | p99 | p99.9 | broker cpu% | client cpu% |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for k in e2e:
+            for name, rows in [("polymq", own)] + others:
+                x = rows.get(k)
+                if x:
+                    print(f"| {k[1]} | {name} | {fmt(x.get('msg/s'))} | {fmt(x.get('p50_ms'), 2)} | {fmt(x.get('p99_ms'), 2)} "
+                          f"| {fmt(x.get('p99.9_ms'), 2)} | {fmt(x.get('broker_cpu%'))} | {fmt(x.get('client_cpu%'))} |")
+        print()
+
+    prod = [r for k, r in own.items() if k[0] == "produce"]
+    cons = [r for k, r in own.items() if k[0] in ("consume", "group")]
+    best_p = max(prod, key=lambda r: num(r.get("MB/s")) or 0, default=None)
+    best_c = max(cons, key=lambda r: num(r.get("MB/s")) or 0, default=None)
+    print("## The goals\n")
+    if best_p and direct:
+        v = num(best_p.get("MB/s")) or 0
+        print(f"- **produce at least 80 % of the disk's raw sequential write bandwidth**: best {fmt(v, 1)} MB/s "
+              f"({best_p.get('size')} B, acks={best_p.get('acks')}, {best_p.get('compression')}) = "
+              f"**{100 * v / direct:.1f} %** of {fmt(direct)} MB/s: met? **{'yes' if v >= 0.8 * direct else 'no'}**")
+    if best_c and loop:
+        v = num(best_c.get("MB/s")) or 0
+        print(f"- **consume at least 80 % of loopback**: best {fmt(v, 1)} MB/s ({best_c.get('scenario')}, "
+              f"{best_c.get('size')} B) = **{100 * v / loop:.1f} %** of {fmt(loop)} MB/s: met? "
+              f"**{'yes' if v >= 0.8 * loop else 'no'}**")
+    print()
+    # A note repeated by every setting (the mock's skipped scenarios) is said once.
+    notes = list(dict.fromkeys([("polymq", t) for t in p["notes"]] + [(n, t) for n, d in peers + variants for t in d["notes"]]))
+    if notes:
+        print("Errors and notes reported by the runs:\n")
+        for who, t in notes:
+            print(f"- {who}: {t}")
+        print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--human")
-    ap.add_argument("--protocol", default="mqtt", choices=["mqtt", "amqp"])
+    ap.add_argument("--protocol", default="mqtt", choices=["mqtt", "amqp", "kafka"])
+    ap.add_argument("--baselines", help="disk and loopback JSON lines (kafka)")
+    ap.add_argument("--baseline-values", help="print the O_DIRECT, buffered and loopback MB/s of this file")
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=FILE: another polymq configuration, shown beside polymq (amqp)")
     ap.add_argument("--polymq")
@@ -359,8 +513,12 @@ def main():
     ap.add_argument("--seconds", default="?")
     ap.add_argument("--repeat", default="1")
     args = ap.parse_args()
-    if args.human:
+    if args.baseline_values:
+        print(" ".join("0" if v is None else f"{v:.0f}" for v in baseline_values(args.baseline_values)))
+    elif args.human:
         human(args.human)
+    elif args.polymq and args.protocol == "kafka":
+        compare_kafka(args)
     elif args.polymq and args.protocol == "amqp":
         compare_amqp(args)
     elif args.polymq:

@@ -48,6 +48,12 @@ pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT: u64 = 3_000;
 /// clients normally ask for.
 pub const KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX: u64 = 300_000;
 /// The AMQP vhost that exists unless configured otherwise.
+/// Default of [`Config::kafka_request_read_timeout_ms`].
+pub const KAFKA_REQUEST_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// Default of [`Config::kafka_connections_max_idle_ms`] (Kafka's 10 minutes).
+pub const KAFKA_CONNECTIONS_MAX_IDLE_MS_DEFAULT: u64 = 600_000;
+/// Upper bound of both Kafka connection timeouts (a day).
+pub const KAFKA_CONNECTION_TIMEOUT_MS_MAX: u64 = 86_400_000;
 pub const AMQP_DEFAULT_VHOST: &str = "/";
 
 /// Every setting of the broker. Build it with [`Config::load`] (or
@@ -89,6 +95,12 @@ pub struct Config {
     pub kafka_num_partitions: u32,
     /// Kafka: require SASL (PLAIN, SCRAM-SHA-256/512) against `users`.
     pub kafka_sasl: bool,
+    /// Kafka: once a request's first byte is in, the whole request must
+    /// arrive within this, or the connection is closed (slow clients).
+    pub kafka_request_read_timeout_ms: u64,
+    /// Kafka: a connection without requests for this long is closed
+    /// (Kafka's `connections.max.idle.ms`, same default).
+    pub kafka_connections_max_idle_ms: u64,
     // ---- Kafka consumer groups ----
     /// How long the first JoinGroup of an empty Kafka group waits for more
     /// members before the first generation forms (Kafka's
@@ -106,6 +118,12 @@ pub struct Config {
     /// 0.4); `Some(0)`: no alarm.
     pub memory_high_watermark_bytes: Option<u64>,
     // -- end of the AMQP vhosts and memory alarm block --
+    // -- the one address space (issue 6; one block, to merge easily) --
+    /// The `[mapping]` table: how topics, exchanges and Kafka topics map
+    /// onto each other (`polymq::mapping`, `docs/interop.md`). In the
+    /// environment `POLYMQ_MAPPING_<KEY>`.
+    pub mapping: crate::mapping::Mapping,
+    // -- end of the address space block --
 }
 
 impl Default for Config {
@@ -127,9 +145,12 @@ impl Default for Config {
             kafka_auto_create_topics: true,
             kafka_num_partitions: 1,
             kafka_sasl: false,
+            kafka_request_read_timeout_ms: KAFKA_REQUEST_READ_TIMEOUT_MS_DEFAULT,
+            kafka_connections_max_idle_ms: KAFKA_CONNECTIONS_MAX_IDLE_MS_DEFAULT,
             kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
             amqp_vhosts: vec![AMQP_DEFAULT_VHOST.to_owned()],
             memory_high_watermark_bytes: None,
+            mapping: crate::mapping::Mapping::default(),
         }
     }
 }
@@ -252,6 +273,14 @@ impl Config {
                     self.kafka_num_partitions = value.trim().parse().map_err(|e| env_err(format!("not a partition count: {e}")))?
                 }
                 "KAFKA_SASL" => self.kafka_sasl = parse_bool(value).map_err(env_err)?,
+                "KAFKA_REQUEST_READ_TIMEOUT_MS" => {
+                    self.kafka_request_read_timeout_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
+                "KAFKA_CONNECTIONS_MAX_IDLE_MS" => {
+                    self.kafka_connections_max_idle_ms =
+                        value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
+                }
                 "KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS" => {
                     self.kafka_group_initial_rebalance_delay_ms =
                         value.trim().parse().map_err(|e| env_err(format!("not a number of milliseconds: {e}")))?
@@ -259,6 +288,22 @@ impl Config {
                 "AMQP_VHOSTS" => self.amqp_vhosts = value.split(',').map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned).collect(),
                 "MEMORY_HIGH_WATERMARK_BYTES" => {
                     self.memory_high_watermark_bytes = Some(value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?)
+                }
+                // -- the one address space --
+                "MAPPING_TOPIC_SPACE" => self.mapping.topic_space = value.trim().to_owned(),
+                "MAPPING_MQTT_TO_STREAMS" => self.mapping.mqtt_to_streams = parse_bool(value).map_err(env_err)?,
+                "MAPPING_AMQP_TO_STREAMS" => self.mapping.amqp_to_streams = parse_bool(value).map_err(env_err)?,
+                "MAPPING_STREAMS_TO_TOPICS" => self.mapping.streams_to_topics = parse_bool(value).map_err(env_err)?,
+                "MAPPING_AUTO_CREATE_STREAMS" => self.mapping.auto_create_streams = parse_bool(value).map_err(env_err)?,
+                "MAPPING_AUTO_CREATE_PARTITIONS" => {
+                    self.mapping.auto_create_partitions =
+                        value.trim().parse().map_err(|e| env_err(format!("not a partition count: {e}")))?
+                }
+                "MAPPING_STREAMS" => self.mapping.streams = crate::mapping::Mapping::parse_streams(value).map_err(env_err)?,
+                "MAPPING_STREAMS_ONLY_LISTED" => self.mapping.streams_only_listed = parse_bool(value).map_err(env_err)?,
+                "MAPPING_TOPIC_HEADER" => self.mapping.topic_header = value.trim().to_owned(),
+                "MAPPING_DECODED_BATCH_BYTES_MAX" => {
+                    self.mapping.decoded_batch_bytes_max = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?
                 }
                 _ => report.unknown.push(var.to_owned()),
             }
@@ -334,6 +379,14 @@ impl Config {
                 format!("{} is above {KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX}", self.kafka_group_initial_rebalance_delay_ms),
             ));
         }
+        for (key, ms) in [
+            ("kafka_request_read_timeout_ms", self.kafka_request_read_timeout_ms),
+            ("kafka_connections_max_idle_ms", self.kafka_connections_max_idle_ms),
+        ] {
+            if !(1..=KAFKA_CONNECTION_TIMEOUT_MS_MAX).contains(&ms) {
+                return Err(invalid(key, format!("{ms} is outside 1..={KAFKA_CONNECTION_TIMEOUT_MS_MAX}")));
+            }
+        }
         if let Some(name) = self.users.keys().find(|n| n.is_empty() || n.contains([':', ','])) {
             return Err(invalid("users", format!("user name {name:?} is empty or contains `:` or `,`")));
         }
@@ -343,6 +396,7 @@ impl Config {
                 format!("{} is outside 1..={}", self.kafka_num_partitions, crate::topic::PARTITIONS_MAX),
             ));
         }
+        self.mapping.validate().map_err(|reason| invalid("mapping", reason))?;
         for vhost in &self.amqp_vhosts {
             // Off `/` a vhost prefixes core names as `<vhost>|<name>`: it may
             // not contain the separator nor start like an internal name.
@@ -542,6 +596,32 @@ mod tests {
             assert!(c.validate().is_err(), "{bad:?}");
         }
         assert!(c.clone().apply_env([("POLYMQ_MEMORY_HIGH_WATERMARK_BYTES", "lots")]).is_err());
+    }
+
+    #[test]
+    fn the_mapping_comes_from_its_table_and_env() {
+        let c = Config::default();
+        assert_eq!(c.mapping.topic_space, "amq.topic");
+        assert!(c.mapping.mqtt_to_streams && !c.mapping.auto_create_streams, "defaults: map to existing Kafka topics only");
+        let mut c = Config::from_toml_str(
+            "[mapping]\nmqtt_to_streams = false\nauto_create_streams = true\nstreams_only_listed = true\n[mapping.streams]\nsensors = \"iot.sensors\"\n",
+        )
+        .expect("parse");
+        assert!(!c.mapping.mqtt_to_streams && c.mapping.auto_create_streams && c.mapping.streams_only_listed);
+        assert_eq!(c.mapping.streams.get("sensors").map(String::as_str), Some("iot.sensors"));
+        c.apply_env([
+            ("POLYMQ_MAPPING_STREAMS", "a=x, b=y"),
+            ("POLYMQ_MAPPING_AMQP_TO_STREAMS", "off"),
+            ("POLYMQ_MAPPING_TOPIC_HEADER", "topic"),
+        ])
+        .expect("env");
+        assert_eq!(c.mapping.streams.len(), 2);
+        assert!(!c.mapping.amqp_to_streams);
+        assert_eq!(c.mapping.topic_header, "topic");
+        c.validate().expect("valid");
+        assert!(Config::from_toml_str("[mapping]\nnope = 1\n").is_err(), "unknown keys are refused");
+        c.mapping.streams.insert("x".into(), "not/a/topic".into());
+        assert!(matches!(c.validate(), Err(ConfigError::Invalid { key: "mapping", .. })));
     }
 
     #[test]

@@ -580,6 +580,12 @@ impl Store {
         self.inner.state.lock().map(|st| st.route(space, topic, dollar_rule)).unwrap_or_default()
     }
 
+    /// Whether any binding in `space` could match a topic whose first level
+    /// is `first` (see `TopicTrie::may_match_under`).
+    pub fn may_route_under(&self, space: &str, first: &str, dollar_rule: bool) -> bool {
+        self.inner.state.lock().map(|st| st.spaces.get(space).is_some_and(|t| t.may_match_under(first, dollar_rule))).unwrap_or(false)
+    }
+
     /// Every binding of a queue (admin, AMQP unbind-on-delete bookkeeping).
     pub fn bindings_of(&self, id: QueueId) -> Vec<(String, Pattern)> {
         self.inner

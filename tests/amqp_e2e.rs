@@ -366,29 +366,6 @@ async fn wrong_credentials_are_refused() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn an_mqtt_publish_reaches_an_amqp_queue_bound_to_amq_topic() -> Result<()> {
-    let broker = TestBroker::start().await?;
-    let (_conn, ch) = broker.channel().await?;
-    declare(&ch, "from-mqtt").await?;
-    ch.queue_bind("from-mqtt".into(), "amq.topic".into(), "a.*".into(), QueueBindOptions::default(), FieldTable::default()).await?;
-    let mut c = consume(&ch, "from-mqtt", false).await?;
-
-    let addr = broker.mqtt_addr();
-    let opts = rumqttc::MqttOptions::new("amqp-bridge-test", addr.ip().to_string(), addr.port());
-    let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
-    let driver = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client.publish("a/b", rumqttc::QoS::AtLeastOnce, false, b"from mqtt".to_vec()).await?;
-    client.publish("x/y", rumqttc::QoS::AtLeastOnce, false, b"elsewhere".to_vec()).await?;
-    let d = next(&mut c).await?;
-    ensure!(d.data == b"from mqtt", "{:?}", String::from_utf8_lossy(&d.data));
-    ensure!(d.exchange.as_str() == "amq.topic" && d.routing_key.as_str() == "a.b", "{} {}", d.exchange, d.routing_key);
-    d.ack(BasicAckOptions::default()).await?;
-    nothing(&mut c).await?;
-    driver.abort();
-    Ok(())
-}
-
 // ---- raw sockets: what lapin will not send ----
 
 #[tokio::test]

@@ -553,3 +553,41 @@ async fn empty_client_id_with_persistent_session_is_refused_with_code_2() -> Res
     ensure!(after.is_empty(), "after the refusal the broker sent {after:?}");
     Ok(())
 }
+
+/// A client may send SUBSCRIBE right behind CONNECT, without waiting for
+/// CONNACK (paho does). When both arrive in one read, the SUBSCRIBE is already
+/// buffered and the socket never turns readable for it again: it must still be
+/// answered at once, not when the next bytes (a PINGREQ a keep-alive later)
+/// arrive. (Found as a 60 s SUBACK stall in the kill -9 compat test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_sent_in_the_same_write_as_connect_is_answered_at_once() -> Result<()> {
+    let broker = broker().await?;
+    let id = broker.client_id("same-write");
+    let mut connect = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x00, 0, 60];
+    connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+    connect.extend_from_slice(id.as_bytes());
+    let mut bytes = vec![0x10];
+    raw::remaining_length(connect.len(), &mut bytes);
+    bytes.extend_from_slice(&connect);
+    let filter = broker.topic("same-write/#");
+    let mut subscribe = vec![0x00, 0x07];
+    subscribe.extend_from_slice(&(filter.len() as u16).to_be_bytes());
+    subscribe.extend_from_slice(filter.as_bytes());
+    subscribe.push(1);
+    bytes.push(0x82);
+    raw::remaining_length(subscribe.len(), &mut bytes);
+    bytes.extend_from_slice(&subscribe);
+
+    let mut client = RawClient::connect(&broker).await?;
+    client.send(&bytes).await?;
+    match client.read(WAIT).await? {
+        raw::Read::Packet(raw::CONNACK, body) => ensure!(body == [0, 0], "CONNACK {body:?}"),
+        other => anyhow::bail!("expected CONNACK, got {other:?}"),
+    }
+    // Well inside the 60 s keep-alive this client announced.
+    match client.read(Duration::from_secs(5)).await.context("no SUBACK within 5 s")? {
+        raw::Read::Packet(0x90, body) => ensure!(body == [0x00, 0x07, 0x01], "SUBACK {body:?}"),
+        other => anyhow::bail!("expected SUBACK, got {other:?}"),
+    }
+    Ok(())
+}

@@ -52,7 +52,16 @@ pub fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / 1e6 / d.as_secs_f64()
 }
 
-pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
+/// The medians of one `disk` run, MB/s (the baselines other scenarios are read against).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiskResult {
+    /// O_DIRECT + final fdatasync: the device ("the disk").
+    pub direct: Option<f64>,
+    /// Buffered + final fdatasync: the path the log writes through.
+    pub buffered: Option<f64>,
+}
+
+pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<DiskResult> {
     let dir = scratch.fresh("disk")?;
     let block = a.block_kib * 1024;
     anyhow::ensure!(block % ALIGN == 0 && block > 0, "--block-kib must be a multiple of 4");
@@ -148,6 +157,14 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
         }
     }
     rep.flush_table(&mut table);
+    let median = |method: &str| {
+        seen.iter().find(|(m, _)| m == method).map(|(_, xs)| {
+            let mut xs = xs.clone();
+            xs.sort_by(f64::total_cmp);
+            xs[xs.len() / 2]
+        })
+    };
+    let result = DiskResult { direct: median("O_DIRECT + final fdatasync"), buffered: median("buffered + final fdatasync") };
     if a.repeat > 1 {
         let mut med = Table::new("disk: median of the repetitions");
         for (m, mut xs) in seen {
@@ -182,7 +199,7 @@ pub fn run(rep: &Reporter, scratch: &Scratch, a: &DiskArgs) -> Result<()> {
         rep.flush_table(&mut t2);
     }
     scratch.discard(&dir);
-    Ok(())
+    Ok(result)
 }
 
 /// Writes `blocks` copies of `buf` to a new file and fdatasyncs it; the time includes the sync.

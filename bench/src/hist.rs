@@ -59,6 +59,26 @@ impl Hist {
         self.min = self.min.min(v);
     }
 
+    /// `n` values of `v` at once (a histogram another process sent as bucket edges).
+    pub fn record_n(&mut self, v: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counts[index(v)] += n;
+        self.total += n;
+        self.sum += v as u128 * n as u128;
+        self.max = self.max.max(v);
+        self.min = self.min.min(v);
+    }
+
+    /// Lowers the maximum to `m` when the true maximum is known and lies in
+    /// the top bucket (values merged as bucket edges overstate it).
+    pub fn cap_max(&mut self, m: u64) {
+        if self.total > 0 && m < self.max && index(m) == index(self.max) {
+            self.max = m;
+        }
+    }
+
     pub fn merge(&mut self, o: &Hist) {
         for (a, b) in self.counts.iter_mut().zip(&o.counts) {
             *a += *b;

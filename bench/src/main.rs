@@ -3,8 +3,9 @@
 //! `polymq-bench <scenario> [options]`. The core scenarios open a
 //! `polymq::Store` in-process on a scratch directory (so they measure the
 //! store, not a wire protocol); the protocol scenarios (`mqtt`, `mqtt-conns`,
-//! `amqp`, `amqp-queues`) drive real client libraries over real sockets
-//! against any broker address, polymq or a peer. Every scenario prints the machine
+//! `amqp`, `amqp-queues`, `kafka`) drive real client libraries over real
+//! sockets against any broker address, polymq or a peer; `disk` and
+//! `loopback` measure the baselines the Kafka goals are read against. Every scenario prints the machine
 //! facts first, then a table (or JSON lines with `--json`), and a progress
 //! line on stderr while it runs.
 
@@ -14,7 +15,9 @@
 mod amqp;
 mod disk;
 mod hist;
+mod kafka;
 mod load;
+mod loopback;
 mod mqtt;
 mod queues;
 mod report;
@@ -81,6 +84,10 @@ enum Scenario {
     Amqp(amqp::AmqpArgs),
     /// Declares N durable AMQP queues against any broker: declare rate and broker memory per queue.
     AmqpQueues(amqp::QueuesArgs),
+    /// Kafka produce (acks, size, compression, N producers, P partitions), consume from earliest, a consumer group and paced end-to-end latency against any Kafka-wire broker (--bootstrap host:port, or `mock`), driven by librdkafka.
+    Kafka(kafka::KafkaArgs),
+    /// What the loopback link carries: a plain TCP copy through 127.0.0.1 with large writes (the baseline for Kafka fetch).
+    Loopback(loopback::LoopbackArgs),
     /// Every scenario for about a second with tiny sizes (CI runs this so the tool cannot rot).
     Smoke,
     /// (internal) Reopens a store and reports replay time and memory, in a fresh process.
@@ -165,7 +172,7 @@ fn main() -> Result<()> {
     rep.facts("machine", &facts);
     let rt = runtime(cli.common.workers)?;
     match cli.scenario {
-        Scenario::Disk(a) => disk::run(&rep, &scratch, &a),
+        Scenario::Disk(a) => disk::run(&rep, &scratch, &a).map(drop),
         Scenario::Append(a) => load::append(&rt, &rep, &scratch, &a).map(drop),
         Scenario::AppendLatency(a) => load::latency(&rt, &rep, &scratch, &a),
         Scenario::PopAck(a) => load::pop_ack(&rt, &rep, &scratch, &a),
@@ -174,6 +181,8 @@ fn main() -> Result<()> {
         Scenario::MqttConns(a) => mqtt::conns(&rt, &rep, &a).map(drop),
         Scenario::Amqp(a) => amqp::run(&rt, &rep, &a).map(drop),
         Scenario::AmqpQueues(a) => amqp::queues(&rt, &rep, &a).map(drop),
+        Scenario::Kafka(a) => kafka::run(&rep, &scratch, &a).map(drop),
+        Scenario::Loopback(a) => loopback::run(&rep, &a).map(drop),
         Scenario::Smoke => smoke(&rt, &rep, &scratch),
         Scenario::QueuesReopen { .. } => Ok(()),
     }
@@ -249,6 +258,7 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
     )?;
     mqtt_smoke(rt, rep, scratch)?;
     amqp_smoke(rt, rep, scratch)?;
+    kafka_smoke(rt, rep, scratch)?;
     rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
     // Give the tick/maintenance threads of the last store a moment to exit cleanly.
     std::thread::sleep(Duration::from_millis(10));
@@ -431,6 +441,87 @@ fn amqp_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -
         )?;
         if let Some(q) = q.iter().find(|q| q.failed > 0 || q.declared < q.count as u64) {
             bail!("smoke: amqp-queues: of {} queues {} were declared and {} failed", q.count, q.declared, q.failed);
+        }
+        anyhow::Ok(())
+    })();
+    if let Some((server, store, dir)) = inproc {
+        server.stop(rt)?;
+        drop(store);
+        scratch.discard(&dir);
+    }
+    result
+}
+
+/// The Kafka scenarios for a few seconds against an in-process polymq (its
+/// Kafka service on a loopback port, real sockets), or against the broker at
+/// `POLYMQ_BENCH_SMOKE_KAFKA=host:port`, and the loopback baseline. The
+/// client is librdkafka through Python's confluent-kafka (`.venv`, made by
+/// compat/run, or `POLYMQ_BENCH_PYTHON`): where it is missing this part is
+/// skipped with a note, never failed.
+fn kafka_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Result<()> {
+    loopback::run(rep, &loopback::LoopbackArgs { seconds: 0.2, block_kib: 1024, repeat: 1 })?;
+    if let Err(e) = kafka::Client::find(None) {
+        rep.note(&format!("smoke: kafka SKIPPED, no Kafka client here: {e:#}"));
+        return Ok(());
+    }
+    let target = std::env::var("POLYMQ_BENCH_SMOKE_KAFKA").unwrap_or_default();
+    let mut inproc = None;
+    let addr = if target.is_empty() || target == "inproc" {
+        let dir = scratch.fresh("kafka")?;
+        let store = load::open_store(&dir, "interval=50".parse().map_err(anyhow::Error::msg)?, Some(8))?;
+        // No initial rebalance delay: the group run would wait 3 s for nothing.
+        let config = polymq_kafka::KafkaConfig { group_initial_rebalance_delay_ms: 0, ..Default::default() };
+        let svc = rt.block_on(polymq_kafka::KafkaService::new(store.clone(), config))?;
+        let server = mqtt::InProcess::serve(rt, store.clone(), svc)?;
+        let addr = server.addr.to_string();
+        inproc = Some((server, store, dir));
+        addr
+    } else {
+        target
+    };
+    let label = if inproc.is_some() { "polymq (in-process)".to_owned() } else { addr.clone() };
+    let result = (|| {
+        let runs = kafka::run(
+            rep,
+            scratch,
+            &kafka::KafkaArgs {
+                bootstrap: addr.clone(),
+                label: Some(label.clone()),
+                broker_pid: None,
+                scenario: vec![kafka::Shape::Produce, kafka::Shape::Consume, kafka::Shape::Group, kafka::Shape::E2e],
+                size: vec![100],
+                acks: vec!["all".into()],
+                compression: vec!["lz4".into()],
+                producers: 1,
+                partitions: 2,
+                group_members: 2,
+                linger_ms: 5,
+                batch_bytes: 100_000,
+                seconds: 0.5,
+                rate: 1_000.0,
+                python: None,
+                disk_mbps: None,
+                buffered_mbps: None,
+                loopback_mbps: None,
+                baselines: false,
+                disk_mib: 8,
+                consume_timeout: 20.0,
+            },
+        )?;
+        for r in &runs {
+            let what = format!("smoke: kafka {} {} B", r.shape.name(), r.size);
+            if r.errors > 0 {
+                bail!("{what}: {} error(s)", r.errors);
+            }
+            match r.shape {
+                kafka::Shape::Produce if r.acked == 0 || r.acked < r.sent => {
+                    bail!("{what}: {} of {} messages acknowledged", r.acked, r.sent)
+                }
+                kafka::Shape::Consume | kafka::Shape::Group | kafka::Shape::E2e if r.expected == 0 || r.received < r.expected => {
+                    bail!("{what}: {} of {} messages read", r.received, r.expected)
+                }
+                _ => {}
+            }
         }
         anyhow::Ok(())
     })();

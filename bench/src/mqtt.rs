@@ -172,6 +172,26 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks as f64 / clk_tck())
 }
 
+/// CPU seconds (user + system) of this process's children that have exited
+/// and been waited for: the spawned Kafka clients.
+pub(crate) fn children_cpu_seconds() -> Option<f64> {
+    let stat = read("/proc/self/stat");
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // cutime and cstime are fields 16 and 17 of the whole line: 13 and 14 after ')'.
+    let ticks = f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clk_tck())
+}
+
+/// (rchar, wchar) of a process: bytes it read and wrote through system
+/// calls, sockets included (for a broker: requests in, responses and log
+/// writes out).
+pub(crate) fn io_chars(pid: u32) -> Option<(u64, u64)> {
+    let text = read(&format!("/proc/{pid}/io"));
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok());
+    Some((field("rchar:")?, field("wchar:")?))
+}
+
 /// VmRSS of a process, bytes.
 pub(crate) fn rss(pid: u32) -> Option<u64> {
     read(&format!("/proc/{pid}/status"))

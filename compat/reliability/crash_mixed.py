@@ -55,9 +55,14 @@ def polymq_binary() -> Path:
 
 
 class Broker:
-    def __init__(self, data_dir: Path, log_dir: Path):
+    """polymq on `data_dir`, restartable; `fsync=None` keeps the default
+    policy, `env` adds variables (e.g. POLYMQ_MEMORY_HIGH_WATERMARK_BYTES)."""
+
+    def __init__(self, data_dir: Path, log_dir: Path, fsync: str | None = "always", env: dict[str, str] | None = None):
         self.data_dir = data_dir
         self.log_dir = log_dir
+        self.fsync = fsync
+        self.env = env or {}
         self.proc: subprocess.Popen | None = None
         self.ports: dict[str, int] = {}
         self.starts = 0
@@ -68,11 +73,12 @@ class Broker:
         any_port = "127.0.0.1:0"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [str(polymq_binary()), "serve", "--data-dir", str(self.data_dir), "--fsync", "always",
+                [str(polymq_binary()), "serve", "--data-dir", str(self.data_dir),
+                 *(["--fsync", self.fsync] if self.fsync else []),
                  "--mqtt-listen", any_port, "--amqp-listen", any_port, "--kafka-listen", any_port,
                  "--http-listen", any_port, "--log", "info,polymq_mqtt=debug"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, "NO_COLOR": "1"},
+                env={**os.environ, "NO_COLOR": "1", **self.env},
             )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
@@ -141,10 +147,20 @@ class Tally:
 
 def mqtt_prepare(port: int, it: int) -> None:
     import paho.mqtt.client as mqtt
+    # Clear any old session first. Wait for CONNACK and for the close: a
+    # CONNECT still unprocessed when the next client connects would be
+    # processed after it and take the client id over from it (the broker is
+    # right to do so: the last CONNECT it reads wins), losing its SUBSCRIBE.
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"crash-sub-{it}", clean_session=True)
+    connected, closed = threading.Event(), threading.Event()
+    c.on_connect = lambda *a: connected.set()
+    c.on_disconnect = lambda *a: closed.set()
     c.connect("127.0.0.1", port)
     c.loop_start()
+    if not connected.wait(60):
+        raise RuntimeError("no CONNACK within 60 s")
     c.disconnect()
+    closed.wait(10)
     c.loop_stop()
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"crash-sub-{it}", clean_session=False)
     done = threading.Event()
@@ -368,6 +384,11 @@ def run(iterations: int, seed: int, keep: bool) -> int:
                 line.append(f"{p} acked {len(tally.acked)} found {len(tally.found)} lost {lost} dup {dup} reordered {order};")
             print(" ".join(line), flush=True)
         broker.stop()
+    except Exception:
+        # A setup failure (no SUBACK, ...): keep the broker's logs to see why.
+        failed = True
+        print(f"crash_mixed: failed; logs kept in {work}", flush=True)
+        raise
     finally:
         if broker.proc and broker.proc.poll() is None:
             broker.proc.kill()

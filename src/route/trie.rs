@@ -120,6 +120,15 @@ impl<V: PartialEq + Clone> TopicTrie<V> {
         }
     }
 
+    /// Whether some binding could match a topic whose first level is
+    /// `first` (a cheap pre-check before work that only matters when
+    /// something is bound there, e.g. decoding records to route them).
+    pub fn may_match_under(&self, first: &str, dollar_rule: bool) -> bool {
+        let r = &self.root;
+        let wild = !(dollar_rule && first.starts_with('$')) && (!r.many.is_empty() || r.many_then.is_some() || r.one.is_some());
+        wild || r.children.contains_key(first)
+    }
+
     /// Calls `f` for every value whose pattern matches `topic`. With
     /// `dollar_rule` (MQTT), a topic whose first level starts with `$` is not
     /// matched by a wildcard in the first level. A value bound by several

@@ -1,5 +1,5 @@
 //! Harness for the AMQP end-to-end tests: an in-process polymq server on
-//! 127.0.0.1:0 serving AMQP and MQTT over one store in a temporary
+//! 127.0.0.1:0 serving AMQP over a store in a temporary
 //! directory, lapin clients, a raw-socket client for what lapin will not
 //! send, and a restart on the same data directory.
 
@@ -17,7 +17,6 @@ use polymq::config::Config;
 use polymq::server::{shutdown_channel, ProtocolService, Server, ServerError, ShutdownTrigger};
 use polymq::Store;
 use polymq_amqp::{AmqpConfig, AmqpService};
-use polymq_mqtt::{MqttConfig, MqttService};
 use tokio::task::JoinHandle;
 
 /// How long a test waits for something that should happen. Generous: CI
@@ -29,7 +28,6 @@ pub const QUIET: Duration = Duration::from_millis(700);
 struct Running {
     store: Arc<Store>,
     amqp: SocketAddr,
-    mqtt: SocketAddr,
     trigger: ShutdownTrigger,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -64,10 +62,6 @@ impl TestBroker {
 
     pub fn amqp_addr(&self) -> SocketAddr {
         self.running.as_ref().map(|r| r.amqp).expect("running")
-    }
-
-    pub fn mqtt_addr(&self) -> SocketAddr {
-        self.running.as_ref().map(|r| r.mqtt).expect("running")
     }
 
     /// The running server's store (for test hooks such as the memory alarm).
@@ -138,15 +132,14 @@ async fn start_server(dir: &Path, cfg: &AmqpConfig, fsync: polymq::FsyncPolicy) 
     let store_config = config.store_config();
     let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await.context("store open panicked")??;
     let amqp: Arc<dyn ProtocolService> = AmqpService::new(Arc::clone(&store), cfg.clone()).await.context("starting AMQP")?;
-    let mqtt: Arc<dyn ProtocolService> = MqttService::new(Arc::clone(&store), MqttConfig::default()).await.context("starting MQTT")?;
     let store_handle = Arc::clone(&store);
-    let server = Server::bind(&config, store, vec![(config.amqp_listen, amqp), (config.mqtt_listen, mqtt)]).await?;
+    let server = Server::bind(&config, store, vec![(config.amqp_listen, amqp)]).await?;
     let addrs = server.local_addrs();
     let find = |p: &str| addrs.iter().find(|(n, _)| *n == p).map(|(_, a)| *a).with_context(|| format!("no {p} listener"));
-    let (amqp, mqtt) = (find("amqp")?, find("mqtt")?);
+    let amqp = find("amqp")?;
     let (trigger, signal) = shutdown_channel();
     let task = tokio::spawn(server.run(signal.triggered()));
-    Ok(Running { store: store_handle, amqp, mqtt, trigger, task })
+    Ok(Running { store: store_handle, amqp, trigger, task })
 }
 
 /// The next delivery of a consumer, within [`WAIT`].

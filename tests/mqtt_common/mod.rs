@@ -92,6 +92,7 @@ pub fn small_packets_config() -> MqttConfig {
 
 struct Running {
     addr: SocketAddr,
+    store: Arc<Store>,
     trigger: ShutdownTrigger,
     task: JoinHandle<Result<(), ServerError>>,
 }
@@ -151,6 +152,11 @@ impl TestBroker {
         let dir = tempfile::tempdir().context("creating the store's temporary directory")?;
         let running = start_server(dir.path(), &cfg).await?;
         Ok(TestBroker { addr: running.addr, prefix: unique_prefix(), cfg, dir: Some(dir), running: Some(running) })
+    }
+
+    /// The in-process broker's store (`None` for an external broker).
+    pub fn store(&self) -> Option<&Arc<Store>> {
+        self.running.as_ref().map(|r| &r.store)
     }
 
     pub fn is_external(&self) -> bool {
@@ -239,12 +245,12 @@ async fn start_server(dir: &Path, cfg: &MqttConfig) -> Result<Running> {
         .context("opening the store")?;
     let service = MqttService::new(Arc::clone(&store), cfg.clone()).await.context("starting the MQTT service")?;
     let service: Arc<dyn ProtocolService> = service;
-    let server = Server::bind(&config, store, vec![(config.mqtt_listen, service)]).await.context("binding the server")?;
+    let server = Server::bind(&config, Arc::clone(&store), vec![(config.mqtt_listen, service)]).await.context("binding the server")?;
     let addr =
         server.local_addrs().into_iter().find(|(protocol, _)| *protocol == "mqtt").map(|(_, addr)| addr).context("no mqtt listener")?;
     let (trigger, signal) = shutdown_channel();
     let task = tokio::spawn(server.run(signal.triggered()));
-    Ok(Running { addr, trigger, task })
+    Ok(Running { addr, store, trigger, task })
 }
 
 // ---------------------------------------------------------------------------

@@ -1241,6 +1241,7 @@ impl Connection {
             .ok_or_else(|| AmqpError::channel(reply::NOT_FOUND, format!("no exchange '{exchange}' in vhost '{vhost}'")))?;
         let pattern = match def.kind {
             Kind::Headers => crate::headers::binding_pattern(key, arguments),
+            Kind::Topic if sp == self.svc.config.mapping.topic_space => crate::exchange::shared_topic_pattern(key),
             kind => binding_pattern(kind, key)?,
         };
         if add {
@@ -1334,7 +1335,10 @@ impl Connection {
         let key = PumpKey { channel: ch, epoch, tag: Arc::clone(&tag) };
         let store = Arc::clone(&self.svc.store);
         match stream_from {
-            Some(from) => tokio::spawn(stream_pump(store, id, from, key, Arc::clone(&window), self.events_tx.clone(), stop_rx)),
+            Some(from) => {
+                let decoded_max = self.svc.config.mapping.decoded_batch_bytes_max as usize;
+                tokio::spawn(stream_pump(store, id, from, decoded_max, key, Arc::clone(&window), self.events_tx.clone(), stop_rx))
+            }
             None => tokio::spawn(pump(store, id, key, Arc::clone(&window), self.events_tx.clone(), stop_rx, gate)),
         };
         self.channel(ch)?.consumers.insert(tag, Consumer { queue: id, no_ack: c.no_ack, window, stop: stop_tx });
@@ -1384,7 +1388,7 @@ impl Connection {
                     return;
                 };
                 let (no_ack, window) = (consumer.no_ack, Arc::clone(&consumer.window));
-                let out = Outgoing::from_core(&delivery.message);
+                let out = Outgoing::from_core_in(&delivery.message, &self.svc.config.mapping.topic_space);
                 let args = self.svc.queues().args.get(&delivery.receipt.queue).cloned();
                 let now = self.svc.store.now_ms();
                 if expired(args.as_deref(), &delivery.message, &out, now) {
@@ -1418,7 +1422,7 @@ impl Connection {
                 // Cancelled or closed meanwhile: nothing to hand back, a stream is read, not popped.
                 let Some(consumer) = live else { return };
                 let window = Arc::clone(&consumer.window);
-                let mut out = Outgoing::from_core(&message);
+                let mut out = Outgoing::from_core_in(&message, &self.svc.config.mapping.topic_space);
                 let mut headers = out.properties.headers().clone().unwrap_or_default();
                 headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(offset.min(i64::MAX as u64) as i64));
                 out.properties = out.properties.with_headers(headers);
@@ -1474,7 +1478,7 @@ impl Connection {
         let delivery = loop {
             let mut got = store.pop(id, 1, DELIVERY_INVISIBLE, Duration::ZERO).await?;
             let Some(d) = got.pop() else { break None };
-            let out = Outgoing::from_core(&d.message);
+            let out = Outgoing::from_core_in(&d.message, &self.svc.config.mapping.topic_space);
             if expired(args.as_deref(), &d.message, &out, now) {
                 if args.as_ref().is_some_and(|a| a.dead_letter_exchange.is_some()) {
                     dead_letter(&self.svc, args.clone(), d.receipt, d.message, Reason::Expired).await;
@@ -1671,8 +1675,23 @@ impl Connection {
             c.next_publish_seq += 1;
         }
         let props = p.header.take().map(|h| h.properties).unwrap_or_default();
-        let targets = self.route(p.exchange.as_str(), p.routing_key.as_str(), props.headers().as_ref())?;
+        let mut targets = self.route(p.exchange.as_str(), p.routing_key.as_str(), props.headers().as_ref())?;
         let store = Arc::clone(&self.svc.store);
+        // The one address space: a publish to the exchange MQTT shares is a
+        // topic; its first level names a Kafka topic that gets it too.
+        let shared_topic = self.shared_topic(p.exchange.as_str()).then(|| polymq::mapping::topic_from_dotted(p.routing_key.as_str()));
+        if let Some(topic) = &shared_topic {
+            let svc = Arc::clone(&self.svc);
+            let mapping = &svc.config.mapping;
+            if mapping.amqp_to_streams {
+                let levels: Vec<&str> = topic.split('/').collect();
+                if let Some(q) = mapping.stream_target(&store, &levels, topic).await {
+                    if !targets.contains(&q) {
+                        targets.push(q);
+                    }
+                }
+            }
+        }
         if targets.is_empty() {
             if p.mandatory {
                 self.io.method(
@@ -1704,6 +1723,10 @@ impl Connection {
         };
         let now = store.now_ms();
         let mut msg = message::to_core(p.exchange.as_str(), p.routing_key.as_str(), &props, body, now);
+        if let Some(topic) = shared_topic {
+            // MQTT subscribers and Kafka consumers see the topic, not the dotted key.
+            msg.headers.push((Bytes::from_static(polymq::mapping::header::TOPIC), Bytes::from(topic)));
+        }
         if let Some(delay) = self.delay_of(p.exchange.as_str(), props.headers().as_ref()) {
             // The core's pop queues hold the message back until then.
             msg.deliver_at_ms = now.saturating_add(delay);
@@ -1851,6 +1874,13 @@ impl Connection {
         u64::try_from(delay).ok().filter(|d| *d > 0)
     }
 
+    /// Whether `exchange` (on this connection's vhost) is the topic space
+    /// MQTT shares (`amq.topic` on `/` by default).
+    fn shared_topic(&self, exchange: &str) -> bool {
+        let sp = space(&self.vhost, exchange);
+        sp == self.svc.config.mapping.topic_space && self.svc.exchanges.get(&sp).is_some_and(|d| d.kind == Kind::Topic)
+    }
+
     /// The queues a publish goes to.
     fn route(&self, exchange: &str, key: &str, headers: Option<&FieldTable>) -> Result<Vec<QueueId>, AmqpError> {
         route_in(&self.svc, &self.vhost, exchange, key, headers)
@@ -1955,6 +1985,12 @@ fn route_exchange(
     let store = &svc.store;
     out.extend(match def.kind {
         Kind::Direct | Kind::Fanout => store.route(sp, &[key], false),
+        // The space MQTT shares: words are levels in dotted form (`%2E` is a `.`).
+        Kind::Topic if sp == svc.config.mapping.topic_space => {
+            let levels = polymq::mapping::levels_from_dotted(key);
+            let levels: Vec<&str> = levels.iter().map(|l| &**l).collect();
+            store.route(sp, &levels, false)
+        }
         Kind::Topic => {
             let levels: Vec<&str> = key.split('.').collect();
             store.route(sp, &levels, false)
@@ -2434,10 +2470,12 @@ async fn pump(
 
 /// Reads a stream from `from` while the consumer's window has room and
 /// hands the messages to the connection; waits (long poll) at the end.
+#[allow(clippy::too_many_arguments)]
 async fn stream_pump(
     store: Arc<polymq::Store>,
     queue: QueueId,
     mut from: u64,
+    decoded_max: usize,
     key: PumpKey,
     window: Arc<Semaphore>,
     tx: mpsc::UnboundedSender<PumpEvent>,
@@ -2475,8 +2513,51 @@ async fn stream_pump(
             }
         };
         window.add_permits(held - messages.len().min(held));
+        let start = from;
         for m in messages {
             from = m.offset + u64::from(m.message.span.max(1));
+            if m.message.format == polymq::record::FORMAT_KAFKA_BATCH {
+                // A Kafka batch (one stored record, `span` offsets): each of
+                // its records is a delivery of its own, with its own offset
+                // and window slot. One that cannot be decoded (too large
+                // decompressed, unknown codec) goes out raw, as one message.
+                match polymq::record_batch::decode(&m.message.payload, decoded_max) {
+                    Ok(records) => {
+                        let mut have_permit = true;
+                        for r in records {
+                            let offset = m.offset + u64::from(r.offset_delta);
+                            if offset < start {
+                                continue; // the consumer started inside this batch
+                            }
+                            if !have_permit {
+                                let permit = tokio::select! {
+                                    p = Arc::clone(&window).acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+                                    _ = stop.changed() => return,
+                                };
+                                permit.forget();
+                            }
+                            have_permit = false;
+                            let message = Message {
+                                key: r.key.unwrap_or_default(),
+                                headers: polymq::mapping::headers_from_record(&r.headers),
+                                payload: r.value.unwrap_or_default(),
+                                timestamp_ms: u64::try_from(r.timestamp_ms).unwrap_or(0),
+                                ..Message::new(Bytes::new())
+                            };
+                            let ev =
+                                PumpEvent::Stream { channel: key.channel, epoch: key.epoch, tag: Arc::clone(&key.tag), offset, message };
+                            if tx.send(ev).is_err() {
+                                return;
+                            }
+                        }
+                        if have_permit {
+                            window.add_permits(1);
+                        }
+                        continue;
+                    }
+                    Err(e) => debug!(error = %e, offset = m.offset, "stream consumer gets a Kafka batch undecoded"),
+                }
+            }
             let ev = PumpEvent::Stream {
                 channel: key.channel,
                 epoch: key.epoch,

@@ -222,6 +222,22 @@ pub(crate) fn binding_pattern(kind: Kind, routing_key: &str) -> Result<Pattern, 
     }
 }
 
+/// A topic binding key in the topic space shared with MQTT: its words are
+/// topic levels in dotted form, so `%2E` / `%25` inside a word are a `.` / `%`
+/// of the level (`polymq::mapping`), and an MQTT level `b.c` meets `b%2Ec`.
+pub(crate) fn shared_topic_pattern(routing_key: &str) -> Pattern {
+    Pattern(
+        polymq::mapping::levels_from_dotted(routing_key)
+            .into_iter()
+            .map(|w| match &*w {
+                "*" => Level::One,
+                "#" => Level::Many,
+                w => Level::Word(w.into()),
+            })
+            .collect(),
+    )
+}
+
 /// An exchange-to-exchange binding (spaces, not names).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct ExchangeBinding {

@@ -43,6 +43,9 @@ pub struct AmqpConfig {
     pub heartbeat: Duration,
     /// The virtual hosts that exist (connection.open to others: 530).
     pub vhosts: Vec<String>,
+    /// The one address space: which exchange's space MQTT shares
+    /// (`amq.topic`), and whether its publishes also go to Kafka topics.
+    pub mapping: polymq::mapping::Mapping,
 }
 
 impl Default for AmqpConfig {
@@ -53,6 +56,7 @@ impl Default for AmqpConfig {
             channel_max: limits::CHANNEL_MAX_DEFAULT,
             heartbeat: Duration::from_secs(u64::from(limits::HEARTBEAT_DEFAULT_SECS)),
             vhosts: vec![exchange::DEFAULT_VHOST.to_owned()],
+            mapping: polymq::mapping::Mapping::default(),
         }
     }
 }
@@ -60,7 +64,12 @@ impl Default for AmqpConfig {
 impl AmqpConfig {
     /// The AMQP part of the broker's configuration.
     pub fn from_config(config: &polymq::config::Config) -> AmqpConfig {
-        AmqpConfig { users: config.users.clone(), vhosts: config.amqp_vhosts.clone(), ..AmqpConfig::default() }
+        AmqpConfig {
+            users: config.users.clone(),
+            vhosts: config.amqp_vhosts.clone(),
+            mapping: config.mapping.clone(),
+            ..AmqpConfig::default()
+        }
     }
 
     pub(crate) fn has_vhost(&self, vhost: &str) -> bool {

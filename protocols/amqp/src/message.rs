@@ -37,7 +37,9 @@ pub(crate) mod header {
     /// The exchange the message was published to (basic.deliver names it).
     pub const EXCHANGE: &[u8] = b":amqp-exchange";
     /// Present on messages an MQTT client published.
-    pub const MQTT_QOS: &[u8] = b":qos";
+    pub const MQTT_QOS: &[u8] = polymq::mapping::header::QOS;
+    /// The canonical topic of a message routed in the shared topic space.
+    pub const TOPIC: &[u8] = polymq::mapping::header::TOPIC;
 }
 
 /// The message to append for a basic.publish.
@@ -125,12 +127,21 @@ pub(crate) struct Outgoing {
 
 impl Outgoing {
     pub fn from_core(msg: &Message) -> Outgoing {
+        Outgoing::from_core_in(msg, "amq.topic")
+    }
+
+    /// `shared_exchange`: the exchange whose space MQTT shares; a message
+    /// published there by another protocol (MQTT, a Kafka record routed
+    /// into the topic space) is delivered as from it, with the topic in
+    /// dotted form as routing key (`a/b.c` -> `a.b%2Ec`).
+    pub fn from_core_in(msg: &Message, shared_exchange: &str) -> Outgoing {
         let mut p = BasicProperties::default();
         let mut exchange = None;
         let mut expire_at_ms = None;
         let mut table: Option<FieldTable> = None;
         let mut strings: Vec<(ShortString, AMQPValue)> = Vec::new();
         let mut from_mqtt = false;
+        let mut topic: Option<&Bytes> = None;
         for (name, value) in &msg.headers {
             let text = || String::from_utf8_lossy(value).into_owned();
             let s = || short(&text());
@@ -152,6 +163,7 @@ impl Outgoing {
                 header::CLUSTER_ID => p = p.with_cluster_id(s()),
                 header::HEADERS => table = codec::table_from_bytes(value).or(table),
                 header::MQTT_QOS => from_mqtt = true,
+                header::TOPIC => topic = Some(value),
                 n if n.starts_with(b"::") => {
                     strings.push((short(&String::from_utf8_lossy(&n[1..])), AMQPValue::LongString(LongString::from(value.to_vec()))))
                 }
@@ -167,12 +179,13 @@ impl Outgoing {
             p = p.with_headers(t);
         }
         let key = String::from_utf8_lossy(&msg.key).into_owned();
-        // An MQTT publish: it went through amq.topic, its topic levels are
-        // the routing key's words.
-        let (exchange, routing_key) = match exchange {
-            Some(e) => (e, key),
-            None if from_mqtt => ("amq.topic".to_owned(), key.replace('/', ".")),
-            None => (String::new(), key),
+        // An MQTT publish or a routed Kafka record: it went through the
+        // shared topic space, its topic levels are the routing key's words.
+        let (exchange, routing_key) = match (exchange, topic) {
+            (Some(e), _) => (e, key),
+            (None, Some(t)) => (shared_exchange.to_owned(), polymq::mapping::dotted_from_topic(&String::from_utf8_lossy(t))),
+            (None, None) if from_mqtt => (shared_exchange.to_owned(), polymq::mapping::dotted_from_topic(&key)),
+            (None, None) => (String::new(), key),
         };
         Outgoing { exchange, routing_key, properties: p, expire_at_ms }
     }

@@ -184,17 +184,22 @@ fn put_varbytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
 
 /// Encodes a message of another protocol (MQTT, AMQP) as a one-record v2
 /// batch at `offset`: key, value, headers and timestamp, with a correct CRC.
-/// An empty key is sent as null (MQTT / AMQP always have one; Kafka
-/// partitioners treat null as "no key").
+/// The key is the message's topic (`:topic`, an AMQP publish to `amq.topic`
+/// keyed by its MQTT-form topic) or its key; empty is sent as null (Kafka
+/// partitioners treat null as "no key"). Headers are mapped by
+/// `polymq::mapping::record_headers_from`: user properties as they are, the
+/// shared properties under documented names, the broker's own dropped.
 pub fn put_foreign(out: &mut BytesMut, msg: &Message, offset: u64) {
-    let mut record = Vec::with_capacity(32 + msg.key.len() + msg.payload.len());
+    let key = polymq::mapping::topic_of(&msg.key, &msg.headers);
+    let headers = polymq::mapping::record_headers_from(&msg.headers);
+    let mut record = Vec::with_capacity(32 + key.len() + msg.payload.len());
     record.push(0); // record attributes
     put_varint(&mut record, 0); // timestamp delta
     put_varint(&mut record, 0); // offset delta
-    put_varbytes(&mut record, if msg.key.is_empty() { None } else { Some(&msg.key) });
+    put_varbytes(&mut record, if key.is_empty() { None } else { Some(&key) });
     put_varbytes(&mut record, Some(&msg.payload));
-    put_varint(&mut record, msg.headers.len() as i64);
-    for (k, v) in &msg.headers {
+    put_varint(&mut record, headers.len() as i64);
+    for (k, v) in &headers {
         put_varbytes(&mut record, Some(k));
         put_varbytes(&mut record, Some(v));
     }

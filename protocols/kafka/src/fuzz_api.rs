@@ -46,6 +46,8 @@ fn decode_body(key: ApiKey, version: i16, body: Bytes) {
         ApiKey::AlterConfigs => api::alter_configs::decode(r, version, flex).map(drop),
         ApiKey::IncrementalAlterConfigs => api::incremental_alter_configs::decode(r, version, flex).map(drop),
         ApiKey::DescribeCluster => api::describe_cluster::decode(r, version, flex).map(drop),
+        ApiKey::SaslHandshake => api::sasl_handshake::decode(r, version, flex).map(drop),
+        ApiKey::SaslAuthenticate => api::sasl_authenticate::decode(r, version, flex).map(|token| crate::sasl::fuzz_tokens(&token)),
         _ => Ok(()),
     };
     // Produced record batches are validated too.

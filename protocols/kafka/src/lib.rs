@@ -17,11 +17,13 @@ mod connection;
 pub mod fuzz_api;
 mod group;
 mod producer;
+mod sasl;
 mod topics;
 pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use polymq::server::{ConnectionFuture, ProtocolService, ShutdownSignal};
 use polymq::Store;
@@ -52,6 +54,15 @@ pub struct KafkaConfig {
     pub users: std::collections::BTreeMap<String, String>,
     /// See `polymq::config::Config::kafka_group_initial_rebalance_delay_ms`.
     pub group_initial_rebalance_delay_ms: u64,
+    /// Once the first byte of a request is in, the whole frame must arrive
+    /// within this; otherwise the connection is closed (slow clients).
+    pub request_read_timeout: Duration,
+    /// A connection with no request for this long is closed (Kafka's
+    /// `connections.max.idle.ms`).
+    pub connections_max_idle: Duration,
+    /// The one address space: whether produced records are routed into the
+    /// topic space MQTT and AMQP's `amq.topic` share.
+    pub mapping: polymq::mapping::Mapping,
 }
 
 impl Default for KafkaConfig {
@@ -64,6 +75,9 @@ impl Default for KafkaConfig {
             sasl: false,
             users: Default::default(),
             group_initial_rebalance_delay_ms: polymq::config::KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
+            request_read_timeout: Duration::from_millis(polymq::config::KAFKA_REQUEST_READ_TIMEOUT_MS_DEFAULT),
+            connections_max_idle: Duration::from_millis(polymq::config::KAFKA_CONNECTIONS_MAX_IDLE_MS_DEFAULT),
+            mapping: polymq::mapping::Mapping::default(),
         }
     }
 }
@@ -78,6 +92,9 @@ impl KafkaConfig {
             sasl: config.kafka_sasl,
             users: config.users.clone(),
             group_initial_rebalance_delay_ms: config.kafka_group_initial_rebalance_delay_ms,
+            request_read_timeout: Duration::from_millis(config.kafka_request_read_timeout_ms),
+            connections_max_idle: Duration::from_millis(config.kafka_connections_max_idle_ms),
+            mapping: config.mapping.clone(),
             ..KafkaConfig::default()
         }
     }
@@ -91,6 +108,8 @@ pub(crate) struct Shared {
     pub producers: producer::Producers,
     /// The consumer group coordinator (classic protocol).
     pub groups: Arc<group::Coordinator>,
+    /// SASL users (from `config.users`) and their derived SCRAM credentials.
+    pub users: sasl::Users,
 }
 
 /// The Kafka listener's service.
@@ -102,7 +121,8 @@ impl KafkaService {
     pub async fn new(store: Arc<Store>, config: KafkaConfig) -> Result<Arc<KafkaService>, polymq::StoreError> {
         let groups =
             group::Coordinator::start(group::GroupSettings { initial_rebalance_delay_ms: config.group_initial_rebalance_delay_ms });
-        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default(), groups }) }))
+        let users = sasl::Users::new(config.users.clone());
+        Ok(Arc::new(KafkaService { shared: Arc::new(Shared { store, config, producers: Default::default(), groups, users }) }))
     }
 }
 

@@ -142,6 +142,17 @@ impl Producers {
         }
     }
 
+    /// Undoes [`Producers::record`] for a batch whose write failed after the
+    /// hand-off (a full disk): its retry must be appended, not answered as
+    /// a duplicate of something the log does not hold.
+    pub fn forget(&self, q: QueueId, h: &batch::BatchHeader, base_offset: u64) {
+        if let Ok(mut states) = self.states.lock() {
+            if let Some(s) = states.get_mut(&(h.producer_id, q)) {
+                s.recent.retain(|r| *r != (h.base_sequence, h.last_sequence(), base_offset));
+            }
+        }
+    }
+
     fn rebuild(&self, store: &Store, q: QueueId, pid: i64) {
         let Some(info) = store.queue_info(q) else { return };
         let from = info.next_offset.saturating_sub(REBUILD_OFFSETS).max(info.start_offset);

@@ -28,6 +28,8 @@ pub(crate) mod metadata;
 pub(crate) mod offset_commit;
 pub(crate) mod offset_fetch;
 pub(crate) mod produce;
+pub(crate) mod sasl_authenticate;
+pub(crate) mod sasl_handshake;
 pub(crate) mod sync_group;
 
 use std::future::Future;
@@ -75,10 +77,6 @@ pub(crate) enum HandlerError {
     /// Our response did not encode (a bug; the connection is closed).
     #[error("encoding the {0:?} response failed: {1}")]
     Encode(ApiKey, String),
-    /// Handled as a closed connection without a response (e.g. failed SASL).
-    #[error("closing the connection: {0}")]
-    #[allow(dead_code)] // for SASL, not served yet
-    Close(String),
 }
 
 pub(crate) type HandlerResult = Result<Reply, HandlerError>;
@@ -124,6 +122,8 @@ pub(crate) static APIS: &[Api] = &[
     Api { key: ApiKey::DescribeGroups, min_version: 0, max_version: 5, handler: describe_groups::handle },
     Api { key: ApiKey::ListGroups, min_version: 0, max_version: 5, handler: list_groups::handle },
     Api { key: ApiKey::DeleteGroups, min_version: 0, max_version: 2, handler: delete_groups::handle },
+    Api { key: ApiKey::SaslHandshake, min_version: 0, max_version: 1, handler: sasl_handshake::handle },
+    Api { key: ApiKey::SaslAuthenticate, min_version: 0, max_version: 2, handler: sasl_authenticate::handle },
 ];
 
 /// The table entry of `key`.

@@ -106,6 +106,9 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                     tracing::warn!(group = %c.group_id, error = %e, "offset commit failed");
                     errors[t][p] = match e {
                         polymq::StoreError::QueueNotFound(_) => UNKNOWN_TOPIC_OR_PARTITION,
+                        // As Kafka maps a failed append to __consumer_offsets:
+                        // retriable, the client commits again.
+                        polymq::StoreError::NoSpace => code::COORDINATOR_NOT_AVAILABLE,
                         _ => UNKNOWN_SERVER_ERROR,
                     };
                 }

@@ -46,8 +46,14 @@ pub(crate) fn decode(r: &mut Reader, _version: i16, flex: bool) -> WireResult<Pr
 
 /// Where one partition's answer comes from.
 enum Pending {
-    Done { error: i16, base_offset: i64, message: Option<String> },
-    Ticket(Ticket),
+    Done {
+        error: i16,
+        base_offset: i64,
+        message: Option<String>,
+    },
+    /// Handed to the log: the batch (with the idempotence state recorded for
+    /// it, if any), and the copies of its records routed into the topic space.
+    Ticket(Ticket, Option<(polymq::queue::QueueId, batch::BatchHeader, u64)>, Vec<Ticket>),
 }
 
 fn done(error: i16) -> Pending {
@@ -55,12 +61,19 @@ fn done(error: i16) -> Pending {
 }
 
 fn storage_error(e: &StoreError) -> Pending {
-    let error = match e {
+    Pending::Done { error: store_error_code(e), base_offset: -1, message: Some(e.to_string()) }
+}
+
+/// A failed append's Kafka code. A full disk (`NoSpace`) is
+/// KAFKA_STORAGE_ERROR, retriable: clients retry and succeed once space
+/// returns.
+fn store_error_code(e: &StoreError) -> i16 {
+    match e {
         StoreError::RecordTooLarge { .. } => MESSAGE_TOO_LARGE,
         StoreError::QueueNotFound(_) => code::UNKNOWN_TOPIC_OR_PARTITION,
+        StoreError::NoSpace => code::KAFKA_STORAGE_ERROR,
         _ => code::KAFKA_STORAGE_ERROR,
-    };
-    Pending::Done { error, base_offset: -1, message: Some(e.to_string()) }
+    }
 }
 
 pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'_> {
@@ -88,7 +101,7 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                 } else {
                     match usize::try_from(p.index).ok().and_then(|i| parts.get(i)) {
                         None => done(code::UNKNOWN_TOPIC_OR_PARTITION),
-                        Some(&q) => append(session, q, p.records).await,
+                        Some(&q) => append(session, &name, q, p.records).await,
                     }
                 };
                 answers.push((p.index, answer));
@@ -106,10 +119,25 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             for (index, answer) in answers {
                 let (error, base_offset, message) = match answer {
                     Pending::Done { error, base_offset, message } => (error, base_offset, message),
-                    Pending::Ticket(ticket) => match ticket.wait().await {
-                        Ok(appended) => (code::NONE, appended.offsets.first().map(|o| o.1 as i64).unwrap_or(-1), None),
-                        Err(e) => (code::KAFKA_STORAGE_ERROR, -1, Some(e.to_string())),
-                    },
+                    Pending::Ticket(ticket, recorded, copies) => {
+                        let answer = match ticket.wait().await {
+                            Ok(appended) => (code::NONE, appended.offsets.first().map(|o| o.1 as i64).unwrap_or(-1), None),
+                            Err(e) => {
+                                if let Some((q, h, offset)) = recorded {
+                                    shared.producers.forget(q, &h, offset);
+                                }
+                                (store_error_code(&e), -1, Some(e.to_string()))
+                            }
+                        };
+                        // The answer is about the batch; a copy that failed
+                        // to store is the subscribers' loss, logged.
+                        for copy in copies {
+                            if let Err(e) = copy.wait().await {
+                                tracing::warn!(error = %e, "a Kafka record routed to subscribers was not stored");
+                            }
+                        }
+                        answer
+                    }
                 };
                 let mut pr = PartitionProduceResponse::default()
                     .with_index(index)
@@ -121,12 +149,13 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             }
             responses.push(TopicProduceResponse::default().with_name(name).with_partition_responses(partition_responses));
         }
-        encode(ApiKey::Produce, &ProduceResponse::default().with_responses(responses), version)
+        let resp = ProduceResponse::default().with_responses(responses).with_throttle_time_ms(session.produce_throttle_ms);
+        encode(ApiKey::Produce, &resp, version)
     })
 }
 
 /// Validates and hands one partition's batch to the log.
-async fn append(session: &Session, q: polymq::queue::QueueId, records: Option<Bytes>) -> Pending {
+async fn append(session: &Session, topic: &str, q: polymq::queue::QueueId, records: Option<Bytes>) -> Pending {
     let Some(records) = records else { return done(batch::BatchError::Invalid("null records").code()) };
     let (stored, h) = match batch::validate_produce(&records) {
         Ok(v) => v,
@@ -146,9 +175,10 @@ async fn append(session: &Session, q: polymq::queue::QueueId, records: Option<By
         ..Message::default()
     };
     let store = &session.shared.store;
+    let batch = msg.payload.clone();
     if h.producer_id < 0 || h.base_sequence < 0 {
         return match store.submit(msg, &[q]).await {
-            Ok(ticket) => Pending::Ticket(ticket),
+            Ok(ticket) => Pending::Ticket(ticket, None, route_records(session, topic, &batch).await),
             Err(e) => storage_error(&e),
         };
     }
@@ -163,11 +193,63 @@ async fn append(session: &Session, q: polymq::queue::QueueId, records: Option<By
                 // write completes is already a duplicate.
                 let offset = ticket.offsets().first().map(|o| o.1).unwrap_or(0);
                 producers.record(q, &h, offset);
-                Pending::Ticket(ticket)
+                drop(_serial);
+                Pending::Ticket(ticket, Some((q, h, offset)), route_records(session, topic, &batch).await)
             }
             Err(e) => storage_error(&e),
         },
     }
+}
+
+/// The one address space: each record of a batch produced to `topic` is
+/// routed in the topic space MQTT and AMQP's `amq.topic` share, under the
+/// topic its key (or the mapping's topic header) names inside the subtree
+/// `topic/...` (`polymq::mapping::Mapping::topic_for_record`), and stored
+/// once more for the queues it reaches: the batch stays byte-exact for Kafka
+/// consumers and MQTT/AMQP queues need single messages with their own
+/// acks. Nothing is decoded unless some binding could match under the
+/// topic's first level, so plain Kafka traffic pays one trie lookup.
+async fn route_records(session: &Session, topic: &str, batch: &Bytes) -> Vec<Ticket> {
+    let mapping = &session.shared.config.mapping;
+    let store = &session.shared.store;
+    if !mapping.streams_to_topics {
+        return Vec::new();
+    }
+    let Some(first) = mapping.first_level_for(topic) else { return Vec::new() };
+    if !store.may_route_under(&mapping.topic_space, &first, true) {
+        return Vec::new();
+    }
+    let records = match polymq::record_batch::decode(batch, mapping.decoded_batch_bytes_max as usize) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(topic, error = %e, "a produced batch is not routed to subscribers");
+            return Vec::new();
+        }
+    };
+    let mut tickets = Vec::new();
+    for r in records {
+        let Some(t) = mapping.topic_for_record(topic, r.key.as_deref(), &r.headers) else { continue };
+        let levels: Vec<&str> = t.split('/').collect();
+        let targets = store.route(&mapping.topic_space, &levels, true);
+        if targets.is_empty() {
+            continue;
+        }
+        let mut headers = polymq::mapping::headers_from_record(&r.headers);
+        headers.push((Bytes::from_static(polymq::mapping::header::TOPIC), Bytes::from(t)));
+        headers.push((Bytes::from_static(polymq::mapping::header::SOURCE_STREAM), Bytes::copy_from_slice(topic.as_bytes())));
+        let msg = Message {
+            key: r.key.unwrap_or_default(),
+            headers,
+            payload: r.value.unwrap_or_default(),
+            timestamp_ms: u64::try_from(r.timestamp_ms).unwrap_or(0),
+            ..Message::new(Bytes::new())
+        };
+        match store.submit(msg, &targets).await {
+            Ok(t) => tickets.push(t),
+            Err(e) => tracing::warn!(topic, error = %e, "a Kafka record routed to subscribers was not stored"),
+        }
+    }
+    tickets
 }
 
 #[cfg(test)]

@@ -6,6 +6,14 @@
 //! own queue and one per shared subscription). A pump pops only while the
 //! connection has room in its outbound window (the client's Receive Maximum,
 //! capped), so an unacknowledged backlog stays in the store, not in memory.
+//!
+//! Under the store's memory alarm a connection that has published is not
+//! read until the alarm clears: its further PUBLISH packets wait in the
+//! socket, so their PUBACK/PUBREC are withheld and a v5 client stops at its
+//! Receive Maximum (TCP back-pressure for v3). Deliveries go on, so
+//! subscribers keep draining. Keep-alive is not enforced while blocked (the
+//! client's PINGREQs wait in the socket too), as RabbitMQ pauses AMQP
+//! heartbeats of a blocked connection.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -32,7 +40,7 @@ use super::message::{self, Stored};
 use super::session::{ClaimResult, SessionState};
 use super::subs::{
     filter_matches, filter_pattern, options_pattern, parse_options_pattern, queue_name, SubOpts, OPTIONS_SPACE, SESSION_PREFIX,
-    SHARED_PREFIX, TOPIC_SPACE, TRANSIENT_PREFIX,
+    SHARED_PREFIX, TRANSIENT_PREFIX,
 };
 use super::MqttService;
 use crate::limits::{
@@ -239,6 +247,11 @@ struct Connection {
     // Inbound.
     aliases: HashMap<u16, String>,
     replies: VecDeque<PendingReply>,
+    /// The memory alarm, watched from the first publish on: a subscriber
+    /// that never publishes is never blocked.
+    alarm: Option<watch::Receiver<bool>>,
+    /// Not read because the memory alarm is on.
+    blocked: bool,
 }
 
 impl Connection {
@@ -338,6 +351,8 @@ impl Connection {
             events_rx: None,
             aliases: HashMap::new(),
             replies: VecDeque::new(),
+            alarm: None,
+            blocked: false,
         }
     }
 
@@ -402,7 +417,7 @@ impl Connection {
             if let Some((group, inner)) = split_shared(&filter) {
                 let qname = shared_queue_name(group, inner);
                 let q = store.declare_queue(&qname, QueueOptions::default()).await?.id;
-                store.bind(TOPIC_SPACE, &filter_pattern(inner), q).await?;
+                store.bind(&self.svc.config.mapping.topic_space, &filter_pattern(inner), q).await?;
                 if !resumed_in_memory {
                     *self.svc.groups().entry(qname).or_default() += 1;
                 }
@@ -505,13 +520,19 @@ impl Connection {
         let max_packet = self.svc.config.max_packet_bytes as usize;
         let receive_max = usize::from(self.svc.config.receive_maximum);
         let mut last_rx = Instant::now();
+        // Packets that came in the same read as CONNECT (a client may send
+        // SUBSCRIBE right behind it) are buffered already: the socket will not
+        // turn readable for them, so handle them before waiting on it.
+        if let Err(end) = self.handle_buffered(&mut inbuf, max_packet).await {
+            return end;
+        }
         loop {
             if let Err(end) = self.flush(wr).await {
                 return end;
             }
             // 1.5 x keep-alive (spec 3.1.2.10).
             let keep_alive_deadline = last_rx + self.keep_alive + self.keep_alive / 2;
-            let can_read = self.replies.len() < receive_max;
+            let can_read = self.replies.len() < receive_max && !self.blocked;
             tokio::select! {
                 biased;
                 _ = &mut shutdown_fut => return End::Shutdown,
@@ -539,19 +560,8 @@ impl Connection {
                         Err(_) => return End::Lost,
                     }
                     last_rx = Instant::now();
-                    loop {
-                        match decode(&mut inbuf, Some(self.version), max_packet) {
-                            Ok(Some(packet)) => {
-                                if let Err(end) = self.handle(packet).await {
-                                    return end;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                debug!(client = %self.client_id, error = %e, "malformed packet");
-                                return End::ProtocolError(e.reason_code());
-                            }
-                        }
+                    if let Err(end) = self.handle_buffered(&mut inbuf, max_packet).await {
+                        return end;
                     }
                     if inbuf.is_empty() {
                         inbuf = BytesMut::new();
@@ -570,11 +580,62 @@ impl Connection {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(keep_alive_deadline), if !self.keep_alive.is_zero() => {
+                changed = alarm_changed(&mut self.alarm), if self.alarm.is_some() => match changed {
+                    None => {
+                        self.alarm = None;
+                        self.blocked = false;
+                    }
+                    Some(true) => self.block(),
+                    Some(false) => {
+                        if self.blocked {
+                            self.blocked = false;
+                            // Nothing was read while blocked: keep-alive starts afresh.
+                            last_rx = Instant::now();
+                            debug!(client = %self.client_id, "memory alarm cleared: reading again");
+                        }
+                    }
+                },
+                _ = tokio::time::sleep_until(keep_alive_deadline), if !self.keep_alive.is_zero() && !self.blocked => {
                     return End::KeepAliveTimeout;
                 }
             }
             self.ack_delivered();
+        }
+    }
+
+    /// The memory alarm is on and this connection publishes: stop reading it
+    /// (packets already read are still handled).
+    fn block(&mut self) {
+        if !self.blocked {
+            self.blocked = true;
+            debug!(client = %self.client_id, "blocked by the memory alarm");
+        }
+    }
+
+    /// Called for every inbound PUBLISH: from the first one on the
+    /// connection watches the memory alarm, and blocks while it is on.
+    fn watch_alarm(&mut self) {
+        let alarm = self.alarm.get_or_insert_with(|| {
+            let mut rx = self.svc.store.memory_alarm().subscribe();
+            rx.borrow_and_update();
+            rx
+        });
+        if *alarm.borrow() {
+            self.block();
+        }
+    }
+
+    /// Decodes and handles every whole packet in `inbuf`.
+    async fn handle_buffered(&mut self, inbuf: &mut BytesMut, max_packet: usize) -> Result<(), End> {
+        loop {
+            match decode(inbuf, Some(self.version), max_packet) {
+                Ok(Some(packet)) => self.handle(packet).await?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    debug!(client = %self.client_id, error = %e, "malformed packet");
+                    return Err(End::ProtocolError(e.reason_code()));
+                }
+            }
         }
     }
 
@@ -685,6 +746,7 @@ impl Connection {
     // ---- inbound publishes ----
 
     async fn on_publish(&mut self, mut p: Publish) -> Result<(), End> {
+        self.watch_alarm();
         let topic = match self.resolve_alias(&mut p) {
             Ok(t) => t,
             Err(reason) => return Err(End::ProtocolError(reason)),
@@ -837,7 +899,7 @@ impl Connection {
         }
         match split_shared(filter) {
             None => {
-                store.bind(TOPIC_SPACE, &filter_pattern(filter), self.state.queue).await?;
+                store.bind(&self.svc.config.mapping.topic_space, &filter_pattern(filter), self.state.queue).await?;
                 if !self.pumps.contains_key(&None) {
                     self.start_pump(None, self.state.queue);
                 }
@@ -846,7 +908,7 @@ impl Connection {
                 if old.is_none() {
                     let qname = shared_queue_name(group, inner);
                     let q = store.declare_queue(&qname, QueueOptions::default()).await?.id;
-                    store.bind(TOPIC_SPACE, &filter_pattern(inner), q).await?;
+                    store.bind(&self.svc.config.mapping.topic_space, &filter_pattern(inner), q).await?;
                     *self.svc.groups().entry(qname).or_default() += 1;
                     self.start_pump(Some(Arc::from(filter)), q);
                 }
@@ -869,7 +931,7 @@ impl Connection {
                 }
                 match split_shared(filter) {
                     None => {
-                        store.unbind(TOPIC_SPACE, &filter_pattern(filter), self.state.queue).await?;
+                        store.unbind(&self.svc.config.mapping.topic_space, &filter_pattern(filter), self.state.queue).await?;
                     }
                     Some((group, inner)) => {
                         if let Some(pump) = self.pumps.remove(&Some(Arc::from(filter.as_str()))) {
@@ -1171,8 +1233,18 @@ async fn publish_message(
     msg: polymq::record::Message,
 ) -> Result<Option<polymq::store::Ticket>, StoreError> {
     let store = &svc.store;
+    let mapping = &svc.config.mapping;
     let levels: Vec<&str> = topic.split('/').collect();
-    let mut targets = store.route(TOPIC_SPACE, &levels, true);
+    let mut targets = store.route(&mapping.topic_space, &levels, true);
+    // The one address space: the first level names a Kafka topic, which
+    // gets the same stored message as one more target.
+    if mapping.mqtt_to_streams {
+        if let Some(q) = mapping.stream_target(store, &levels, topic).await {
+            if !targets.contains(&q) {
+                targets.push(q);
+            }
+        }
+    }
     let mut retained_in = None;
     if retain {
         if msg.payload.is_empty() {
@@ -1215,6 +1287,17 @@ fn shared_queue_name(group: &str, inner: &str) -> String {
 }
 
 /// The next pump event; never, before the first pump exists.
+/// The alarm's next state; `None` once its sender is gone.
+async fn alarm_changed(rx: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    match rx {
+        Some(rx) => match rx.changed().await {
+            Ok(()) => Some(*rx.borrow_and_update()),
+            Err(_) => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
 async fn recv_event(rx: &mut Option<mpsc::UnboundedReceiver<PumpEvent>>) -> Option<PumpEvent> {
     match rx {
         Some(rx) => rx.recv().await,

@@ -107,7 +107,10 @@ impl Stored {
     /// `None` when the key is not a valid MQTT topic name (a message that came
     /// from elsewhere and cannot be delivered over MQTT).
     pub fn from_core(msg: &Message) -> Option<Stored> {
-        let topic = std::str::from_utf8(&msg.key).ok()?;
+        // A message from another protocol names its topic in `:topic` (an
+        // AMQP routing key or a Kafka record key is not one).
+        let topic = polymq::mapping::topic_of(&msg.key, &msg.headers);
+        let topic = std::str::from_utf8(&topic).ok()?;
         if crate::validate_topic_name(topic).is_err() || topic.contains('\0') {
             return None;
         }

@@ -36,6 +36,9 @@ pub struct MqttConfig {
     pub topic_alias_maximum: u16,
     /// Upper bound for a client's session expiry interval, seconds.
     pub session_expiry_max_secs: u32,
+    /// The one address space: the topic space subscriptions bind in (shared
+    /// with AMQP's `amq.topic`) and whether publishes also go to Kafka topics.
+    pub mapping: polymq::mapping::Mapping,
 }
 
 impl Default for MqttConfig {
@@ -47,6 +50,7 @@ impl Default for MqttConfig {
             receive_maximum: crate::limits::RECEIVE_MAXIMUM_DEFAULT,
             topic_alias_maximum: crate::limits::TOPIC_ALIAS_MAXIMUM_DEFAULT,
             session_expiry_max_secs: u32::MAX,
+            mapping: polymq::mapping::Mapping::default(),
         }
     }
 }
@@ -58,6 +62,7 @@ impl MqttConfig {
             max_packet_bytes: config.mqtt_max_packet_bytes,
             allow_anonymous: config.mqtt_allow_anonymous,
             users: config.users.clone(),
+            mapping: config.mapping.clone(),
             ..MqttConfig::default()
         }
     }

@@ -5,9 +5,6 @@ use polymq::route::{Level, Pattern};
 
 use crate::packet::{QoS, RetainHandling, SubscriptionOptions};
 
-/// The topic space MQTT subscriptions bind in: AMQP's topic exchange, so an
-/// MQTT topic `a/b` and an AMQP routing key `a.b` meet (issue 6).
-pub(crate) const TOPIC_SPACE: &str = "amq.topic";
 /// Where a persistent session's subscription options are kept: one binding
 /// per subscription whose pattern is `[filter, options]`. Nothing publishes
 /// into this space; it is durable per-queue metadata that the core deletes
