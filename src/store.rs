@@ -121,6 +121,13 @@ impl Ticket {
     pub fn offsets(&self) -> &[(QueueId, u64)] {
         &self.offsets
     }
+    /// Polls for the acknowledgement without consuming the ticket, so a
+    /// protocol can keep many tickets in one ordered queue and poll the
+    /// front in its own loop (no boxed future per append). `Ready(Ok(pos))`
+    /// once the append is as durable as the fsync policy promises.
+    pub fn poll_stored(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<u64, StoreError>> {
+        std::future::Future::poll(std::pin::Pin::new(&mut self.rx), cx).map(|r| r.map_err(|_| StoreError::Closed)?)
+    }
 }
 
 /// What maintenance did in one run.
@@ -608,48 +615,62 @@ impl Store {
 
     /// Hands a message to the log writer and returns at once with a ticket;
     /// await the ticket for the acknowledgement (or drop it: fire and forget).
-    pub async fn submit(&self, mut msg: Message, targets: &[QueueId]) -> Result<Ticket, StoreError> {
-        let size = msg.payload.len() + msg.key.len() + msg.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
-        if size > RECORD_BYTES_MAX {
-            return Err(StoreError::RecordTooLarge { size, max: RECORD_BYTES_MAX });
-        }
-        if targets.len() > DISPATCH_COUNT_MAX {
-            return Err(StoreError::InvalidArgument(format!("a message can go to at most {DISPATCH_COUNT_MAX} queues at once")));
-        }
-        if msg.headers.len() > u16::MAX as usize || msg.headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
-            return Err(StoreError::InvalidArgument("too many headers or a header name too long".into()));
-        }
-        if msg.group.as_ref().is_some_and(|g| g.len() > limits::GROUP_KEY_BYTES_MAX) {
-            return Err(StoreError::InvalidArgument(format!("message group keys are at most {} bytes", limits::GROUP_KEY_BYTES_MAX)));
-        }
-        msg.span = msg.span.max(1);
+    pub async fn submit(&self, msg: Message, targets: &[QueueId]) -> Result<Ticket, StoreError> {
+        let size = check_submit(&msg, targets)?;
         let permit = self.inner.tx.reserve().await.map_err(|_| StoreError::Closed)?;
         let now = self.now_ms();
-        let timestamp_ms = if msg.timestamp_ms == 0 { now } else { msg.timestamp_ms };
-        let (done, rx) = oneshot::channel();
         let mut st = lock(&self.inner.state)?;
         self.inner.check_open()?;
-        if !targets.is_empty() && targets.iter().all(|q| q.is_transient()) {
-            return self.inner.append_in_memory(&mut st, msg, targets, timestamp_ms, size as u64, done, rx);
+        self.inner.submit_locked(&mut st, permit, msg, targets, size, now)
+    }
+
+    /// Hands several messages to the log writer at once, in order: one
+    /// reservation in the writer's channel and one state lock per chunk
+    /// instead of one per message (a protocol's publishes from one socket
+    /// read). Each message gets its own result, in the order given; a
+    /// message refused by the checks of [`submit`](Self::submit) does not
+    /// stop the others. Tickets resolve in log order, like separate submits.
+    pub async fn submit_many<'a>(&self, batch: impl IntoIterator<Item = (Message, &'a [QueueId])>) -> Vec<Result<Ticket, StoreError>> {
+        let mut checked: Vec<(Message, &'a [QueueId], Result<usize, StoreError>)> = batch
+            .into_iter()
+            .map(|(m, t)| {
+                let size = check_submit(&m, t);
+                (m, t, size)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(checked.len());
+        let mut rest = checked.drain(..).peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<_> = rest.by_ref().take(SUBMIT_MANY_CHUNK).collect();
+            let wanted = chunk.iter().filter(|(_, _, size)| size.is_ok()).count();
+            let mut permits = match self.inner.tx.reserve_many(wanted).await {
+                Ok(p) => p,
+                Err(_) => {
+                    out.extend(chunk.into_iter().map(|(_, _, size)| size.and(Err(StoreError::Closed))));
+                    continue;
+                }
+            };
+            let now = self.now_ms();
+            let mut st = match lock(&self.inner.state) {
+                Ok(st) => st,
+                Err(_) => {
+                    out.extend(chunk.into_iter().map(|(_, _, size)| size.and(Err(StoreError::Poisoned))));
+                    continue;
+                }
+            };
+            for (msg, targets, size) in chunk {
+                out.push(match size {
+                    Err(e) => Err(e),
+                    Ok(size) => match permits.next() {
+                        Some(permit) => {
+                            self.inner.check_open().and_then(|()| self.inner.submit_locked(&mut st, permit, msg, targets, size, now))
+                        }
+                        None => Err(StoreError::Closed),
+                    },
+                });
+            }
         }
-        let mut dispatch = Vec::with_capacity(targets.len());
-        for &q in targets {
-            let span = if st.table.options(q).map(|o| o.kind) == Some(QueueKind::Stream) { msg.span } else { 1 };
-            dispatch.push((q, st.table.reserve_offsets(q, span)?));
-        }
-        let mut head = Vec::with_capacity(64 + msg.key.len() + targets.len() * 16);
-        record::encode_message_head(&MessageHead { relocated: false, timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
-        let op = Op::Message {
-            dispatch: dispatch.clone(),
-            timestamp_ms,
-            deliver_at_ms: msg.deliver_at_ms,
-            priority: msg.priority,
-            span: msg.span,
-            group: msg.group.clone(),
-        };
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
-        drop(st);
-        Ok(Ticket { rx, offsets: dispatch })
+        out
     }
 
     /// Forces an fsync of everything written so far.
@@ -983,7 +1004,70 @@ impl Drop for Store {
     }
 }
 
+/// The checks an append must pass before it is queued; returns the
+/// record's size as [`RECORD_BYTES_MAX`] counts it.
+fn check_submit(msg: &Message, targets: &[QueueId]) -> Result<usize, StoreError> {
+    let size = msg.payload.len() + msg.key.len() + msg.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
+    if size > RECORD_BYTES_MAX {
+        return Err(StoreError::RecordTooLarge { size, max: RECORD_BYTES_MAX });
+    }
+    if targets.len() > DISPATCH_COUNT_MAX {
+        return Err(StoreError::InvalidArgument(format!("a message can go to at most {DISPATCH_COUNT_MAX} queues at once")));
+    }
+    if msg.headers.len() > u16::MAX as usize || msg.headers.iter().any(|(k, _)| k.len() > u16::MAX as usize) {
+        return Err(StoreError::InvalidArgument("too many headers or a header name too long".into()));
+    }
+    if msg.group.as_ref().is_some_and(|g| g.len() > limits::GROUP_KEY_BYTES_MAX) {
+        return Err(StoreError::InvalidArgument(format!("message group keys are at most {} bytes", limits::GROUP_KEY_BYTES_MAX)));
+    }
+    Ok(size)
+}
+
+/// Messages [`Store::submit_many`] queues per reservation and lock hold:
+/// bounds how long the state lock is held and how much of the writer's
+/// channel one caller takes at once.
+const SUBMIT_MANY_CHUNK: usize = 256;
+const _: () = assert!(SUBMIT_MANY_CHUNK <= limits::WRITE_QUEUE_DEPTH_MAX);
+
 impl Inner {
+    /// Assigns offsets and queues one checked message for the writer, under
+    /// the state lock (the log's order is the offsets' order).
+    fn submit_locked(
+        &self,
+        st: &mut State,
+        permit: mpsc::Permit<'_, writer_msg::Msg<Op>>,
+        mut msg: Message,
+        targets: &[QueueId],
+        size: usize,
+        now: u64,
+    ) -> Result<Ticket, StoreError> {
+        msg.span = msg.span.max(1);
+        let timestamp_ms = if msg.timestamp_ms == 0 { now } else { msg.timestamp_ms };
+        let (done, rx) = oneshot::channel();
+        if !targets.is_empty() && targets.iter().all(|q| q.is_transient()) {
+            return self.append_in_memory(st, msg, targets, timestamp_ms, size as u64, done, rx);
+        }
+        let mut dispatch = Vec::with_capacity(targets.len());
+        for &q in targets {
+            let span = if st.table.options(q).map(|o| o.kind) == Some(QueueKind::Stream) { msg.span } else { 1 };
+            dispatch.push((q, st.table.reserve_offsets(q, span)?));
+        }
+        // Sized for the whole head (headers included): no regrowth while encoding.
+        let headers: usize = msg.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+        let mut head = Vec::with_capacity(64 + msg.key.len() + headers + targets.len() * 16);
+        record::encode_message_head(&MessageHead { relocated: false, timestamp_ms, dispatch: &dispatch, msg: &msg }, &mut head);
+        let op = Op::Message {
+            dispatch: dispatch.clone(),
+            timestamp_ms,
+            deliver_at_ms: msg.deliver_at_ms,
+            priority: msg.priority,
+            span: msg.span,
+            group: msg.group.clone(),
+        };
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        Ok(Ticket { rx, offsets: dispatch })
+    }
+
     fn check_open(&self) -> Result<(), StoreError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(StoreError::Closed);

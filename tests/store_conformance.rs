@@ -440,6 +440,35 @@ async fn ack_many_acks_a_batch_and_skips_stale_receipts() {
     assert!(s.pop(q, 10, INVIS, NOW).await.expect("pop").is_empty());
 }
 
+#[tokio::test]
+async fn submit_many_appends_in_order_and_answers_each_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (s, _) = open(dir.path());
+    let q = s.declare_queue("q", QueueOptions::default()).await.expect("q").id;
+    let mem = s.declare_queue("mem", QueueOptions { transient: true, ..QueueOptions::default() }).await.expect("mem").id;
+    let big = Message::new(Bytes::from(vec![0u8; polymq::limits::RECORD_BYTES_MAX + 1]));
+    // More than one chunk, a refused message in the middle, a memory-only one.
+    let mut batch: Vec<(Message, Vec<polymq::queue::QueueId>)> = (0..300).map(|i| (msg(&format!("{i}")), vec![q])).collect();
+    batch.insert(150, (big, vec![q]));
+    batch.push((msg("transient"), vec![mem]));
+    let results = s.submit_many(batch.iter().map(|(m, t)| (m.clone(), t.as_slice()))).await;
+    assert_eq!(results.len(), 302);
+    assert!(matches!(results[150], Err(polymq::StoreError::RecordTooLarge { .. })), "the oversized one alone is refused");
+    let mut tickets: Vec<_> = results.into_iter().enumerate().filter(|(i, _)| *i != 150).map(|(_, r)| r.expect("submitted")).collect();
+    let offsets: Vec<u64> = tickets[..300].iter().map(|t| t.offsets()[0].1).collect();
+    assert_eq!(offsets, (0..300).collect::<Vec<_>>(), "offsets follow the batch order, the refused one takes none");
+    // poll_stored on the last durable one: ready once stored, and so are all before it.
+    let mut last = tickets.remove(299);
+    let pos = std::future::poll_fn(|cx| last.poll_stored(cx)).await.expect("stored");
+    assert!(pos > 0);
+    for t in tickets {
+        t.wait().await.expect("stored");
+    }
+    let d = s.pop(q, 1000, INVIS, NOW).await.expect("pop");
+    assert_eq!(payloads(&d), (0..300).map(|i| i.to_string()).collect::<Vec<_>>());
+    assert_eq!(payloads(&s.pop(mem, 10, INVIS, NOW).await.expect("pop")), ["transient"]);
+}
+
 fn maintain(s: &Arc<Store>) -> polymq::store::MaintenanceReport {
     let s = s.clone();
     std::thread::spawn(move || s.run_maintenance()).join().expect("join").expect("maintenance")

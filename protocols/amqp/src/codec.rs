@@ -130,6 +130,9 @@ fn decode_method(channel: u16, payload: &[u8]) -> Result<AMQPClass, FrameError> 
         _ => (0, 0),
     };
     let err = FrameError::Method { channel, class_id, method_id };
+    if let Some(m) = decode_hot_method(class_id, method_id, &payload[4.min(payload.len())..]) {
+        return Ok(m);
+    }
     if let Some(at) = table_offset(class_id, method_id, payload) {
         check_table_depth(payload, at)?;
     }
@@ -147,6 +150,55 @@ fn decode_header(channel: u16, payload: &[u8]) -> Result<ContentHeader, FrameErr
         Ok(([], h)) => Ok(ContentHeader { class_id: h.class_id, body_size: h.body_size, properties: h.properties }),
         _ => Err(FrameError::Header { channel }),
     }
+}
+
+/// The methods every message passes through, read directly: `amq-protocol`
+/// builds a Vec of owned flag names for each method with bit fields, which
+/// was a measurable share of the broker's allocations per message. `None`
+/// for anything else or anything unusual (invalid UTF-8, trailing bytes):
+/// the generic parser then decides, with the same result and errors.
+fn decode_hot_method(class_id: u16, method_id: u16, a: &[u8]) -> Option<AMQPClass> {
+    use amq_protocol::protocol::basic;
+    let tag_and_bits = || -> Option<(u64, u8)> {
+        match a {
+            [t @ .., bits] if t.len() == 8 => Some((u64::from_be_bytes(t.try_into().ok()?), *bits)),
+            _ => None,
+        }
+    };
+    let m = match (class_id, method_id) {
+        (CLASS_BASIC, 40) => {
+            // reserved short, exchange, routing key, bits.
+            let (exchange, at) = shortstr_at(a, 2)?;
+            let (routing_key, at) = shortstr_at(a, at)?;
+            let [bits] = a.get(at..)? else { return None };
+            basic::AMQPMethod::Publish(basic::Publish {
+                exchange: exchange.into(),
+                routing_key: routing_key.into(),
+                mandatory: bits & 1 != 0,
+                immediate: bits & 2 != 0,
+            })
+        }
+        (CLASS_BASIC, 80) => {
+            let (delivery_tag, bits) = tag_and_bits()?;
+            basic::AMQPMethod::Ack(basic::Ack { delivery_tag, multiple: bits & 1 != 0 })
+        }
+        (CLASS_BASIC, 90) => {
+            let (delivery_tag, bits) = tag_and_bits()?;
+            basic::AMQPMethod::Reject(basic::Reject { delivery_tag, requeue: bits & 1 != 0 })
+        }
+        (CLASS_BASIC, 120) => {
+            let (delivery_tag, bits) = tag_and_bits()?;
+            basic::AMQPMethod::Nack(basic::Nack { delivery_tag, multiple: bits & 1 != 0, requeue: bits & 2 != 0 })
+        }
+        _ => return None,
+    };
+    Some(AMQPClass::Basic(m))
+}
+
+/// A UTF-8 short string at `at` and the offset after it.
+fn shortstr_at(p: &[u8], at: usize) -> Option<(&str, usize)> {
+    let end = skip_shortstr(p, at)?;
+    Some((std::str::from_utf8(&p[at + 1..end]).ok()?, end))
 }
 
 /// Skips a short string at `at`, returning the offset after it.
@@ -288,6 +340,60 @@ pub fn encode_method(channel: u16, method: AMQPClass, out: &mut Vec<u8>) {
     generate(&AMQPFrame::Method(channel, method), out);
 }
 
+/// Appends a basic.deliver, the method of every delivery, written directly
+/// (the same bytes as [`encode_method`], without `amq-protocol`'s owned flag
+/// names). Strings are cut as [`short`] cuts them.
+pub fn encode_deliver(
+    channel: u16,
+    consumer_tag: &str,
+    delivery_tag: u64,
+    redelivered: bool,
+    exchange: &str,
+    routing_key: &str,
+    out: &mut Vec<u8>,
+) {
+    let (consumer_tag, exchange, routing_key) = (cut_short(consumer_tag), cut_short(exchange), cut_short(routing_key));
+    let size = 4 + 1 + consumer_tag.len() + 8 + 1 + 1 + exchange.len() + 1 + routing_key.len();
+    out.reserve(FRAME_OVERHEAD + size);
+    out.put_u8(TYPE_METHOD);
+    out.put_u16(channel);
+    out.put_u32(size as u32);
+    out.put_u16(CLASS_BASIC);
+    out.put_u16(60);
+    put_short(out, consumer_tag);
+    out.put_u64(delivery_tag);
+    out.put_u8(u8::from(redelivered));
+    put_short(out, exchange);
+    put_short(out, routing_key);
+    out.put_u8(FRAME_END);
+}
+
+/// Appends a basic.ack (a publisher confirm), written directly.
+pub fn encode_basic_ack(channel: u16, delivery_tag: u64, multiple: bool, out: &mut Vec<u8>) {
+    out.put_u8(TYPE_METHOD);
+    out.put_u16(channel);
+    out.put_u32(4 + 8 + 1);
+    out.put_u16(CLASS_BASIC);
+    out.put_u16(80);
+    out.put_u64(delivery_tag);
+    out.put_u8(u8::from(multiple));
+    out.put_u8(FRAME_END);
+}
+
+fn put_short(out: &mut Vec<u8>, s: &str) {
+    out.put_u8(s.len() as u8);
+    out.put_slice(s.as_bytes());
+}
+
+/// `s` cut to at most 255 bytes on a char boundary.
+fn cut_short(s: &str) -> &str {
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Appends a content header and the body split into frames of at most
 /// `frame_max` bytes.
 pub fn encode_content(channel: u16, properties: BasicProperties, body: &[u8], frame_max: u32, out: &mut Vec<u8>) {
@@ -329,17 +435,62 @@ pub fn table_from_bytes(bytes: &[u8]) -> Option<FieldTable> {
 /// A short string, cut at 255 bytes (on a char boundary): the wire cannot
 /// carry more, and `ShortString::from` would panic.
 pub fn short(s: &str) -> ShortString {
-    let mut end = s.len().min(255);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    ShortString::try_new(&s[..end]).unwrap_or_default()
+    ShortString::try_new(cut_short(s)).unwrap_or_default()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use amq_protocol::protocol::{basic, queue};
+
+    proptest::proptest! {
+        /// The direct paths read and write exactly what `amq-protocol` does.
+        #[test]
+        fn hot_methods_match_the_generic_codec(
+            ch in 0u16..4,
+            tag in proptest::prelude::any::<u64>(),
+            bits in 0u8..4,
+            ex in "[a-z.é]{0,300}",
+            rk in "[a-zA-Z0-9.#*ü]{0,300}",
+            ctag in "[a-z-]{0,40}",
+        ) {
+            let (m, r) = (bits & 1 != 0, bits & 2 != 0);
+            for method in [
+                basic::AMQPMethod::Publish(basic::Publish { exchange: short(&ex), routing_key: short(&rk), mandatory: m, immediate: r }),
+                basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple: m }),
+                basic::AMQPMethod::Nack(basic::Nack { delivery_tag: tag, multiple: m, requeue: r }),
+                basic::AMQPMethod::Reject(basic::Reject { delivery_tag: tag, requeue: m }),
+            ] {
+                let class = AMQPClass::Basic(method);
+                let bytes = method_bytes(class.clone());
+                let payload = &bytes[FRAME_HEADER_BYTES..bytes.len() - 1];
+                let (c, mid) = (class.get_amqp_class_id(), class.get_amqp_method_id());
+                proptest::prop_assert_eq!(decode_hot_method(c, mid, &payload[4..]), Some(class.clone()));
+                let mut buf = BytesMut::from(&bytes[..]);
+                proptest::prop_assert_eq!(decode_frame(&mut buf, 1 << 20), Ok(Some(Frame::Method(3, class))));
+            }
+            let mut direct = Vec::new();
+            encode_deliver(ch, &ctag, tag, m, &ex, &rk, &mut direct);
+            let mut generic = Vec::new();
+            let deliver = basic::Deliver { consumer_tag: short(&ctag), delivery_tag: tag, redelivered: m, exchange: short(&ex), routing_key: short(&rk) };
+            encode_method(ch, AMQPClass::Basic(basic::AMQPMethod::Deliver(deliver)), &mut generic);
+            proptest::prop_assert_eq!(&direct, &generic);
+            let (mut direct, mut generic) = (Vec::new(), Vec::new());
+            encode_basic_ack(ch, tag, m, &mut direct);
+            encode_method(ch, AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: tag, multiple: m })), &mut generic);
+            proptest::prop_assert_eq!(direct, generic);
+        }
+    }
+
+    #[test]
+    fn unusual_hot_methods_go_to_the_generic_parser() {
+        // Trailing bytes, invalid UTF-8, truncation: not taken by the direct path.
+        assert_eq!(decode_hot_method(60, 80, &[0; 10]), None);
+        assert_eq!(decode_hot_method(60, 80, &[0; 8]), None);
+        assert_eq!(decode_hot_method(60, 40, &[0, 0, 1, 0xff, 0, 0]), None);
+        assert_eq!(decode_hot_method(60, 40, &[0, 0, 0, 0]), None);
+        assert_eq!(decode_hot_method(60, 40, &[0, 0, 0, 0, 0, 0]), None);
+    }
 
     fn method_bytes(m: AMQPClass) -> Vec<u8> {
         let mut out = Vec::new();

@@ -8,9 +8,7 @@
 //! backlog stays in the store, not in memory.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -37,8 +35,8 @@ use crate::exchange::{
     ExchangeDef, Kind, DELAYED_TYPE,
 };
 use crate::limits::{
-    DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, EXPIRY_SWEEP_EVERY, FRAME_MIN, HANDSHAKE_TIMEOUT, PENDING_CONFIRMS_MAX,
-    POP_BATCH_MAX, POP_WAIT, PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
+    ACKS_PER_BATCH_MAX, DELIVERY_INVISIBLE, E2E_HOPS_MAX, EVENTS_PER_TURN, EXPIRY_SWEEP_EVERY, FRAME_MIN, HANDSHAKE_TIMEOUT,
+    PENDING_CONFIRMS_MAX, POP_BATCH_MAX, POP_WAIT, PURGE_BATCH, STREAM_READ_BYTES_MAX, UNLIMITED_PREFETCH_CAP, WRITE_STALL_MAX,
 };
 use crate::message::{self, Outgoing};
 use crate::reply::{self, AmqpError};
@@ -68,6 +66,8 @@ pub(crate) async fn serve(svc: Arc<AmqpService>, stream: TcpStream, peer: Socket
     let id = svc.next_connection_id();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let memory_alarm = svc.store.memory_alarm().subscribe();
+    let (acker_tx, acker_rx) = mpsc::unbounded_channel();
+    tokio::spawn(acker(Arc::clone(&svc.store), acker_rx));
     let mut conn = Connection {
         svc,
         id,
@@ -83,6 +83,10 @@ pub(crate) async fn serve(svc: Arc<AmqpService>, stream: TcpStream, peer: Socket
         channels: HashMap::new(),
         epoch_seq: 0,
         confirms: VecDeque::new(),
+        publishes: Vec::new(),
+        publish_messages: Vec::new(),
+        acks: Vec::new(),
+        acker: acker_tx,
         unsettled: None,
         events_tx,
         events_rx,
@@ -348,16 +352,34 @@ enum PumpEvent {
     },
 }
 
-type StoreWait = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + Sync>>;
+/// What a confirm waits for.
+enum ConfirmWait {
+    /// Nothing (unroutable, or already failed).
+    Nothing,
+    /// In `Connection::publishes`, not yet handed to the store. Never seen
+    /// by `poll_confirms`: the batch goes to the store before the loop
+    /// waits again.
+    Batched,
+    /// Handed to the store: polled in place, in order.
+    Stored(polymq::store::Ticket),
+}
 
 /// A publish on a confirm-mode channel, answered in order.
 struct PendingConfirm {
     channel: u16,
     epoch: u64,
     seq: u64,
-    /// `None`: nothing to wait for (unroutable, or already failed).
-    wait: Option<StoreWait>,
+    wait: ConfirmWait,
     failed: bool,
+}
+
+/// A routed publish waiting for the end of the socket read, when all the
+/// publishes of that read go to the store at once (`Store::submit_many`).
+struct BatchedPublish {
+    channel: u16,
+    epoch: u64,
+    confirm: bool,
+    targets: Vec<QueueId>,
 }
 
 struct Consumer {
@@ -373,7 +395,9 @@ struct Unacked {
     receipt: Option<Receipt>,
     /// The message and its queue's arguments, kept when the queue has a
     /// dead-letter exchange (a reject republishes it).
-    dead_letter: Option<(Arc<QueueArgs>, Message)>,
+    /// Boxed: most deliveries have none, and the entries move around in
+    /// the channel's map (a `Message` inline would make every move copy it).
+    dead_letter: Option<Box<(Arc<QueueArgs>, Message)>>,
     /// The window slot it holds (none for basic.get and no-ack).
     window: Option<Arc<Semaphore>>,
 }
@@ -388,11 +412,16 @@ struct TxBuffer {
 
 /// A basic.publish being assembled from its method, header and body frames.
 struct Publishing {
-    exchange: String,
-    routing_key: String,
+    /// As decoded (moved, not copied).
+    exchange: codec::ShortString,
+    routing_key: codec::ShortString,
     mandatory: bool,
     header: Option<ContentHeader>,
+    /// A body that came in several frames, copied together.
     body: BytesMut,
+    /// A body that came in one frame (the common case): the read buffer's
+    /// bytes, not copied.
+    whole: Option<Bytes>,
 }
 
 struct Channel {
@@ -435,6 +464,17 @@ struct Connection {
     channels: HashMap<u16, Channel>,
     epoch_seq: u64,
     confirms: VecDeque<PendingConfirm>,
+    /// Publishes of the current socket read, in order, and their messages
+    /// (kept apart so the messages move into the store without a copy).
+    publishes: Vec<BatchedPublish>,
+    publish_messages: Vec<Message>,
+    /// Receipts acknowledged during the current turn of the loop, handed to
+    /// the acker at its end (one `ack_many` for all of them).
+    acks: Vec<Receipt>,
+    /// The connection's acker task: applies acks in the background, so a
+    /// slow fsync does not stall this loop, and coalesces what queues up
+    /// meanwhile into one `ack_many`.
+    acker: mpsc::UnboundedSender<Vec<Receipt>>,
     /// The newest publish without confirms still on its way to the log. A
     /// later basic.get, queue.declare (message count), purge or delete on
     /// this connection waits for it, so it sees what this connection
@@ -462,6 +502,7 @@ impl Connection {
         let mut next_heartbeat = Instant::now() + hb / 2;
         let mut alarm_alive = true;
         loop {
+            self.send_acks();
             if let Err(end) = self.io.flush(wr).await {
                 return end;
             }
@@ -489,16 +530,20 @@ impl Connection {
                             match decode_frame(&mut self.io.inbuf, self.io.frame_max) {
                                 Ok(Some(frame)) => {
                                     if let Some(end) = self.on_frame(frame).await {
+                                        self.submit_publishes().await;
                                         return end;
                                     }
                                 }
                                 Ok(None) => break,
                                 Err(e) => {
                                     debug!(peer = %self.peer, error = %e, "malformed frame");
+                                    self.submit_publishes().await;
                                     return self.frame_error(e, wr).await;
                                 }
                             }
                         }
+                        // Everything published in this read goes to the store at once.
+                        self.submit_publishes().await;
                         if self.io.inbuf.capacity() - self.io.inbuf.len() < 4096 {
                             self.io.inbuf.reserve(16 * 1024);
                         }
@@ -707,6 +752,8 @@ impl Connection {
 
     /// On connection end: requeue, stop pumps, delete exclusive queues.
     async fn cleanup(&mut self) {
+        self.submit_publishes().await;
+        self.send_acks();
         let chans: Vec<u16> = self.channels.keys().copied().collect();
         for ch in chans {
             self.release_channel(ch, false).await;
@@ -852,11 +899,12 @@ impl Connection {
             AMQPClass::Basic(basic::AMQPMethod::Publish(p)) => {
                 let c = self.channel(ch)?;
                 c.publishing = Some(Publishing {
-                    exchange: p.exchange.as_str().to_owned(),
-                    routing_key: p.routing_key.as_str().to_owned(),
+                    exchange: p.exchange,
+                    routing_key: p.routing_key,
                     mandatory: p.mandatory,
                     header: None,
                     body: BytesMut::new(),
+                    whole: None,
                 });
                 Ok(())
             }
@@ -1348,25 +1396,24 @@ impl Connection {
                     expire_in_background(&self.svc, args, delivery.receipt, delivery.message);
                     return;
                 }
-                let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, delivery.message.clone()));
+                let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| Box::new((a, delivery.message.clone())));
                 let Some(chan) = self.channels.get_mut(&channel) else { return };
                 let delivery_tag = chan.next_tag;
                 chan.next_tag += 1;
                 if no_ack {
                     window.add_permits(1);
-                    ack_in_background(&self.svc, vec![delivery.receipt]);
+                    self.acks.push(delivery.receipt);
                 } else {
                     chan.unacked.insert(delivery_tag, Unacked { receipt: Some(delivery.receipt), dead_letter, window: Some(window) });
                 }
-                self.io.method(
+                codec::encode_deliver(
                     channel,
-                    AMQPClass::Basic(basic::AMQPMethod::Deliver(basic::Deliver {
-                        consumer_tag: short(&tag),
-                        delivery_tag,
-                        redelivered: delivery.deliveries > 1,
-                        exchange: short(&out.exchange),
-                        routing_key: short(&out.routing_key),
-                    })),
+                    &tag,
+                    delivery_tag,
+                    delivery.deliveries > 1,
+                    &out.exchange,
+                    &out.routing_key,
+                    &mut self.io.out,
                 );
                 codec::encode_content(channel, out.properties, &delivery.message.payload, self.io.frame_max, &mut self.io.out);
             }
@@ -1450,9 +1497,9 @@ impl Connection {
         let delivery_tag = chan.next_tag;
         chan.next_tag += 1;
         if g.no_ack {
-            ack_in_background(&self.svc, vec![d.receipt]);
+            self.acks.push(d.receipt);
         } else {
-            let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| (a, d.message.clone()));
+            let dead_letter = args.filter(|a| a.dead_letter_exchange.is_some()).map(|a| Box::new((a, d.message.clone())));
             chan.unacked.insert(delivery_tag, Unacked { receipt: Some(d.receipt), dead_letter, window: None });
         }
         let remaining = store.queue_info(id).map(|i| i.ready).unwrap_or(0);
@@ -1510,7 +1557,10 @@ impl Connection {
             return Ok(());
         }
         match negative {
-            None => ack_in_background(&self.svc, entries.into_iter().filter_map(|(_, u)| release(u)).collect()),
+            None => {
+                let acks = entries.into_iter().filter_map(|(_, u)| release(u));
+                self.acks.extend(acks);
+            }
             Some(true) => requeue_in_background(&self.svc, entries.into_iter().filter_map(|(_, u)| release(u)).collect()),
             Some(false) => reject_in_background(&self.svc, entries.into_iter().map(|(_, u)| u).collect()),
         }
@@ -1521,10 +1571,12 @@ impl Connection {
     /// stored), then the settlements.
     async fn tx_commit(&mut self, ch: u16) -> Flow {
         let buf = self.channel(ch)?.tx.as_mut().map(std::mem::take).ok_or_else(not_transactional)?;
+        self.submit_publishes().await;
         let store = Arc::clone(&self.svc.store);
         let mut tickets = Vec::with_capacity(buf.publishes.len());
-        for (msg, targets) in buf.publishes {
-            tickets.push(store.submit(msg, &targets).await?);
+        let (messages, targets): (Vec<Message>, Vec<Vec<QueueId>>) = buf.publishes.into_iter().unzip();
+        for t in store.submit_many(messages.into_iter().zip(targets.iter().map(Vec::as_slice))).await {
+            tickets.push(t?);
         }
         for t in tickets {
             t.wait().await?;
@@ -1571,9 +1623,6 @@ impl Connection {
                 format!("message size {} is larger than configured max size {max}", h.body_size),
             ));
         }
-        // Grown as frames arrive, not by the declared size: a header alone
-        // must not make us allocate 16 MiB.
-        p.body.reserve((h.body_size as usize).min(64 * 1024));
         let empty = h.body_size == 0;
         p.header = Some(h);
         if empty {
@@ -1596,6 +1645,13 @@ impl Connection {
         if p.body.len() as u64 + b.len() as u64 > size {
             return Err(AmqpError::connection(reply::FRAME_ERROR, "content body larger than its header said"));
         }
+        if p.body.is_empty() && b.len() as u64 == size {
+            p.whole = Some(b);
+            return self.finish_publish(ch).await;
+        }
+        // Grown as frames arrive, not by the declared size: a header alone
+        // must not make us allocate 16 MiB.
+        p.body.reserve((size as usize).min(64 * 1024));
         p.body.extend_from_slice(&b);
         if p.body.len() as u64 == size {
             return self.finish_publish(ch).await;
@@ -1619,11 +1675,11 @@ impl Connection {
             c.next_publish_seq += 1;
         }
         let props = p.header.take().map(|h| h.properties).unwrap_or_default();
-        let mut targets = self.route(&p.exchange, &p.routing_key, props.headers().as_ref())?;
+        let mut targets = self.route(p.exchange.as_str(), p.routing_key.as_str(), props.headers().as_ref())?;
         let store = Arc::clone(&self.svc.store);
         // The one address space: a publish to the exchange MQTT shares is a
         // topic; its first level names a Kafka topic that gets it too.
-        let shared_topic = self.shared_topic(&p.exchange).then(|| polymq::mapping::topic_from_dotted(&p.routing_key));
+        let shared_topic = self.shared_topic(p.exchange.as_str()).then(|| polymq::mapping::topic_from_dotted(p.routing_key.as_str()));
         if let Some(topic) = &shared_topic {
             let svc = Arc::clone(&self.svc);
             let mapping = &svc.config.mapping;
@@ -1643,24 +1699,35 @@ impl Connection {
                     AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
                         reply_code: reply::NO_ROUTE,
                         reply_text: "NO_ROUTE".into(),
-                        exchange: short(&p.exchange),
-                        routing_key: short(&p.routing_key),
+                        exchange: short(p.exchange.as_str()),
+                        routing_key: short(p.routing_key.as_str()),
                     })),
                 );
-                codec::encode_content(ch, props, &p.body, self.io.frame_max, &mut self.io.out);
+                let body = p.whole.unwrap_or_else(|| p.body.freeze());
+                codec::encode_content(ch, props, &body, self.io.frame_max, &mut self.io.out);
             }
             if confirm {
-                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: false });
+                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: ConfirmWait::Nothing, failed: false });
             }
             return Ok(());
         }
+        let tx = self.channel(ch)?.tx.is_some();
+        let body = match p.whole.take() {
+            // Held in memory (a transaction, or only memory-only queues): a
+            // copy of its own, so it does not pin the whole read buffer it
+            // shares with the frames around it.
+            Some(b) if tx || targets.iter().all(|q| q.is_transient()) => Bytes::copy_from_slice(&b),
+            // Written to the log and dropped: the read buffer's bytes will do.
+            Some(b) => b,
+            None => p.body.freeze(),
+        };
         let now = store.now_ms();
-        let mut msg = message::to_core(&p.exchange, &p.routing_key, &props, p.body.freeze(), now);
+        let mut msg = message::to_core(p.exchange.as_str(), p.routing_key.as_str(), &props, body, now);
         if let Some(topic) = shared_topic {
             // MQTT subscribers and Kafka consumers see the topic, not the dotted key.
             msg.headers.push((Bytes::from_static(polymq::mapping::header::TOPIC), Bytes::from(topic)));
         }
-        if let Some(delay) = self.delay_of(&p.exchange, props.headers().as_ref()) {
+        if let Some(delay) = self.delay_of(p.exchange.as_str(), props.headers().as_ref()) {
             // The core's pop queues hold the message back until then.
             msg.deliver_at_ms = now.saturating_add(delay);
         }
@@ -1668,43 +1735,101 @@ impl Connection {
             tx.publishes.push((msg, targets));
             return Ok(());
         }
-        let (targets, refused) = self.make_room(targets, msg.payload.len() as u64).await;
+        let limited = self.length_limited(&targets);
+        if !limited.is_empty() {
+            // The limit check counts what is stored: earlier publishes go first.
+            self.submit_publishes().await;
+        }
+        let (targets, refused) = self.make_room(targets, limited, msg.payload.len() as u64).await;
         if targets.is_empty() {
             // Every target is full with x-overflow reject-publish.
             if confirm {
-                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: true });
+                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: ConfirmWait::Nothing, failed: true });
             }
             return Ok(());
         }
-        match store.submit(msg, &targets).await {
-            Ok(ticket) => {
-                if confirm {
-                    let wait: StoreWait = Box::pin(async move { ticket.wait().await.map(drop) });
-                    // Refused by one full queue: nacked, though stored in the others (as RabbitMQ).
-                    self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: Some(wait), failed: refused });
-                } else {
-                    self.unsettled = Some(ticket);
-                }
-                Ok(())
-            }
-            Err(e) if confirm => {
-                debug!(error = %e, "publish not stored");
-                self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: None, failed: true });
-                Ok(())
-            }
-            Err(e) => Err(e.into()),
+        if confirm {
+            // Refused by one full queue: nacked, though stored in the others (as RabbitMQ).
+            self.confirms.push_back(PendingConfirm { channel: ch, epoch, seq, wait: ConfirmWait::Batched, failed: refused });
         }
+        self.publishes.push(BatchedPublish { channel: ch, epoch, confirm, targets });
+        self.publish_messages.push(msg);
+        Ok(())
+    }
+
+    /// Hands the publishes gathered in this read to the store in one call,
+    /// in order, and gives the confirms waiting for them their tickets.
+    async fn submit_publishes(&mut self) {
+        if self.publishes.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.publishes);
+        let messages = std::mem::take(&mut self.publish_messages);
+        let store = Arc::clone(&self.svc.store);
+        let results = store.submit_many(messages.into_iter().zip(batch.iter().map(|b| b.targets.as_slice()))).await;
+        // The batch's confirms are the last `Batched` entries, in order.
+        let confirming = batch.iter().filter(|b| b.confirm).count();
+        let mut first = self.confirms.len();
+        let mut seen = 0;
+        while seen < confirming && first > 0 {
+            first -= 1;
+            if matches!(self.confirms[first].wait, ConfirmWait::Batched) {
+                seen += 1;
+            }
+        }
+        let mut waiting = self.confirms.range_mut(first..).filter(|p| matches!(p.wait, ConfirmWait::Batched));
+        let mut failed_channels = Vec::new();
+        for (b, result) in batch.iter().zip(results) {
+            if b.confirm {
+                let Some(pc) = waiting.next() else { continue };
+                match result {
+                    Ok(ticket) => pc.wait = ConfirmWait::Stored(ticket),
+                    Err(e) => {
+                        debug!(error = %e, "publish not stored");
+                        pc.wait = ConfirmWait::Nothing;
+                        pc.failed = true;
+                    }
+                }
+            } else {
+                match result {
+                    Ok(ticket) => self.unsettled = Some(ticket),
+                    Err(e) => failed_channels.push((b.channel, b.epoch, AmqpError::from(e))),
+                }
+            }
+        }
+        drop(waiting);
+        // Without confirms, a store refusal closes the channel (or the
+        // connection, for a connection-level error), as it did at once.
+        for (ch, epoch, e) in failed_channels {
+            if e.connection {
+                self.close_connection(e, 0, 0);
+            } else if self.channels.get(&ch).is_some_and(|c| c.epoch == epoch && !c.closing) {
+                self.close_channel(ch, e, 0, 0).await;
+            }
+        }
+    }
+
+    /// Sends this turn's acks to the acker.
+    fn send_acks(&mut self) {
+        if !self.acks.is_empty() {
+            let _ = self.acker.send(std::mem::take(&mut self.acks));
+        }
+    }
+
+    /// The targets with an x-max-length / x-max-length-bytes, and their arguments.
+    fn length_limited(&self, targets: &[QueueId]) -> Vec<(QueueId, Arc<QueueArgs>)> {
+        let reg = self.svc.queues();
+        if reg.args.is_empty() {
+            return Vec::new();
+        }
+        targets.iter().filter_map(|q| reg.args.get(q).filter(|a| a.has_length_limit()).map(|a| (*q, Arc::clone(a)))).collect()
     }
 
     /// x-max-length / x-max-length-bytes before a publish of `size` body
     /// bytes: drop-head queues lose (or dead-letter) their oldest ready
     /// messages until the new one fits; full reject-publish queues are taken
     /// out of the targets (the bool says whether any was).
-    async fn make_room(&self, targets: Vec<QueueId>, size: u64) -> (Vec<QueueId>, bool) {
-        let limited: Vec<(QueueId, Arc<QueueArgs>)> = {
-            let reg = self.svc.queues();
-            targets.iter().filter_map(|q| reg.args.get(q).filter(|a| a.has_length_limit()).map(|a| (*q, Arc::clone(a)))).collect()
-        };
+    async fn make_room(&self, targets: Vec<QueueId>, limited: Vec<(QueueId, Arc<QueueArgs>)>, size: u64) -> (Vec<QueueId>, bool) {
         if limited.is_empty() {
             return (targets, false);
         }
@@ -1765,6 +1890,7 @@ impl Connection {
     /// Waits until this connection's publishes so far are applied (see
     /// `unsettled`), answering the confirms that completes.
     async fn settle_publishes(&mut self) {
+        self.submit_publishes().await;
         if let Some(ticket) = self.unsettled.take() {
             let _ = ticket.wait().await;
         }
@@ -1779,7 +1905,7 @@ impl Connection {
         let emit = |io: &mut Io, run: Option<(u16, u64, u64, usize)>, channels: &HashMap<u16, Channel>| {
             if let Some((ch, epoch, seq, n)) = run {
                 if channels.get(&ch).is_some_and(|c| c.epoch == epoch && !c.closing) {
-                    io.method(ch, AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack { delivery_tag: seq, multiple: n > 1 })));
+                    codec::encode_basic_ack(ch, seq, n > 1, &mut io.out);
                 }
             }
         };
@@ -1979,7 +2105,10 @@ fn reject_in_background(svc: &Arc<AmqpService>, mut entries: Vec<Unacked>) {
             // Stream deliveries never get here (settle refuses them).
             let Some(receipt) = receipt else { continue };
             match dl {
-                Some((args, msg)) => dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await,
+                Some(dl) => {
+                    let (args, msg) = *dl;
+                    dead_letter(&svc, Some(args), receipt, msg, Reason::Rejected).await
+                }
                 None => {
                     if let Err(e) = svc.store.nack(receipt, NackAction::DeadLetter).await {
                         debug!(error = %e, "rejecting a delivery");
@@ -2211,28 +2340,38 @@ fn requeue_in_background(svc: &Arc<AmqpService>, receipts: Vec<Receipt>) {
     });
 }
 
-fn ack_in_background(svc: &Arc<AmqpService>, receipts: Vec<Receipt>) {
-    let store = Arc::clone(&svc.store);
-    tokio::spawn(async move {
-        if let Err(e) = store.ack_many(&receipts).await {
+/// A connection's acker: applies its acks in the order they come, one
+/// `ack_many` for all that queued up while the previous one was being
+/// made durable (so the batch grows exactly when the log is slow). Ends
+/// when the connection drops its sender, after the last acks.
+async fn acker(store: Arc<polymq::Store>, mut rx: mpsc::UnboundedReceiver<Vec<Receipt>>) {
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < ACKS_PER_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.ack_many(&batch).await {
             debug!(error = %e, "acknowledging deliveries");
         }
-    });
+    }
 }
 
 async fn poll_confirms(pending: &mut VecDeque<PendingConfirm>) -> Vec<(PendingConfirm, Result<(), StoreError>)> {
     std::future::poll_fn(|cx| {
         let mut done = Vec::new();
         while let Some(front) = pending.front_mut() {
-            let result = match front.wait.as_mut() {
-                None => Ok(()),
-                Some(w) => match w.as_mut().poll(cx) {
-                    Poll::Ready(r) => r,
+            let result = match &mut front.wait {
+                ConfirmWait::Nothing => Ok(()),
+                ConfirmWait::Batched => break,
+                ConfirmWait::Stored(ticket) => match ticket.poll_stored(cx) {
+                    Poll::Ready(r) => r.map(drop),
                     Poll::Pending => break,
                 },
             };
             if let Some(mut p) = pending.pop_front() {
-                p.wait = None;
+                p.wait = ConfirmWait::Nothing;
                 done.push((p, result));
             }
         }

@@ -36,6 +36,11 @@ pub const POP_WAIT: Duration = Duration::from_secs(20);
 /// past this we stop reading the socket.
 pub const PENDING_CONFIRMS_MAX: usize = 8192;
 
+/// Receipts one `ack_many` of a connection's acker takes at most (acks that
+/// queued up while the previous one was being made durable): bounds the
+/// size of one ack record.
+pub const ACKS_PER_BATCH_MAX: usize = 4096;
+
 /// A peer that takes longer than this to accept our bytes is dropped.
 pub const WRITE_STALL_MAX: Duration = Duration::from_secs(60);
 
