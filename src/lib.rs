@@ -14,7 +14,6 @@ pub mod log;
 pub mod mapping;
 pub mod queue;
 pub mod record;
-pub mod record_batch;
 pub mod route;
 pub mod server;
 pub mod store;

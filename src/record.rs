@@ -27,10 +27,9 @@ pub const KIND_GROUP_DELETE: u8 = 11;
 /// [`Message::format`] of a message whose payload is key, headers and value
 /// as the fields say (MQTT, AMQP).
 pub const FORMAT_PLAIN: u8 = 0;
-/// [`Message::format`] of a payload that is one Kafka record batch (magic 2),
-/// byte-exact as the producer sent it; key and headers are empty, `span` is
-/// its record count. Other protocols decode the records they need.
-pub const FORMAT_KAFKA_BATCH: u8 = 1;
+// Other values of [`Message::format`] are defined by the crate whose
+// protocols write and read them (`polymq-formats`); the core stores the tag
+// and never looks inside a payload.
 
 /// A message as the protocols hand it to the core.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

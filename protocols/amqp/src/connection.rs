@@ -2516,12 +2516,12 @@ async fn stream_pump(
         let start = from;
         for m in messages {
             from = m.offset + u64::from(m.message.span.max(1));
-            if m.message.format == polymq::record::FORMAT_KAFKA_BATCH {
+            if m.message.format == polymq_formats::record_batch::FORMAT {
                 // A Kafka batch (one stored record, `span` offsets): each of
                 // its records is a delivery of its own, with its own offset
                 // and window slot. One that cannot be decoded (too large
                 // decompressed, unknown codec) goes out raw, as one message.
-                match polymq::record_batch::decode(&m.message.payload, decoded_max) {
+                match polymq_formats::record_batch::decode(&m.message.payload, decoded_max) {
                     Ok(records) => {
                         let mut have_permit = true;
                         for r in records {

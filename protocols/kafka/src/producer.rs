@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use polymq::queue::{QueueId, QueueOptions};
-use polymq::record::FORMAT_KAFKA_BATCH;
 use polymq::{Store, StoreError};
+use polymq_formats::record_batch::FORMAT as FORMAT_KAFKA_BATCH;
 
 use crate::batch;
 

@@ -16,7 +16,7 @@ use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, Partition
 use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
 use kafka_protocol::protocol::StrBytes;
 use polymq::queue::QueueId;
-use polymq::record::FORMAT_KAFKA_BATCH;
+use polymq_formats::record_batch::FORMAT as FORMAT_KAFKA_BATCH;
 
 use super::{encode, topic_name, HandlerFuture, Request};
 use crate::batch;

@@ -10,9 +10,10 @@ use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProdu
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{ApiKey, ProduceRequest, ProduceResponse, TopicName, TransactionalId};
 use kafka_protocol::protocol::StrBytes;
-use polymq::record::{Message, FORMAT_KAFKA_BATCH};
+use polymq::record::Message;
 use polymq::store::Ticket;
 use polymq::StoreError;
+use polymq_formats::record_batch::FORMAT as FORMAT_KAFKA_BATCH;
 
 use super::{encode, topic_name, HandlerFuture, Reply, Request};
 use crate::batch;
@@ -219,7 +220,7 @@ async fn route_records(session: &Session, topic: &str, batch: &Bytes) -> Vec<Tic
     if !store.may_route_under(&mapping.topic_space, &first, true) {
         return Vec::new();
     }
-    let records = match polymq::record_batch::decode(batch, mapping.decoded_batch_bytes_max as usize) {
+    let records = match polymq_formats::record_batch::decode(batch, mapping.decoded_batch_bytes_max as usize) {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(topic, error = %e, "a produced batch is not routed to subscribers");

@@ -1,5 +1,5 @@
-//! The records of a stored record batch ([`crate::record::FORMAT_KAFKA_BATCH`]:
-//! a Kafka magic-2 batch kept byte-exact), for protocols that deliver
+//! The records of a stored record batch (format [`FORMAT`]: a Kafka magic-2
+//! batch kept byte-exact), for protocols that deliver
 //! records one by one (AMQP stream consumers, routing into the topic space).
 //!
 //! Decompression is pure Rust (gzip: flate2 over miniz_oxide, snappy: snap,
@@ -11,6 +11,12 @@
 use std::io::Read;
 
 use bytes::Bytes;
+
+/// `polymq::record::Message::format` of a payload that is one record batch
+/// (Kafka magic 2), byte-exact as the producer sent it; key and headers are
+/// empty, `span` is its record count. Other protocols decode the records
+/// they need with [`decode`].
+pub const FORMAT: u8 = 1;
 
 /// Bytes of a batch header before its records.
 const HEADER_BYTES: usize = 61;
