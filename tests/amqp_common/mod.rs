@@ -5,19 +5,20 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+#[path = "../server_common/mod.rs"]
+mod server_common;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures_util::StreamExt;
 use lapin::{Channel, Connection, ConnectionProperties, Consumer};
-use polymq::config::Config;
-use polymq::server::{shutdown_channel, ProtocolService, Server, ServerError, ShutdownTrigger};
+use polymq::server::ProtocolService;
 use polymq::Store;
 use polymq_amqp::{AmqpConfig, AmqpService};
-use tokio::task::JoinHandle;
+use server_common::InProcess;
 
 /// How long a test waits for something that should happen. Generous: CI
 /// runs debug builds of several test binaries at once on two cores.
@@ -25,18 +26,9 @@ pub const WAIT: Duration = Duration::from_secs(10);
 /// How long a test watches for something that must NOT happen.
 pub const QUIET: Duration = Duration::from_millis(700);
 
-struct Running {
-    store: Arc<Store>,
-    amqp: SocketAddr,
-    trigger: ShutdownTrigger,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
+/// A polymq server with the AMQP service, restartable on the same data.
 pub struct TestBroker {
-    cfg: AmqpConfig,
-    fsync: polymq::FsyncPolicy,
-    dir: tempfile::TempDir,
-    running: Option<Running>,
+    server: InProcess,
 }
 
 impl TestBroker {
@@ -55,18 +47,33 @@ impl TestBroker {
     }
 
     async fn start_full(cfg: AmqpConfig, fsync: polymq::FsyncPolicy) -> Result<TestBroker> {
-        let dir = tempfile::tempdir().context("creating the store's temporary directory")?;
-        let running = start_server(dir.path(), &cfg, fsync).await?;
-        Ok(TestBroker { cfg, fsync, dir, running: Some(running) })
+        let server = InProcess::start(
+            fsync,
+            Box::new(move |store| {
+                let cfg = cfg.clone();
+                Box::pin(async move {
+                    let amqp: Arc<dyn ProtocolService> = AmqpService::new(store, cfg).await.context("starting AMQP")?;
+                    Ok(vec![amqp])
+                })
+            }),
+        )
+        .await?;
+        Ok(TestBroker { server })
     }
 
     pub fn amqp_addr(&self) -> SocketAddr {
-        self.running.as_ref().map(|r| r.amqp).expect("running")
+        self.server.addr("amqp")
     }
 
     /// The running server's store (for test hooks such as the memory alarm).
     pub fn store(&self) -> Arc<Store> {
-        self.running.as_ref().map(|r| Arc::clone(&r.store)).expect("running")
+        self.server.store()
+    }
+
+    /// Shuts the server down as `polymq serve` does on SIGTERM, then opens
+    /// the same data directory again on new ports.
+    pub async fn restart(&mut self) -> Result<()> {
+        self.server.restart().await
     }
 
     /// The URI of `vhost` (percent-encoded, so `/` is `%2f`).
@@ -95,51 +102,6 @@ impl TestBroker {
         let ch = conn.create_channel().await.context("channel.open")?;
         Ok((conn, ch))
     }
-
-    /// Shuts the server down as `polymq serve` does on SIGTERM, then opens
-    /// the same data directory again on new ports.
-    pub async fn restart(&mut self) -> Result<()> {
-        let running = self.running.take().context("broker is not running")?;
-        running.trigger.trigger();
-        let stopped = tokio::time::timeout(Duration::from_secs(15), running.task)
-            .await
-            .context("server did not stop within 15 s of the shutdown signal")?
-            .context("server task panicked")?;
-        stopped.context("server stopped with an error")?;
-        self.running = Some(start_server(self.dir.path(), &self.cfg, self.fsync).await.context("restarting on the same data directory")?);
-        Ok(())
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.trigger.trigger();
-        }
-    }
-}
-
-async fn start_server(dir: &Path, cfg: &AmqpConfig, fsync: polymq::FsyncPolicy) -> Result<Running> {
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let config = Config {
-        data_dir: dir.to_path_buf(),
-        mqtt_listen: loopback,
-        amqp_listen: loopback,
-        http_listen: loopback,
-        fsync,
-        ..Config::default()
-    };
-    let store_config = config.store_config();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await.context("store open panicked")??;
-    let amqp: Arc<dyn ProtocolService> = AmqpService::new(Arc::clone(&store), cfg.clone()).await.context("starting AMQP")?;
-    let store_handle = Arc::clone(&store);
-    let server = Server::bind(&config, store, vec![(config.amqp_listen, amqp)]).await?;
-    let addrs = server.local_addrs();
-    let find = |p: &str| addrs.iter().find(|(n, _)| *n == p).map(|(_, a)| *a).with_context(|| format!("no {p} listener"));
-    let amqp = find("amqp")?;
-    let (trigger, signal) = shutdown_channel();
-    let task = tokio::spawn(server.run(signal.triggered()));
-    Ok(Running { store: store_handle, amqp, trigger, task })
 }
 
 /// The next delivery of a consumer, within [`WAIT`].

@@ -6,8 +6,10 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+#[path = "../server_common/mod.rs"]
+mod server_common;
+
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,31 +18,20 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, ResponseHeader};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
-use polymq::config::Config;
-use polymq::server::{shutdown_channel, ProtocolService, Server, ServerError, ShutdownTrigger};
+use polymq::server::ProtocolService;
 use polymq::Store;
 use polymq_kafka::{KafkaConfig, KafkaService};
+use server_common::InProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 
 /// How long a test waits for something that should happen. Generous: CI
 /// runs debug builds of several test binaries at once on two cores.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-struct Running {
-    kafka: SocketAddr,
-    store: Arc<Store>,
-    trigger: ShutdownTrigger,
-    task: JoinHandle<Result<(), ServerError>>,
-}
-
 /// A polymq server with the Kafka service, restartable on the same data.
 pub struct TestBroker {
-    cfg: KafkaConfig,
-    fsync: polymq::FsyncPolicy,
-    dir: tempfile::TempDir,
-    running: Option<Running>,
+    server: InProcess,
 }
 
 impl TestBroker {
@@ -53,19 +44,28 @@ impl TestBroker {
     }
 
     pub async fn start_full(cfg: KafkaConfig, fsync: polymq::FsyncPolicy) -> Result<TestBroker> {
-        let dir = tempfile::tempdir().context("creating the store's temporary directory")?;
-        let running = start_server(dir.path(), &cfg, fsync).await?;
-        Ok(TestBroker { cfg, fsync, dir, running: Some(running) })
+        let server = InProcess::start(
+            fsync,
+            Box::new(move |store| {
+                let cfg = cfg.clone();
+                Box::pin(async move {
+                    let kafka: Arc<dyn ProtocolService> = KafkaService::new(store, cfg).await.context("starting Kafka")?;
+                    Ok(vec![kafka])
+                })
+            }),
+        )
+        .await?;
+        Ok(TestBroker { server })
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.running.as_ref().map(|r| r.kafka).expect("running")
+        self.server.addr("kafka")
     }
 
     /// The server's store (to check what the protocol wrote, or to write as
     /// another protocol would).
     pub fn store(&self) -> Arc<Store> {
-        self.running.as_ref().map(|r| Arc::clone(&r.store)).expect("running")
+        self.server.store()
     }
 
     pub async fn client(&self) -> Result<Client> {
@@ -75,48 +75,8 @@ impl TestBroker {
     /// Shuts the server down as `polymq serve` does on SIGTERM, then opens
     /// the same data directory again on a new port.
     pub async fn restart(&mut self) -> Result<()> {
-        let running = self.running.take().context("broker is not running")?;
-        running.trigger.trigger();
-        let Running { store, task, .. } = running;
-        let stopped = tokio::time::timeout(Duration::from_secs(15), task)
-            .await
-            .context("server did not stop within 15 s of the shutdown signal")?
-            .context("server task panicked")?;
-        stopped.context("server stopped with an error")?;
-        tokio::task::spawn_blocking(move || store.close()).await.context("close panicked")??;
-        self.running = Some(start_server(self.dir.path(), &self.cfg, self.fsync).await.context("restarting on the same data directory")?);
-        Ok(())
+        self.server.restart().await
     }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(running) = self.running.take() {
-            running.trigger.trigger();
-        }
-    }
-}
-
-async fn start_server(dir: &Path, cfg: &KafkaConfig, fsync: polymq::FsyncPolicy) -> Result<Running> {
-    let loopback: SocketAddr = "127.0.0.1:0".parse()?;
-    let config = Config {
-        data_dir: dir.to_path_buf(),
-        mqtt_listen: loopback,
-        amqp_listen: loopback,
-        kafka_listen: loopback,
-        http_listen: loopback,
-        fsync,
-        ..Config::default()
-    };
-    let store_config = config.store_config();
-    let store = tokio::task::spawn_blocking(move || Store::open(store_config)).await.context("store open panicked")??;
-    let kafka: Arc<dyn ProtocolService> = KafkaService::new(Arc::clone(&store), cfg.clone()).await.context("starting Kafka")?;
-    let server = Server::bind(&config, Arc::clone(&store), vec![(config.kafka_listen, kafka)]).await?;
-    let addrs = server.local_addrs();
-    let kafka = addrs.iter().find(|(n, _)| *n == "kafka").map(|(_, a)| *a).context("no kafka listener")?;
-    let (trigger, signal) = shutdown_channel();
-    let task = tokio::spawn(server.run(signal.triggered()));
-    Ok(Running { kafka, store, trigger, task })
 }
 
 /// One Kafka connection speaking `kafka-protocol`'s client side.
