@@ -310,23 +310,38 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &CrossArgs) -> Result<Vec<RunResult>
     }
     qos_of(a.qos)?;
     let client = if a.scenario.contains(&Shape::MqttKafka) { Some(kafka::Client::find(a.python.as_deref())?) } else { None };
+    let mut facts = Row::new()
+        .put("broker", label.clone())
+        .put("mqtt", a.mqtt.clone())
+        .put("amqp", a.amqp.split_once('@').map_or(a.amqp.as_str(), |(_, h)| h).to_owned())
+        .put("kafka", a.bootstrap.clone())
+        .put("broker_pid", a.broker_pid.map(|p| p.to_string()).unwrap_or_else(|| "- (no broker CPU/RSS)".into()));
+    // Only the scenarios that run (compare.sh runs them one at a time and merges these blocks).
+    if let Some(c) = &client {
+        facts = facts.put(
+            "mqtt-kafka",
+            format!(
+                "{} rumqttc publishers (MQTT 3.1.1, QoS {}, window {}) on pmqb-<id>/<i> -> Kafka topic pmqb-<id> ({} partitions, created first) -> 1 consumer, {}",
+                a.publishers, a.qos, a.inflight, a.partitions, c.describe
+            ),
+        );
+    }
+    if a.scenario.contains(&Shape::AmqpMqtt) {
+        facts = facts.put(
+            "amqp-mqtt",
+            format!(
+                "{} lapin publishers (confirms, window {}, persistent messages) to amq.topic key pmqb-<id>.<i> -> {} rumqttc subscribers on pmqb-<id>/<i> (QoS {}, {} session)",
+                a.publishers,
+                a.confirm_window,
+                a.publishers,
+                a.qos,
+                if a.persistent { "persistent" } else { "clean" }
+            ),
+        );
+    }
     rep.facts(
         "cross settings",
-        &Row::new()
-            .put("broker", label.clone())
-            .put("mqtt", a.mqtt.clone())
-            .put("amqp", a.amqp.split_once('@').map_or(a.amqp.as_str(), |(_, h)| h).to_owned())
-            .put("kafka", a.bootstrap.clone())
-            .put("broker_pid", a.broker_pid.map(|p| p.to_string()).unwrap_or_else(|| "- (no broker CPU/RSS)".into()))
-            .put("mqtt-kafka", format!(
-                "{} rumqttc publishers (MQTT 3.1.1, QoS {}, window {}) on pmqb-<id>/<i> -> Kafka topic pmqb-<id> ({} partitions, created first) -> 1 consumer, {}",
-                a.publishers, a.qos, a.inflight, a.partitions,
-                client.as_ref().map_or("-".into(), |c| c.describe.clone())
-            ))
-            .put("amqp-mqtt", format!(
-                "{} lapin publishers (confirms, window {}, persistent messages) to amq.topic key pmqb-<id>.<i> -> {} rumqttc subscribers on pmqb-<id>/<i> (QoS {}, {} session)",
-                a.publishers, a.confirm_window, a.publishers, a.qos, if a.persistent { "persistent" } else { "clean" }
-            ))
+        &facts
             .put("size", a.size)
             .put("seconds", format!("{} per run", a.seconds))
             .put("latency", "e2e: publish call (rate mode: scheduled send time) to delivery; the Kafka consumer's clock is matched to the bench's first (clock_error_ms bounds the error)")
