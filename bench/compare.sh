@@ -2,7 +2,7 @@
 # polymq against the brokers users would pick instead, side by side.
 #
 #   bench/compare.sh                      # everything below, 10 s per run
-#   COMPARE_QUICK=1 bench/compare.sh      # the short profile (about 25 min, see below)
+#   COMPARE_QUICK=1 bench/compare.sh      # the short profile (15 min on the shared 2-vCPU VM, see below)
 #   COMPARE_PROTOCOLS=cross bench/compare.sh  # MQTT->Kafka and AMQP->MQTT, beside MQTT->MQTT and AMQP->AMQP
 #   COMPARE_PROTOCOLS=sweep bench/compare.sh  # the data of the plots (bench/plot.py)
 #   COMPARE_PROTOCOLS=kafka COMPARE_SECONDS=5 bench/compare.sh  # Kafka vs tansu, disk and loopback

@@ -4,7 +4,8 @@
 //! `polymq::Store` in-process on a scratch directory (so they measure the
 //! store, not a wire protocol); the protocol scenarios (`mqtt`, `mqtt-conns`,
 //! `amqp`, `amqp-queues`, `kafka`) drive real client libraries over real
-//! sockets against any broker address, polymq or a peer; `disk` and
+//! sockets against any broker address, polymq or a peer (`cross`, one
+//! protocol in and another out, against polymq); `disk` and
 //! `loopback` measure the baselines the Kafka goals are read against. Every scenario prints the machine
 //! facts first, then a table (or JSON lines with `--json`), and a progress
 //! line on stderr while it runs.
