@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # polymq against the brokers users would pick instead, side by side.
 #
-#   bench/compare.sh                      # MQTT vs mosquitto and AMQP vs RabbitMQ, 10 s per run
+#   bench/compare.sh                      # everything below, 10 s per run
+#   COMPARE_QUICK=1 bench/compare.sh      # the short profile (15 min on the shared 2-vCPU VM, see below)
+#   COMPARE_PROTOCOLS=cross bench/compare.sh  # MQTT->Kafka and AMQP->MQTT, beside MQTT->MQTT and AMQP->AMQP
+#   COMPARE_PROTOCOLS=sweep bench/compare.sh  # the data of the plots (bench/plot.py)
 #   COMPARE_PROTOCOLS=kafka COMPARE_SECONDS=5 bench/compare.sh  # Kafka vs tansu, disk and loopback
 #   COMPARE_PROTOCOLS=amqp COMPARE_SECONDS=5 bench/compare.sh   # AMQP only, short runs
 #   COMPARE_SECONDS=60 bench/compare.sh   # longer runs
@@ -20,8 +23,19 @@
 # bench/results/<date>/compare-<protocol>.md, next to the raw JSON lines and
 # tables.
 #
+# Cross-protocol (`cross`): polymq only (no peer crosses protocols): MQTT
+# publishers -> a Kafka consumer and AMQP publishers -> MQTT subscribers,
+# each beside the same-protocol run of the same shape on the same broker
+# (MQTT fan-in QoS 1, AMQP durable queues), so the cost of crossing shows.
+# The sweep (`sweep`): MQTT QoS 1 fan-in against polymq and mosquitto with
+# 1..16 publishers flat out, and paced at several rates; bench/plot.py draws
+# PNGs from it (matplotlib, pip-installed into .venv when missing).
+#
 # Settings (environment):
-#   COMPARE_PROTOCOLS   protocols to compare (mqtt,amqp,kafka)
+#   COMPARE_PROTOCOLS   protocols to compare (mqtt,amqp,kafka,cross,sweep)
+#   COMPARE_QUICK=1     the short profile: 5 s runs, Kafka acks:compression 1:none, all:none
+#                       and 1:lz4 only, a 1 GiB disk baseline, 2 s sweep points; every
+#                       scenario otherwise (each setting below still wins when given)
 #   COMPARE_PEERS       peers to run (mosquitto,rabbitmq,tansu); each serves the protocols it speaks
 #                       (mosquitto: mqtt, rabbitmq: amqp, tansu: kafka)
 #   COMPARE_SECONDS     seconds of publishing per run (10)
@@ -68,12 +82,26 @@
 #   COMPARE_KAFKA_BATCH       batch.size, bytes (1000000)
 #   COMPARE_KAFKA_MOCK        1: also run against librdkafka's mock broker (1)
 #   COMPARE_KAFKA_DISK_MIB    MiB written by the disk baseline (2048)
+# Cross-protocol:
+#   COMPARE_CROSS_PUBLISHERS  publishers (and MQTT subscribers of amqp-mqtt) (8)
+#   COMPARE_CROSS_PARTITIONS  partitions of mqtt-kafka's Kafka topic (4)
+# Sweep (plots):
+#   COMPARE_SWEEP_PUBLISHERS  publisher counts of the fan-in sweep (1,2,4,8,16)
+#   COMPARE_SWEEP_RATES       total msg/s of the latency sweep (1000,5000,10000,20000,40000)
+#   COMPARE_SWEEP_SECONDS     seconds per point (3)
+#   COMPARE_SWEEP_PEERS       brokers besides polymq (mosquitto)
+#   COMPARE_PLOT=0            skip drawing the PNGs
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
 
-PROTOCOLS=${COMPARE_PROTOCOLS:-mqtt,amqp,kafka}
+# The quick profile's defaults (any setting given explicitly still wins).
+if [[ ${COMPARE_QUICK:-0} == 1 ]]; then
+    : "${COMPARE_SECONDS:=5}" "${COMPARE_KAFKA_SETTINGS:=1:none,all:none,1:lz4}" "${COMPARE_KAFKA_DISK_MIB:=1024}"
+    : "${COMPARE_SWEEP_SECONDS:=2}"
+fi
+PROTOCOLS=${COMPARE_PROTOCOLS:-mqtt,amqp,kafka,cross,sweep}
 SECS=${COMPARE_SECONDS:-10}
 SCENARIOS=${COMPARE_SCENARIOS:-fan-in,fan-out,pairs}
 QOS=${COMPARE_QOS:-0,1,2}
@@ -106,6 +134,13 @@ AMQP_PREFETCH=${COMPARE_AMQP_PREFETCH:-100}
 AMQP_MULTI_ACK=${COMPARE_AMQP_MULTI_ACK:-1}
 AMQP_DECLARE=${COMPARE_AMQP_DECLARE:-10000}
 AMQP_ALWAYS=${COMPARE_AMQP_ALWAYS:-1}
+CROSS_PUBLISHERS=${COMPARE_CROSS_PUBLISHERS:-8}
+CROSS_PARTITIONS=${COMPARE_CROSS_PARTITIONS:-4}
+SWEEP_PUBLISHERS=${COMPARE_SWEEP_PUBLISHERS:-1,2,4,8,16}
+SWEEP_RATES=${COMPARE_SWEEP_RATES:-1000,5000,10000,20000,40000}
+SWEEP_SECONDS=${COMPARE_SWEEP_SECONDS:-3}
+SWEEP_PEERS=${COMPARE_SWEEP_PEERS:-mosquitto}
+PLOT=${COMPARE_PLOT:-1}
 OUT=${COMPARE_OUT:-$ROOT/bench/results/$(date -u +%F)}
 
 BENCH=$ROOT/target/release/polymq-bench
@@ -616,6 +651,74 @@ kafka_scenario_runs() {
     done
 }
 
+# cross_runs: on one fresh polymq, each cross-protocol path beside the
+# same-protocol run of the same shape (N publishers, one topic or queue
+# each, QoS 1 / confirms), flat out and paced, back to back.
+cross_runs() {
+    local f=$OUT/compare-cross-polymq.jsonl rate n=$CROSS_PUBLISHERS
+    : >"$f"
+    BROKER_KAFKA=
+    start_polymq
+    for rate in 0 ${RATE/#0/}; do
+        log "polymq: MQTT->MQTT fan-in, $n publishers, QoS 1, rate ${rate/#0/max}, ${SECS} s"
+        bench --json mqtt --mqtt "$BROKER_ADDR" --label polymq --broker-pid "$BROKER_PID" --scenario fan-in --qos 1 --clients "$n" \
+            --size "$SIZE" --inflight "$INFLIGHT" --seconds "$SECS" --rate "$rate" >>"$f" || log "polymq: the MQTT reference run failed (exit $?)"
+        log "polymq: MQTT->Kafka, $n publishers, QoS 1, rate ${rate/#0/max}, ${SECS} s"
+        bench --json cross --mqtt "$BROKER_ADDR" --amqp "$BROKER_AMQP" --bootstrap "$BROKER_KAFKA" --label polymq --broker-pid "$BROKER_PID" \
+            --scenario mqtt-kafka --publishers "$n" --partitions "$CROSS_PARTITIONS" --size "$SIZE" --inflight "$INFLIGHT" \
+            --seconds "$SECS" --rate "$rate" >>"$f" || log "polymq: the MQTT->Kafka run failed (exit $?)"
+        log "polymq: AMQP->AMQP durable, $n queues, rate ${rate/#0/max}, ${SECS} s"
+        bench --json amqp --amqp "$BROKER_AMQP" --label polymq --broker-pid "$BROKER_PID" --scenario durable --queues "$n" \
+            --publishers "$n" --consumers "$n" --size "$SIZE" --confirm-window "$AMQP_WINDOW" --prefetch "$AMQP_PREFETCH" \
+            --seconds "$SECS" --rate "$rate" >>"$f" || log "polymq: the AMQP reference run failed (exit $?)"
+        log "polymq: AMQP->MQTT, $n publishers and subscribers, rate ${rate/#0/max}, ${SECS} s"
+        bench --json cross --mqtt "$BROKER_ADDR" --amqp "$BROKER_AMQP" --bootstrap "$BROKER_KAFKA" --label polymq --broker-pid "$BROKER_PID" \
+            --scenario amqp-mqtt --publishers "$n" --size "$SIZE" --inflight "$INFLIGHT" --confirm-window "$AMQP_WINDOW" \
+            --seconds "$SECS" --rate "$rate" >>"$f" || log "polymq: the AMQP->MQTT run failed (exit $?)"
+    done
+    stop_broker "$BROKER_PID"
+}
+
+# sweep_runs: MQTT QoS 1 fan-in against polymq and the sweep's peers, all
+# up at once, each point against every broker back to back: flat out for
+# every publisher count, then paced (8 publishers) at every rate.
+sweep_runs() {
+    local n rate name
+    for name in "${BROKERS[@]}"; do
+        : >"$OUT/compare-sweep-$name.jsonl"
+    done
+    start_all
+    for n in ${SWEEP_PUBLISHERS//,/ }; do
+        for name in "${BROKERS[@]}"; do
+            log "$name: sweep, fan-in QoS 1, $n publisher(s), flat out, ${SWEEP_SECONDS} s"
+            bench --json mqtt --mqtt "${ADDR[$name]}" --label "$name" --broker-pid "${PID[$name]}" --scenario fan-in --qos 1 \
+                --clients "$n" --size "$SIZE" --inflight "$INFLIGHT" --seconds "$SWEEP_SECONDS" --rate 0 \
+                >>"$OUT/compare-sweep-$name.jsonl" || log "$name: a sweep run failed (exit $?)"
+        done
+    done
+    for rate in ${SWEEP_RATES//,/ }; do
+        for name in "${BROKERS[@]}"; do
+            log "$name: sweep, fan-in QoS 1, $CLIENTS publishers, $rate msg/s, ${SWEEP_SECONDS} s"
+            bench --json mqtt --mqtt "${ADDR[$name]}" --label "$name" --broker-pid "${PID[$name]}" --scenario fan-in --qos 1 \
+                --clients "$CLIENTS" --size "$SIZE" --inflight "$INFLIGHT" --seconds "$SWEEP_SECONDS" --rate "$rate" \
+                >>"$OUT/compare-sweep-$name.jsonl" || log "$name: a sweep run failed (exit $?)"
+        done
+    done
+    stop_all
+}
+
+# plots: PNGs of the sweep (and of the cross-protocol runs, if any) in $OUT,
+# with matplotlib from .venv (installed there when missing).
+plots() {
+    [[ $PLOT == 1 ]] || return 0
+    if ! .venv/bin/python -c 'import matplotlib' 2>/dev/null; then
+        log "installing matplotlib into .venv"
+        [[ -x .venv/bin/python ]] || python3 -m venv .venv
+        .venv/bin/pip install --quiet --disable-pip-version-check matplotlib || { log "no matplotlib: no plots"; return 0; }
+    fi
+    .venv/bin/python "$ROOT/bench/plot.py" "$OUT" || log "plotting failed (exit $?)"
+}
+
 # start_all: every broker of BROKERS; their addresses into ADDR, AMQP and PID.
 start_all() {
     local name
@@ -749,8 +852,33 @@ for proto in ${PROTOCOLS//,/ }; do
         cat "$md"
         log "written: $md (raw: $OUT/compare-kafka-*.jsonl, tables: $OUT/compare-kafka-*.txt)"
         ;;
+    cross)
+        ensure_kafka_client
+        cross_runs
+        python3 "$ROOT/bench/compare_table.py" --human "$OUT/compare-cross-polymq.jsonl" >"$OUT/compare-cross-polymq.txt"
+        md=$OUT/compare-cross.md
+        python3 "$ROOT/bench/compare_table.py" --protocol cross --polymq "$OUT/compare-cross-polymq.jsonl" --commit "$commit$dirty" \
+            --seconds "$SECS" >"$md"
+        cat "$md"
+        log "written: $md (raw: $OUT/compare-cross-polymq.jsonl, tables: $OUT/compare-cross-polymq.txt)"
+        ;;
+    sweep)
+        BROKERS=(polymq)
+        for peer in ${SWEEP_PEERS//,/ }; do
+            if "ensure_$peer"; then
+                BROKERS+=("$peer")
+            else
+                log "skipping $peer"
+            fi
+        done
+        sweep_runs
+        ;;
     *)
         log "protocol $proto: no comparison yet"
         ;;
     esac
 done
+
+if [[ ",$PROTOCOLS," == *,sweep,* || ",$PROTOCOLS," == *,cross,* ]]; then
+    plots
+fi

@@ -4,6 +4,7 @@
   compare_table.py --polymq P.jsonl --peer mosquitto=M.jsonl [--peer-version mosquitto=...] [--commit C]
   compare_table.py --protocol amqp --polymq P.jsonl [--variant polymq-always=PA.jsonl] --peer rabbitmq=R.jsonl
   compare_table.py --protocol kafka --polymq P.jsonl --baselines B.jsonl [--peer tansu=T.jsonl] [--variant mock=M.jsonl]
+  compare_table.py --protocol cross --polymq P.jsonl   # cross-protocol beside same-protocol, polymq only
   compare_table.py --baseline-values B.jsonl   # "DISK_MBPS BUFFERED_MBPS LOOPBACK_MBPS" for compare.sh
   compare_table.py --human FILE.jsonl      # one broker's rows as plain aligned tables
 
@@ -19,7 +20,8 @@ import sys
 
 def load(path):
     out = {"machine": {}, "mqtt": [], "conns": [], "amqp": [], "amqp_queues": [], "notes": [], "settings": {},
-           "amqp_settings": {}, "kafka": [], "kafka_settings": {}, "disk": [], "loopback": []}
+           "amqp_settings": {}, "kafka": [], "kafka_settings": {}, "disk": [], "loopback": [],
+           "cross": [], "cross_settings": {}}
     with open(path) as f:
         for line in f:
             line = line.strip()
@@ -35,6 +37,10 @@ def load(path):
                 out["amqp_settings"] = obj
             elif kind == "kafka settings":
                 out["kafka_settings"] = obj
+            elif kind == "cross settings":
+                out["cross_settings"].update(obj)
+            elif kind.startswith("cross:"):
+                out["cross"].append(obj)
             elif kind.startswith("kafka:"):
                 out["kafka"].append(obj)
             elif kind.startswith("disk: sequential"):
@@ -98,7 +104,7 @@ def medians(rows):
 def human(path):
     data = load(path)
     for name, rows in (("mqtt", data["mqtt"]), ("mqtt-conns", data["conns"]), ("amqp", data["amqp"]),
-                       ("amqp-queues", data["amqp_queues"]), ("kafka", data["kafka"]), ("disk", data["disk"]),
+                       ("amqp-queues", data["amqp_queues"]), ("kafka", data["kafka"]), ("cross", data["cross"]), ("disk", data["disk"]),
                        ("loopback", data["loopback"])):
         if not rows:
             continue
@@ -498,10 +504,70 @@ def compare_kafka(args):
         print()
 
 
+def compare_cross(args):
+    """Each cross-protocol path beside the same-protocol run of the same shape
+    on the same broker (there is no peer that crosses protocols)."""
+    p = load(args.polymq)
+    m = p["machine"]
+    s = p["cross_settings"]
+    print("# Cross-protocol: polymq only (no peer broker crosses protocols)\n")
+    print(f"- date: {m.get('date', '?')}; machine: {m.get('nproc', '?')} vCPU ({m.get('cpu', '?')}), "
+          f"{fmt(m.get('mem_gib'), 1)} GiB, kernel {m.get('kernel', '?')}")
+    print(f"- polymq: commit {args.commit}, `polymq serve` defaults (fsync interval=50, `[mapping]` defaults: MQTT and "
+          "`amq.topic` publishes also go to the Kafka topic of their first level when it exists; Kafka topics are not "
+          "created from MQTT, so the run creates its topic first), one fresh broker for all runs")
+    print(f"- MQTT->Kafka: {s.get('mqtt-kafka', '?')}. Reference MQTT->MQTT: the same publishers, one subscriber to "
+          "`+` (fan-in, clean session: served from memory, while the Kafka path writes every message to the log)")
+    print(f"- AMQP->MQTT: {s.get('amqp-mqtt', '?')}. Reference AMQP->AMQP: as many publishers with confirms to as many "
+          "durable queues (default exchange), one consumer each, manual acks (through the log; a message that reaches "
+          "only clean MQTT sessions is not written)")
+    print(f"- runs: {args.seconds} s of publishing each, payload {s.get('size', '?')} B; latency = publish call (paced "
+          "runs: scheduled send time) to delivery; the Kafka consumer is another process whose clock offset is "
+          "measured first (error bound in the raw rows, `clock_error_ms`)")
+    print("- `cost` = cross / same protocol: msg/s below 1 and latency above 1 is what crossing costs")
+    print()
+    mq = {r.get("mode"): r for r in p["mqtt"] if r.get("scenario") == "fan-in"}
+    aq = {r.get("mode"): r for r in p["amqp"] if r.get("scenario") == "durable"}
+    print("| path | mode | pubs -> subs | recv msg/s | recv MB/s | acked msg/s | p50 ms | p99 ms | p99.9 ms | lost % "
+          "| errors | cpu% | bench% | cost: msg/s | cost: p99 | busy% / others% |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def line(path, r, ref, pubs, subs, acked):
+        cost = (f"{ratio(r.get('recv/s'), ref.get('recv/s'))} | {ratio(r.get('p99_ms'), ref.get('p99_ms'))}"
+                if ref is not None else "| ")
+        print(f"| {path} | {r.get('mode')} | {pubs} -> {subs} | {fmt(r.get('recv/s'))} | {fmt(r.get('recv_MB/s'), 1)} "
+              f"| {fmt(r.get(acked))} | {fmt(r.get('p50_ms'), 2)} | {fmt(r.get('p99_ms'), 2)} | {fmt(r.get('p99.9_ms'), 2)} "
+              f"| {fmt(r.get('lost%'), 2)} | {fmt(r.get('errors'))} | {fmt(r.get('broker_cpu%'))} | {fmt(r.get('bench_cpu%'))} "
+              f"| {cost} | {fmt(r.get('busy%'))} / {fmt(r.get('others%'))} |")
+
+    for r in p["cross"]:
+        mode = r.get("mode")
+        if r.get("scenario") == "mqtt-kafka":
+            ref = mq.get(mode)
+            if ref:
+                line("MQTT->MQTT (same protocol)", ref, None, ref.get("clients"), 1, "sent/s")
+            line("**MQTT->Kafka**", r, ref, r.get("pubs"), r.get("subs"), "sent/s")
+        else:
+            ref = aq.get(mode)
+            if ref:
+                line("AMQP->AMQP (same protocol)", ref, None, ref.get("pubs"), ref.get("subs"), "confirm/s")
+            line("**AMQP->MQTT**", r, ref, r.get("pubs"), r.get("subs"), "sent/s")
+    print()
+    busy = [x for x in p["cross"] + p["mqtt"] + p["amqp"] if (num(x.get("others%")) or 0) > 10]
+    if busy:
+        print(f"{len(busy)} of these runs had other processes take more than 10 % of the machine "
+              f"(others% up to {max(num(x.get('others%')) or 0 for x in busy):.0f}); read them with care.\n")
+    if p["notes"]:
+        print("Errors and notes reported by the runs:\n")
+        for t in p["notes"]:
+            print(f"- polymq: {t}")
+        print()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--human")
-    ap.add_argument("--protocol", default="mqtt", choices=["mqtt", "amqp", "kafka"])
+    ap.add_argument("--protocol", default="mqtt", choices=["mqtt", "amqp", "kafka", "cross"])
     ap.add_argument("--baselines", help="disk and loopback JSON lines (kafka)")
     ap.add_argument("--baseline-values", help="print the O_DIRECT, buffered and loopback MB/s of this file")
     ap.add_argument("--variant", action="append", default=[],
@@ -517,6 +583,8 @@ def main():
         print(" ".join("0" if v is None else f"{v:.0f}" for v in baseline_values(args.baseline_values)))
     elif args.human:
         human(args.human)
+    elif args.polymq and args.protocol == "cross":
+        compare_cross(args)
     elif args.polymq and args.protocol == "kafka":
         compare_kafka(args)
     elif args.polymq and args.protocol == "amqp":

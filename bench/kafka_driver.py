@@ -21,7 +21,11 @@ client-bound number can be recognised.
 
 Latency: each payload starts with the send time (CLOCK_MONOTONIC ns,
 little-endian u64; in paced runs the scheduled send time). Consumers
-subtract it from their own CLOCK_MONOTONIC (one machine, one clock). The
+subtract it from their own CLOCK_MONOTONIC (one machine, one clock). When
+the bench's own publishers wrote the stamps (`polymq-bench cross`: MQTT or
+AMQP in, Kafka out) they are in the bench's clock: it asks `clock` on stdin
+(answered at once with {"clock": CLOCK_MONOTONIC ns}) to measure the offset
+and sends `offset N` before `go`, and the consumer adds N to every stamp. The
 histogram uses the bench's buckets (hist.rs: 2^7 linear buckets per power of
 two) and is sent as [bucket upper edge, count] pairs.
 """
@@ -51,6 +55,9 @@ class Control:
 
         self.go_ns = None if enabled else time.monotonic_ns()
         self.stop = False
+        # ns to subtract from a payload's stamp to get this process's clock
+        # (the bench's own publishers stamp with theirs; see `offset`).
+        self.offset = 0
         self._go = threading.Event()
         if not enabled:
             self._go.set()
@@ -65,6 +72,11 @@ class Control:
                 self._go.set()
             elif word == "stop":
                 self.stop = True
+            elif word == "clock":
+                # The bench measures the offset between its clock and ours.
+                emit({"clock": time.monotonic_ns()})
+            elif word == "offset":
+                self.offset = int(arg)
         # stdin closed: the bench is gone or done with us.
         self.stop = True
         self._go.set()
@@ -322,6 +334,8 @@ def role_consume(cfg):
     unpack = STAMP.unpack_from
     ctl = Control(cfg.get("control", False))
     t0 = ctl.wait_go()
+    # Stamps in the bench's clock (its MQTT / AMQP publishers): ours = theirs + offset.
+    offset = ctl.offset
     deadline = t0 + int(seconds * 1e9)
     first = last = 0
     count = nbytes = errors = 0
@@ -362,7 +376,7 @@ def role_consume(cfg):
             count += 1
             nbytes += len(v)
             if want_latency:
-                lats.append(now - unpack(v, 0)[0])
+                lats.append(now - unpack(v, 0)[0] - offset)
         if not first:
             first = now
         last = now

@@ -43,7 +43,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::hist::Hist;
-use crate::mqtt::{epoch, mib, now_ns, payload, q_ms, rss, run_id, unstamp, Probe, STAMP};
+use crate::mqtt::{
+    await_deliveries, epoch, latency_cols, mib, now_ns, payload, probe_cols, q_ms, rss, run_clock, run_id, unstamp, Probe, STAMP,
+};
 use crate::report::{before_run, Progress, Reporter, Row, Table};
 
 // ---------------------------------------------------------------------------
@@ -152,7 +154,7 @@ fn host_of(url: &str) -> String {
     rest.split('/').next().unwrap_or(rest).to_owned()
 }
 
-async fn connect(url: &str, name: &str) -> Result<Connection> {
+pub(crate) async fn connect(url: &str, name: &str) -> Result<Connection> {
     let props = ConnectionProperties::default().with_connection_name(name.into());
     tokio::time::timeout(Duration::from_secs(15), Connection::connect(url, props))
         .await
@@ -169,22 +171,22 @@ fn durable_queue() -> QueueDeclareOptions {
 // ---------------------------------------------------------------------------
 
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     /// basic.publish frames handed to the socket.
-    published: AtomicU64,
+    pub(crate) published: AtomicU64,
     /// Publishes the broker confirmed (basic.ack) and refused (basic.nack).
-    confirmed: AtomicU64,
-    nacked: AtomicU64,
+    pub(crate) confirmed: AtomicU64,
+    pub(crate) nacked: AtomicU64,
     /// Deliveries to consumers (shared with the progress line).
     received: Arc<AtomicU64>,
     redelivered: AtomicU64,
     /// Deliveries whose sequence number was not above the last one the consumer saw from that publisher.
     out_of_order: AtomicU64,
-    errors: AtomicU64,
-    last_published_ns: AtomicU64,
-    last_confirmed_ns: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) last_published_ns: AtomicU64,
+    pub(crate) last_confirmed_ns: AtomicU64,
     last_received_ns: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    pub(crate) first_error: Mutex<Option<String>>,
 }
 
 impl Counters {
@@ -198,9 +200,9 @@ impl Counters {
 }
 
 /// Where a publisher sends: an exchange and a routing key.
-struct Target {
-    exchange: String,
-    key: String,
+pub(crate) struct Target {
+    pub(crate) exchange: String,
+    pub(crate) key: String,
 }
 
 /// One persistent publish and its confirm. The sequence number and (flat out)
@@ -236,12 +238,47 @@ async fn publish_one(ch: &Channel, t: &Target, size: usize, index: u32, schedule
     }
 }
 
-struct Pub {
+pub(crate) struct Pub {
     ch: Channel,
     target: Target,
     index: u32,
     /// msg/s of this publisher (0 = flat out).
     rate: f64,
+}
+
+/// Opens a channel in confirm mode for each target, on the connections in
+/// turn; publisher i sends `rate_each` msg/s (0: flat out) to target i.
+pub(crate) async fn open_publishers(conns: &[Connection], targets: Vec<Target>, rate_each: f64) -> Result<Vec<Pub>> {
+    let mut pubs = Vec::new();
+    for (i, target) in targets.into_iter().enumerate() {
+        let ch = conns[i % conns.len()].create_channel().await.context("channel.open (publisher)")?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await.context("confirm.select")?;
+        pubs.push(Pub { ch, target, index: i as u32, rate: rate_each });
+    }
+    Ok(pubs)
+}
+
+/// Publishes with every publisher for `seconds` (see `run_publisher`) and
+/// waits for their confirms (at most `drain` past the end). Returns the
+/// publish-to-confirm latencies and the start of the run on the stamps' clock.
+pub(crate) async fn publish_all(
+    pubs: Vec<Pub>,
+    size: usize,
+    window: usize,
+    seconds: f64,
+    drain: Duration,
+    ctr: &Arc<Counters>,
+) -> Result<(Hist, u64)> {
+    let (start, t0_ns, until) = run_clock(seconds);
+    let mut tasks = JoinSet::new();
+    for p in pubs {
+        tasks.spawn(run_publisher(p, size, window, (start, t0_ns), until, until + drain, ctr.clone()));
+    }
+    let mut confirm = Hist::default();
+    while let Some(r) = tasks.join_next().await {
+        confirm.merge(&r.context("publisher panicked")?);
+    }
+    Ok((confirm, t0_ns))
 }
 
 /// Publishes until `until` with at most `window` publishes unconfirmed, then
@@ -505,44 +542,11 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<Measured> {
             sub_tasks.spawn(run_consumer(ch, consumer, spec.multi_ack, targets.len(), ctr.clone(), stop_rx.clone()));
         }
         let per_pub_rate = if spec.rate > 0.0 { spec.rate / targets.len() as f64 } else { 0.0 };
-        let mut pubs = Vec::new();
-        for (i, t) in targets.into_iter().enumerate() {
-            let ch = pub_conns[i % conns].create_channel().await.context("channel.open (publisher)")?;
-            ch.confirm_select(ConfirmSelectOptions::default()).await.context("confirm.select")?;
-            pubs.push(Pub { ch, target: t, index: i as u32, rate: per_pub_rate });
-        }
+        let pubs = open_publishers(&pub_conns, targets, per_pub_rate).await?;
         let setup = t_setup.elapsed();
-
-        let base = Instant::now() + Duration::from_millis(20);
-        let start = tokio::time::Instant::from_std(base);
-        let t0_ns = base.duration_since(epoch()).as_nanos() as u64;
-        let until = start + Duration::from_secs_f64(spec.seconds);
-        let drain_end = until + spec.drain;
-        let mut pub_tasks = JoinSet::new();
-        for p in pubs {
-            pub_tasks.spawn(run_publisher(p, spec.size, spec.window, (start, t0_ns), until, drain_end, ctr.clone()));
-        }
-        let mut confirm = Hist::default();
-        while let Some(r) = pub_tasks.join_next().await {
-            confirm.merge(&r.context("publisher panicked")?);
-        }
-        // Deliveries still under way: wait until everything arrived, or nothing
-        // arrived for 2 s, or the drain time is over.
+        let (confirm, t0_ns) = publish_all(pubs, spec.size, spec.window, spec.seconds, spec.drain, &ctr).await?;
         let expected = ctr.published.load(Ordering::Relaxed) * fan;
-        let deliveries_end = tokio::time::Instant::now() + spec.drain;
-        let mut last = (ctr.received.load(Ordering::Relaxed), tokio::time::Instant::now());
-        loop {
-            let got = ctr.received.load(Ordering::Relaxed);
-            if got >= expected || tokio::time::Instant::now() >= deliveries_end {
-                break;
-            }
-            if got != last.0 {
-                last = (got, tokio::time::Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(2) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        await_deliveries(&ctr.received, expected, spec.drain).await;
         let _ = stop_tx.send(true);
         let mut e2e = Hist::default();
         while let Some(r) = sub_tasks.join_next().await {
@@ -577,6 +581,11 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<Measured> {
         Err(_) => ctr.error("deleting the run's queues took over 30 s".into()),
     }
     Ok(m)
+}
+
+/// The publish-to-confirm latency columns of a row, ms.
+pub(crate) fn confirm_cols(row: Row, h: &Hist) -> Row {
+    row.num("confirm_p50_ms", q_ms(h, 0.5), 2).num("confirm_p99_ms", q_ms(h, 0.99), 2)
 }
 
 /// Runs every (scenario, queue count, rate) combination against the broker at `a.amqp`.
@@ -673,18 +682,9 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &AmqpArgs) -> Result<Vec<RunResult>>
                     .put("nacks", nacked)
                     .put("redelivered", load(&ctr.redelivered))
                     .put("ooo", load(&ctr.out_of_order))
-                    .put("errors", errors)
-                    .num("p50_ms", q_ms(&m.e2e, 0.5), 2)
-                    .num("p99_ms", q_ms(&m.e2e, 0.99), 2)
-                    .num("p99.9_ms", q_ms(&m.e2e, 0.999), 2)
-                    .num("max_ms", q_ms(&m.e2e, 1.0), 2)
-                    .num("confirm_p50_ms", q_ms(&m.confirm, 0.5), 2)
-                    .num("confirm_p99_ms", q_ms(&m.confirm, 0.99), 2)
-                    .num("setup_s", m.setup.as_secs_f64(), 2)
-                    .num("broker_cpu%", p.broker_cpu.unwrap_or(f64::NAN), 0)
-                    .num("broker_rss_MiB", p.broker_rss_peak.map(mib).unwrap_or(f64::NAN), 1)
-                    .num("bench_cpu%", p.self_cpu.unwrap_or(f64::NAN), 0)
-                    .pre_with_broker(pre, p.broker_cpu);
+                    .put("errors", errors);
+                let row = confirm_cols(latency_cols(row, &m.e2e), &m.confirm).num("setup_s", m.setup.as_secs_f64(), 2);
+                let row = probe_cols(row, &p).pre_with_broker(pre, p.broker_cpu);
                 rep.row(&mut table, row);
                 if let Some(e) = ctr.first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     rep.note(&format!("{label} amqp {} q={queues} {mode}: {errors} error(s), the first: {e}", shape.name()));

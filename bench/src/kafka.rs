@@ -376,6 +376,8 @@ pub struct ConsumeOut {
     pub first_ms: f64,
     pub latency: Hist,
     pub first_errors: Vec<String>,
+    /// When the last message arrived, ns of the driver's clock (CLOCK_MONOTONIC).
+    pub last_ns: u64,
 }
 
 /// The broker-side measurements around one run.
@@ -447,10 +449,87 @@ fn create_topic(t: &Target, topic: &str, partitions: u32) -> Result<()> {
     if t.mock {
         return Ok(());
     }
-    t.client
-        .run_role("create-topic", &json!({"bootstrap": t.bootstrap, "topic": topic, "partitions": partitions}), Duration::from_secs(90))
+    create_topic_at(t.client, &t.bootstrap, topic, partitions)
+}
+
+/// Creates `topic` with `partitions` (CreateTopics) on the broker at
+/// `bootstrap` and waits until every partition has a leader.
+pub(crate) fn create_topic_at(client: &Client, bootstrap: &str, topic: &str, partitions: u32) -> Result<()> {
+    client
+        .run_role("create-topic", &json!({"bootstrap": bootstrap, "topic": topic, "partitions": partitions}), Duration::from_secs(90))
         .with_context(|| format!("creating topic {topic} ({partitions} partitions)"))?;
     Ok(())
+}
+
+/// One consumer reading a topic as it is written (every partition assigned
+/// from the earliest offset), measuring each record's latency from the send
+/// time in its first 8 bytes.
+///
+/// The bench's own (Rust) publishers stamp with `mqtt::epoch`'s clock; the
+/// consumer reads Python's CLOCK_MONOTONIC. With `calibrate` the offset
+/// between the two is measured before the start (the round trip of a
+/// `clock` question over the driver's pipes, the fastest of 8, taking the
+/// midpoint: off by at most half that round trip, tens of µs on an idle
+/// machine) and the consumer subtracts it. Without, the stamps come from
+/// the driver's producers and share its clock.
+pub(crate) struct LiveConsumer {
+    proc: Proc,
+    pub(crate) received: Arc<AtomicU64>,
+    /// Python's clock minus the stamps' clock, ns.
+    pub(crate) offset_ns: i64,
+    /// Half the round trip of the best calibration sample, ns (0 without calibration).
+    pub(crate) offset_error_ns: u64,
+}
+
+impl LiveConsumer {
+    /// Starts the consumer, connected and assigned before this returns,
+    /// and lets its first fetch reach the broker.
+    pub(crate) fn start(client: &Client, bootstrap: &str, topic: &str, seconds: f64, calibrate: bool) -> Result<LiveConsumer> {
+        let received = Arc::new(AtomicU64::new(0));
+        let cfg = json!({"bootstrap": bootstrap, "topic": topic, "control": true, "latency": true, "seconds": seconds});
+        let mut proc = client.spawn("consume", &cfg, Some(received.clone()))?;
+        proc.wait_ready(READY_TIMEOUT)?;
+        let (mut offset_ns, mut offset_error_ns) = (0i64, 0u64);
+        if calibrate {
+            let mut best = u64::MAX;
+            for _ in 0..8 {
+                let t0 = crate::mqtt::now_ns();
+                proc.tell("clock");
+                let v = proc.rx.recv_timeout(Duration::from_secs(10)).map_err(|_| proc.failure("did not tell its clock within 10 s"))?;
+                let t1 = crate::mqtt::now_ns();
+                let theirs =
+                    v.get("clock").and_then(Value::as_u64).ok_or_else(|| proc.failure(&format!("said {v} instead of its clock")))?;
+                if t1 - t0 < best {
+                    best = t1 - t0;
+                    offset_ns = theirs as i64 - (t0 + (t1 - t0) / 2) as i64;
+                }
+            }
+            offset_error_ns = best / 2;
+            proc.tell(&format!("offset {offset_ns}"));
+        }
+        proc.tell("go");
+        // Let the consumer's first fetch reach the broker before anything is published.
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(LiveConsumer { proc, received, offset_ns, offset_error_ns })
+    }
+
+    /// Waits until `expect` records arrived (or none for 2 s, or 10 s
+    /// passed), stops the consumer and returns what it measured.
+    pub(crate) fn finish(mut self, expect: u64) -> Result<ConsumeOut> {
+        let until = Instant::now() + Duration::from_secs(10);
+        let mut last = (self.received.load(Ordering::Relaxed), Instant::now());
+        while self.received.load(Ordering::Relaxed) < expect && Instant::now() < until {
+            let got = self.received.load(Ordering::Relaxed);
+            if got != last.0 {
+                last = (got, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(2) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.proc.tell("stop");
+        Ok(collect_consume(&[self.proc.finish(Duration::from_secs(30))?], false))
+    }
 }
 
 struct ProduceSpec<'a> {
@@ -509,6 +588,7 @@ fn collect_consume(results: &[Value], from_first: bool) -> ConsumeOut {
         first_ms: if first > 0 { first.saturating_sub(start) as f64 / 1e6 } else { f64::NAN },
         latency,
         first_errors: first_errors(results),
+        last_ns: last,
     }
 }
 
@@ -587,24 +667,17 @@ fn consume(
 
 /// Producers at `rate` msg/s in total and one consumer reading as they go.
 fn e2e(t: &Target, s: &ProduceSpec, label: &str) -> Result<(ProduceOut, ConsumeOut, AroundOut)> {
-    let received = Arc::new(AtomicU64::new(0));
-    let cfg = json!({"bootstrap": t.bootstrap, "topic": s.topic, "control": true, "latency": true,
-                      "seconds": s.seconds + 60.0});
-    let mut consumer = t.client.spawn("consume", &cfg, Some(received.clone()))?;
     let mut procs = Vec::new();
     let rate_each = s.rate / s.producers.max(1) as f64;
     for _ in 0..s.producers.max(1) {
         procs.push(t.client.spawn("produce", &producer_cfg(t, s, rate_each), None)?);
     }
-    consumer.wait_ready(READY_TIMEOUT)?;
     for p in &mut procs {
         p.wait_ready(READY_TIMEOUT)?;
     }
+    let consumer = LiveConsumer::start(t.client, &t.bootstrap, s.topic, s.seconds + 60.0, false)?;
     let around = Around::start(t.pid);
-    let progress = Progress::start(label.to_owned(), "msg recv", received.clone());
-    consumer.tell("go");
-    // Let the consumer's first fetch reach the broker before anything is produced.
-    std::thread::sleep(Duration::from_millis(500));
+    let progress = Progress::start(label.to_owned(), "msg recv", consumer.received.clone());
     for p in &mut procs {
         p.tell("go");
     }
@@ -613,13 +686,8 @@ fn e2e(t: &Target, s: &ProduceSpec, label: &str) -> Result<(ProduceOut, ConsumeO
         results.push(p.finish(Duration::from_secs_f64(s.seconds + 60.0))?);
     }
     let prod = collect_produce(&results);
-    // Everything acknowledged should arrive: wait for it (or 10 s).
-    let until = Instant::now() + Duration::from_secs(10);
-    while received.load(Ordering::Relaxed) < prod.acked && Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    consumer.tell("stop");
-    let cons = collect_consume(&[consumer.finish(Duration::from_secs(30))?], false);
+    // Everything acknowledged should arrive: wait for it.
+    let cons = consumer.finish(prod.acked)?;
     drop(progress);
     Ok((prod, cons, around.finish()))
 }

@@ -4,7 +4,8 @@
 //! `polymq::Store` in-process on a scratch directory (so they measure the
 //! store, not a wire protocol); the protocol scenarios (`mqtt`, `mqtt-conns`,
 //! `amqp`, `amqp-queues`, `kafka`) drive real client libraries over real
-//! sockets against any broker address, polymq or a peer; `disk` and
+//! sockets against any broker address, polymq or a peer (`cross`, one
+//! protocol in and another out, against polymq); `disk` and
 //! `loopback` measure the baselines the Kafka goals are read against. Every scenario prints the machine
 //! facts first, then a table (or JSON lines with `--json`), and a progress
 //! line on stderr while it runs.
@@ -13,6 +14,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 mod amqp;
+mod cross;
 mod disk;
 mod hist;
 mod kafka;
@@ -86,6 +88,8 @@ enum Scenario {
     AmqpQueues(amqp::QueuesArgs),
     /// Kafka produce (acks, size, compression, N producers, P partitions), consume from earliest, a consumer group and paced end-to-end latency against any Kafka-wire broker (--bootstrap host:port, or `mock`), driven by librdkafka.
     Kafka(kafka::KafkaArgs),
+    /// Cross-protocol against polymq: MQTT publishers -> a Kafka consumer, AMQP publishers (confirms) -> MQTT subscribers.
+    Cross(cross::CrossArgs),
     /// What the loopback link carries: a plain TCP copy through 127.0.0.1 with large writes (the baseline for Kafka fetch).
     Loopback(loopback::LoopbackArgs),
     /// Every scenario for about a second with tiny sizes (CI runs this so the tool cannot rot).
@@ -182,6 +186,7 @@ fn main() -> Result<()> {
         Scenario::Amqp(a) => amqp::run(&rt, &rep, &a).map(drop),
         Scenario::AmqpQueues(a) => amqp::queues(&rt, &rep, &a).map(drop),
         Scenario::Kafka(a) => kafka::run(&rep, &scratch, &a).map(drop),
+        Scenario::Cross(a) => cross::run(&rt, &rep, &a).map(drop),
         Scenario::Loopback(a) => loopback::run(&rep, &a).map(drop),
         Scenario::Smoke => smoke(&rt, &rep, &scratch),
         Scenario::QueuesReopen { .. } => Ok(()),
@@ -259,6 +264,7 @@ fn smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Res
     mqtt_smoke(rt, rep, scratch)?;
     amqp_smoke(rt, rep, scratch)?;
     kafka_smoke(rt, rep, scratch)?;
+    cross_smoke(rt, rep, scratch)?;
     rep.note(&format!("smoke: every scenario ran ({:.1} s)", started.elapsed().as_secs_f64()));
     // Give the tick/maintenance threads of the last store a moment to exit cleanly.
     std::thread::sleep(Duration::from_millis(10));
@@ -530,5 +536,78 @@ fn kafka_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) 
         drop(store);
         scratch.discard(&dir);
     }
+    result
+}
+
+/// The cross-protocol scenarios for a couple of seconds against an
+/// in-process polymq with all three protocol services on one store (as
+/// `polymq serve` runs them). Without a Kafka client (see `kafka_smoke`)
+/// mqtt-kafka is skipped with a note; amqp-mqtt always runs.
+fn cross_smoke(rt: &tokio::runtime::Runtime, rep: &Reporter, scratch: &Scratch) -> Result<()> {
+    let dir = scratch.fresh("cross")?;
+    let store = load::open_store(&dir, "interval=50".parse().map_err(anyhow::Error::msg)?, Some(8))?;
+    let servers = (|| {
+        let config = polymq::config::Config { http_listen: "127.0.0.1:0".parse().context("address")?, ..Default::default() };
+        let m = rt.block_on(polymq_mqtt::MqttService::new(store.clone(), polymq_mqtt::MqttConfig::from_config(&config)))?;
+        let a = rt.block_on(polymq_amqp::AmqpService::new(store.clone(), polymq_amqp::AmqpConfig::from_config(&config)))?;
+        let k = rt.block_on(polymq_kafka::KafkaService::new(store.clone(), polymq_kafka::KafkaConfig::from_config(&config)))?;
+        mqtt::InProcess::serve_all(rt, store.clone(), vec![m, a, k])
+    })();
+    let server = match servers {
+        Ok(s) => s,
+        Err(e) => {
+            drop(store);
+            scratch.discard(&dir);
+            return Err(e);
+        }
+    };
+    let mut scenarios = vec![cross::Shape::AmqpMqtt];
+    match kafka::Client::find(None) {
+        Ok(_) => scenarios.insert(0, cross::Shape::MqttKafka),
+        Err(e) => rep.note(&format!("smoke: cross mqtt-kafka SKIPPED, no Kafka client here: {e:#}")),
+    }
+    let addr = |name: &str| server.addrs.iter().find(|(n, _)| *n == name).map(|(_, a)| *a).with_context(|| format!("no {name} listener"));
+    let result = (|| {
+        let base = cross::CrossArgs {
+            mqtt: addr("mqtt")?.to_string(),
+            amqp: format!("amqp://guest:guest@{}/%2f", addr("amqp")?),
+            bootstrap: addr("kafka")?.to_string(),
+            label: Some("polymq (in-process)".into()),
+            broker_pid: None,
+            scenario: scenarios.clone(),
+            publishers: 3,
+            qos: 1,
+            size: 64,
+            rate: vec![0.0],
+            seconds: 0.5,
+            inflight: 20,
+            confirm_window: 16,
+            connections: 2,
+            partitions: 2,
+            persistent: false,
+            python: None,
+            drain_seconds: 5.0,
+        };
+        let runs = cross::run(rt, rep, &base)?;
+        // Paced, with persistent subscriber sessions (through the log).
+        let paced = cross::run(rt, rep, &cross::CrossArgs { rate: vec![1_000.0], persistent: true, ..base.clone() })?;
+        for r in runs.iter().chain(&paced) {
+            let what = format!("smoke: cross {} rate {}", r.shape.name(), r.rate);
+            if r.errors > 0 {
+                bail!("{what}: {} error(s)", r.errors);
+            }
+            if r.published == 0 || r.received == 0 {
+                bail!("{what}: nothing went through (published {}, received {})", r.published, r.received);
+            }
+            // Acknowledged at QoS 1 / confirmed: nothing may be lost.
+            if r.acked < r.published || r.received < r.acked {
+                bail!("{what}: {} published, {} acknowledged, {} received", r.published, r.acked, r.received);
+            }
+        }
+        anyhow::Ok(())
+    })();
+    server.stop(rt)?;
+    drop(store);
+    scratch.discard(&dir);
     result
 }

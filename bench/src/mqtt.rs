@@ -326,26 +326,26 @@ pub(crate) fn unstamp(p: &[u8]) -> Option<(u64, u64, u32)> {
 
 /// What every client of a run adds to.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     /// publish() calls that returned (the request reached the client's event loop queue).
-    published: AtomicU64,
+    pub(crate) published: AtomicU64,
     /// Publishes completed: written to the socket (QoS 0), PUBACK (QoS 1), PUBCOMP (QoS 2).
-    completed: AtomicU64,
+    pub(crate) completed: AtomicU64,
     /// Deliveries to subscribers (shared with the progress line).
-    received: Arc<AtomicU64>,
-    received_bytes: AtomicU64,
+    pub(crate) received: Arc<AtomicU64>,
+    pub(crate) received_bytes: AtomicU64,
     /// Deliveries whose sequence number was not above the last one seen from that publisher.
-    out_of_order: AtomicU64,
+    pub(crate) out_of_order: AtomicU64,
     /// Connection errors, refused subscriptions, payloads without a stamp.
-    errors: AtomicU64,
+    pub(crate) errors: AtomicU64,
     /// ns (since `epoch`) of the last completion and of the last delivery.
-    last_completed_ns: AtomicU64,
-    last_received_ns: AtomicU64,
-    first_error: Mutex<Option<String>>,
+    pub(crate) last_completed_ns: AtomicU64,
+    pub(crate) last_received_ns: AtomicU64,
+    pub(crate) first_error: Mutex<Option<String>>,
 }
 
 impl Counters {
-    fn error(&self, what: String) {
+    pub(crate) fn error(&self, what: String) {
         self.errors.fetch_add(1, Ordering::Relaxed);
         let mut e = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if e.is_none() {
@@ -358,7 +358,7 @@ impl Counters {
     }
 }
 
-fn qos_of(q: u8) -> Result<QoS> {
+pub(crate) fn qos_of(q: u8) -> Result<QoS> {
     Ok(match q {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -367,7 +367,7 @@ fn qos_of(q: u8) -> Result<QoS> {
     })
 }
 
-fn split_addr(addr: &str) -> Result<(String, u16)> {
+pub(crate) fn split_addr(addr: &str) -> Result<(String, u16)> {
     let (h, p) = addr.rsplit_once(':').with_context(|| format!("--mqtt {addr:?}: expected host:port"))?;
     Ok((h.trim_start_matches('[').trim_end_matches(']').to_owned(), p.parse().with_context(|| format!("--mqtt {addr:?}: bad port"))?))
 }
@@ -423,14 +423,14 @@ async fn establish(c: &AsyncClient, el: &mut EventLoop, subscribe: Option<(&str,
     }
 }
 
-struct Sub {
+pub(crate) struct Sub {
     client: AsyncClient,
     el: EventLoop,
     /// Publishers of the run (indexes the ordering check).
     publishers: usize,
 }
 
-struct Pub {
+pub(crate) struct Pub {
     client: AsyncClient,
     el: EventLoop,
     topic: String,
@@ -659,77 +659,133 @@ struct RunSpec<'a> {
     persistent: bool,
 }
 
-/// Sets up the clients of one run, publishes, drains, and measures.
-async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Duration, Duration, u64)> {
-    let _ = epoch();
-    let qos = qos_of(spec.qos)?;
-    let prefix = format!("pmqb/{}", spec.run_id);
-    let cs = |id: String, clean: bool| ClientSpec { host: spec.host, port: spec.port, id, size: spec.size, inflight: spec.inflight, clean };
-    // (subscriber filter, publishers it hears) and (publisher topic)
-    let (subs, pubs, fan): (Vec<String>, Vec<String>, u64) = match spec.shape {
-        Shape::FanIn => (vec![format!("{prefix}/in/+")], (0..spec.n).map(|i| format!("{prefix}/in/{i}")).collect(), 1),
-        Shape::FanOut => (vec![format!("{prefix}/out"); spec.n], vec![format!("{prefix}/out")], spec.n as u64),
-        Shape::Pairs => {
-            ((0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), (0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), 1)
-        }
-    };
-    let publishers = pubs.len();
-    let subs_count = subs.len();
-    // Client ids stay within MQTT 3.1.1's guaranteed 23 characters.
-    let short = &spec.run_id[..spec.run_id.len().min(8)];
+/// How the clients of one run connect: the broker, what they carry, and a
+/// short run id for their client ids (MQTT 3.1.1 guarantees 23 characters).
+pub(crate) struct Conn<'a> {
+    pub(crate) host: &'a str,
+    pub(crate) port: u16,
+    pub(crate) size: usize,
+    pub(crate) inflight: u16,
+    pub(crate) short: &'a str,
+}
 
-    // Subscribers first, each subscribed before anyone publishes.
+impl Conn<'_> {
+    fn spec(&self, id: String, clean: bool) -> ClientSpec<'_> {
+        ClientSpec { host: self.host, port: self.port, id, size: self.size, inflight: self.inflight, clean }
+    }
+}
+
+/// Connects one subscriber per filter, each subscribed (SUBACK) before this
+/// returns. `publishers` sizes their ordering check.
+pub(crate) async fn connect_subscribers(c: &Conn<'_>, filters: Vec<String>, qos: QoS, clean: bool, publishers: usize) -> Result<Vec<Sub>> {
     let mut setup = JoinSet::new();
-    for (i, filter) in subs.into_iter().enumerate() {
-        let (c, mut el) = client(&cs(format!("s{short}-{i}"), !spec.persistent));
+    for (i, filter) in filters.into_iter().enumerate() {
+        let (cl, mut el) = client(&c.spec(format!("s{}-{i}", c.short), clean));
         setup.spawn(async move {
-            establish(&c, &mut el, Some((&filter, qos))).await.with_context(|| format!("subscriber {i}"))?;
-            anyhow::Ok(Sub { client: c, el, publishers })
+            establish(&cl, &mut el, Some((&filter, qos))).await.with_context(|| format!("subscriber {i}"))?;
+            anyhow::Ok(Sub { client: cl, el, publishers })
         });
     }
-    let mut ready_subs = Vec::new();
+    let mut subs = Vec::new();
     while let Some(r) = setup.join_next().await {
-        ready_subs.push(r.context("subscriber setup panicked")??);
+        subs.push(r.context("subscriber setup panicked")??);
     }
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut sub_tasks = JoinSet::new();
-    for s in ready_subs {
-        sub_tasks.spawn(run_subscriber(s, ctr.clone(), stop_rx.clone()));
-    }
+    Ok(subs)
+}
 
-    let per_pub_rate = if spec.rate > 0.0 { spec.rate / pubs.len() as f64 } else { 0.0 };
-    let mut setup = JoinSet::new();
-    for (i, topic) in pubs.into_iter().enumerate() {
-        let (c, mut el) = client(&cs(format!("p{short}-{i}"), true));
-        setup.spawn(async move {
-            establish(&c, &mut el, None).await.with_context(|| format!("publisher {i}"))?;
-            anyhow::Ok(Pub { client: c, el, topic, index: i as u32, rate: per_pub_rate, completed: Arc::new(AtomicU64::new(0)) })
+/// Starts the subscribers' loops; each returns its latency histogram once `stop` is sent.
+pub(crate) fn start_subscribers(subs: Vec<Sub>, ctr: &Arc<Counters>, stop: &watch::Receiver<bool>) -> JoinSet<Hist> {
+    let mut tasks = JoinSet::new();
+    for s in subs {
+        tasks.spawn(run_subscriber(s, ctr.clone(), stop.clone()));
+    }
+    tasks
+}
+
+/// Stops the subscribers and merges their latencies.
+pub(crate) async fn stop_subscribers(mut tasks: JoinSet<Hist>, stop: watch::Sender<bool>) -> Result<Hist> {
+    let _ = stop.send(true);
+    let mut h = Hist::default();
+    while let Some(r) = tasks.join_next().await {
+        h.merge(&r.context("subscriber panicked")?);
+    }
+    Ok(h)
+}
+
+/// Connecting again with clean session 1 discards each persistent session
+/// the subscribers `s<short>-0..n` left behind.
+pub(crate) async fn discard_sessions(c: &Conn<'_>, n: usize) {
+    let mut gone = JoinSet::new();
+    for i in 0..n {
+        let (cl, mut el) = client(&c.spec(format!("s{}-{i}", c.short), true));
+        gone.spawn(async move {
+            if establish(&cl, &mut el, None).await.is_ok() {
+                goodbye(&cl, &mut el).await;
+            }
         });
     }
-    let mut ready_pubs = Vec::new();
-    while let Some(r) = setup.join_next().await {
-        ready_pubs.push(r.context("publisher setup panicked")??);
-    }
+    while gone.join_next().await.is_some() {}
+}
 
+/// Connects one publisher per topic (CONNACK before this returns), each to
+/// publish `rate_each` msg/s (0: flat out).
+pub(crate) async fn connect_publishers(c: &Conn<'_>, topics: Vec<String>, rate_each: f64) -> Result<Vec<Pub>> {
+    let mut setup = JoinSet::new();
+    for (i, topic) in topics.into_iter().enumerate() {
+        let (cl, mut el) = client(&c.spec(format!("p{}-{i}", c.short), true));
+        setup.spawn(async move {
+            establish(&cl, &mut el, None).await.with_context(|| format!("publisher {i}"))?;
+            anyhow::Ok(Pub { client: cl, el, topic, index: i as u32, rate: rate_each, completed: Arc::new(AtomicU64::new(0)) })
+        });
+    }
+    let mut pubs = Vec::new();
+    while let Some(r) = setup.join_next().await {
+        pubs.push(r.context("publisher setup panicked")??);
+    }
+    Ok(pubs)
+}
+
+/// The clock of one run's publishing phase: it starts a moment from now
+/// (every publisher gets the same start), as a tokio instant and as ns of
+/// `epoch` (the payload stamps' clock), and ends `seconds` later.
+pub(crate) fn run_clock(seconds: f64) -> (tokio::time::Instant, u64, tokio::time::Instant) {
     let base = Instant::now() + Duration::from_millis(20);
     let start = tokio::time::Instant::from_std(base);
     let t0_ns = base.duration_since(epoch()).as_nanos() as u64;
-    let until = start + Duration::from_secs_f64(spec.seconds);
+    (start, t0_ns, start + Duration::from_secs_f64(seconds))
+}
+
+/// Publishes with every publisher for `seconds` (see `run_publisher`) and
+/// waits until each has drained and disconnected. Returns the start of the
+/// run on the stamps' clock.
+pub(crate) async fn publish_all(
+    pubs: Vec<Pub>,
+    qos: QoS,
+    size: usize,
+    inflight: u16,
+    seconds: f64,
+    drain: Duration,
+    ctr: &Arc<Counters>,
+) -> Result<u64> {
+    let (start, t0_ns, until) = run_clock(seconds);
     let ending = Arc::new(AtomicBool::new(false));
-    let mut pub_tasks = JoinSet::new();
-    for p in ready_pubs {
-        pub_tasks.spawn(run_publisher(p, qos, spec.size, spec.inflight, (start, t0_ns), until, spec.drain, ctr.clone(), ending.clone()));
+    let mut tasks = JoinSet::new();
+    for p in pubs {
+        tasks.spawn(run_publisher(p, qos, size, inflight, (start, t0_ns), until, drain, ctr.clone(), ending.clone()));
     }
-    while let Some(r) = pub_tasks.join_next().await {
+    while let Some(r) = tasks.join_next().await {
         r.context("publisher panicked")?;
     }
-    // Deliveries still under way: wait until everything arrived, or nothing
-    // arrived for 2 s, or the drain time is over.
-    let expected = ctr.published.load(Ordering::Relaxed) * fan;
-    let drain_end = tokio::time::Instant::now() + spec.drain;
-    let mut last = (ctr.received.load(Ordering::Relaxed), tokio::time::Instant::now());
+    Ok(t0_ns)
+}
+
+/// Deliveries still under way after publishing stopped: waits until
+/// `received` reaches `expected`, or nothing arrived for 2 s, or `drain` is over.
+pub(crate) async fn await_deliveries(received: &AtomicU64, expected: u64, drain: Duration) {
+    let drain_end = tokio::time::Instant::now() + drain;
+    let mut last = (received.load(Ordering::Relaxed), tokio::time::Instant::now());
     loop {
-        let got = ctr.received.load(Ordering::Relaxed);
+        let got = received.load(Ordering::Relaxed);
         if got >= expected || tokio::time::Instant::now() >= drain_end {
             break;
         }
@@ -740,23 +796,38 @@ async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Durati
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let _ = stop_tx.send(true);
-    let mut h = Hist::default();
-    while let Some(r) = sub_tasks.join_next().await {
-        h.merge(&r.context("subscriber panicked")?);
-    }
-    if spec.persistent {
-        // Connecting again with clean session 1 discards each persistent session.
-        let mut gone = JoinSet::new();
-        for i in 0..subs_count {
-            let (c, mut el) = client(&cs(format!("s{short}-{i}"), true));
-            gone.spawn(async move {
-                if establish(&c, &mut el, None).await.is_ok() {
-                    goodbye(&c, &mut el).await;
-                }
-            });
+}
+
+/// Sets up the clients of one run, publishes, drains, and measures.
+async fn one_run(spec: &RunSpec<'_>, ctr: Arc<Counters>) -> Result<(Hist, Duration, Duration, u64)> {
+    let _ = epoch();
+    let qos = qos_of(spec.qos)?;
+    let prefix = format!("pmqb/{}", spec.run_id);
+    // Client ids stay within MQTT 3.1.1's guaranteed 23 characters.
+    let short = &spec.run_id[..spec.run_id.len().min(8)];
+    let conn = Conn { host: spec.host, port: spec.port, size: spec.size, inflight: spec.inflight, short };
+    // (subscriber filter, publishers it hears) and (publisher topic)
+    let (subs, pubs, fan): (Vec<String>, Vec<String>, u64) = match spec.shape {
+        Shape::FanIn => (vec![format!("{prefix}/in/+")], (0..spec.n).map(|i| format!("{prefix}/in/{i}")).collect(), 1),
+        Shape::FanOut => (vec![format!("{prefix}/out"); spec.n], vec![format!("{prefix}/out")], spec.n as u64),
+        Shape::Pairs => {
+            ((0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), (0..spec.n).map(|i| format!("{prefix}/p/{i}")).collect(), 1)
         }
-        while gone.join_next().await.is_some() {}
+    };
+    let subs_count = subs.len();
+    let per_pub_rate = if spec.rate > 0.0 { spec.rate / pubs.len() as f64 } else { 0.0 };
+
+    // Subscribers first, each subscribed before anyone publishes.
+    let ready_subs = connect_subscribers(&conn, subs, qos, !spec.persistent, pubs.len()).await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let sub_tasks = start_subscribers(ready_subs, &ctr, &stop_rx);
+    let ready_pubs = connect_publishers(&conn, pubs, per_pub_rate).await?;
+    let t0_ns = publish_all(ready_pubs, qos, spec.size, spec.inflight, spec.seconds, spec.drain, &ctr).await?;
+    let expected = ctr.published.load(Ordering::Relaxed) * fan;
+    await_deliveries(&ctr.received, expected, spec.drain).await;
+    let h = stop_subscribers(sub_tasks, stop_tx).await?;
+    if spec.persistent {
+        discard_sessions(&conn, subs_count).await;
     }
     let end_ns = |t: u64| Duration::from_nanos(t.saturating_sub(t0_ns));
     Ok((h, end_ns(ctr.last_completed_ns.load(Ordering::Relaxed)), end_ns(ctr.last_received_ns.load(Ordering::Relaxed)), expected))
@@ -769,6 +840,18 @@ pub(crate) fn run_id() -> String {
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
+}
+
+/// The end-to-end latency columns of a row, ms.
+pub(crate) fn latency_cols(row: Row, h: &Hist) -> Row {
+    row.num("p50_ms", q_ms(h, 0.5), 2).num("p99_ms", q_ms(h, 0.99), 2).num("p99.9_ms", q_ms(h, 0.999), 2).num("max_ms", q_ms(h, 1.0), 2)
+}
+
+/// The broker's CPU and peak RSS and this load generator's CPU over a run.
+pub(crate) fn probe_cols(row: Row, p: &ProbeResult) -> Row {
+    row.num("broker_cpu%", p.broker_cpu.unwrap_or(f64::NAN), 0)
+        .num("broker_rss_MiB", p.broker_rss_peak.map(mib).unwrap_or(f64::NAN), 1)
+        .num("bench_cpu%", p.self_cpu.unwrap_or(f64::NAN), 0)
 }
 
 /// A latency quantile in ms; NaN (printed `NaN`, JSON null) when nothing was measured.
@@ -873,16 +956,8 @@ pub fn run(rt: &Runtime, rep: &Reporter, a: &MqttArgs) -> Result<Vec<RunResult>>
                     .put("received", received)
                     .num("lost%", if expected == 0 { 0.0 } else { 100.0 * lost as f64 / expected as f64 }, 2)
                     .put("ooo", ctr.out_of_order.load(Ordering::Relaxed))
-                    .put("errors", errors)
-                    .num("p50_ms", q_ms(&h, 0.5), 2)
-                    .num("p99_ms", q_ms(&h, 0.99), 2)
-                    .num("p99.9_ms", q_ms(&h, 0.999), 2)
-                    .num("max_ms", q_ms(&h, 1.0), 2);
-                row = row
-                    .num("broker_cpu%", p.broker_cpu.unwrap_or(f64::NAN), 0)
-                    .num("broker_rss_MiB", p.broker_rss_peak.map(mib).unwrap_or(f64::NAN), 1)
-                    .num("bench_cpu%", p.self_cpu.unwrap_or(f64::NAN), 0)
-                    .pre_with_broker(pre, p.broker_cpu);
+                    .put("errors", errors);
+                row = probe_cols(latency_cols(row, &h), &p).pre_with_broker(pre, p.broker_cpu);
                 rep.row(&mut table, row);
                 if let Some(e) = ctr.first_error.lock().unwrap_or_else(|p| p.into_inner()).take() {
                     rep.note(&format!("{label} {} qos{qos} {mode}: {errors} error(s), the first: {e}", shape.name()));
@@ -1130,6 +1205,8 @@ pub fn conns(rt: &Runtime, rep: &Reporter, a: &ConnsArgs) -> Result<Vec<ConnsRes
 /// 127.0.0.1:<any port>, in this process's runtime. `stop` shuts it down.
 pub struct InProcess {
     pub addr: SocketAddr,
+    /// Every service's address, by protocol name ("mqtt", "amqp", "kafka").
+    pub addrs: Vec<(&'static str, SocketAddr)>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<Result<(), polymq::server::ServerError>>>,
 }
@@ -1144,16 +1221,23 @@ impl InProcess {
 
     /// Any protocol service, on a loopback port of its own.
     pub fn serve(rt: &Runtime, store: Arc<polymq::Store>, svc: Arc<dyn polymq::server::ProtocolService>) -> Result<InProcess> {
+        InProcess::serve_all(rt, store, vec![svc])
+    }
+
+    /// Several protocol services over one store (as `polymq serve` runs
+    /// them), each on a loopback port of its own.
+    pub fn serve_all(rt: &Runtime, store: Arc<polymq::Store>, svcs: Vec<Arc<dyn polymq::server::ProtocolService>>) -> Result<InProcess> {
         rt.block_on(async {
             let config = polymq::config::Config { http_listen: "127.0.0.1:0".parse().context("address")?, ..Default::default() };
             let listen: SocketAddr = "127.0.0.1:0".parse().context("address")?;
-            let server = polymq::server::Server::bind(&config, store, vec![(listen, svc)]).await?;
-            let addr = server.local_addrs().first().map(|(_, a)| *a).context("no listener")?;
+            let server = polymq::server::Server::bind(&config, store, svcs.into_iter().map(|s| (listen, s)).collect()).await?;
+            let addrs = server.local_addrs();
+            let addr = addrs.first().map(|(_, a)| *a).context("no listener")?;
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
             let task = tokio::spawn(server.run(async move {
                 let _ = rx.await;
             }));
-            anyhow::Ok(InProcess { addr, stop: Some(tx), task: Some(task) })
+            anyhow::Ok(InProcess { addr, addrs, stop: Some(tx), task: Some(task) })
         })
     }
 
