@@ -40,10 +40,11 @@ pub const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 /// Packets handled between two flushes of the outbound buffer.
 pub const DELIVERIES_PER_TURN: usize = 256;
 
-/// Bytes a socket read asks for at least; an idle connection keeps about this
-/// much buffer.
+/// Bytes a socket read asks for at least. The read buffer is allocated when
+/// the socket is readable and released once every packet in it is handled,
+/// so an idle connection keeps none.
 pub const READ_CHUNK: usize = 2048;
 
-/// A read or write buffer that grew past this (a large packet, a burst of
-/// deliveries) is released once it is empty again.
-pub const BUFFER_KEEP_MAX: usize = 64 * 1024;
+/// The write buffer's first allocation in a turn (it grows as needed). It is
+/// released after every flush, so an idle connection keeps none.
+pub const OUT_CHUNK: usize = 2048;

@@ -11,7 +11,7 @@ mod subs;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use polymq::server::{ConnectionFuture, ProtocolService, ShutdownSignal};
 use polymq::{Store, StoreError};
@@ -79,6 +79,9 @@ pub struct MqttService {
     groups: Mutex<HashMap<String, usize>>,
     /// Connection numbers: unique per process, increasing.
     connection_seq: AtomicU64,
+    /// The task that tells every session to leave when the server drains,
+    /// started with the first connection.
+    drain_watch: OnceLock<()>,
 }
 
 impl MqttService {
@@ -97,6 +100,7 @@ impl MqttService {
             sessions: Registry::default(),
             groups: Mutex::new(HashMap::new()),
             connection_seq: AtomicU64::new(1),
+            drain_watch: OnceLock::new(),
         }))
     }
 
@@ -115,6 +119,18 @@ impl ProtocolService for MqttService {
     }
 
     fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) -> ConnectionFuture {
+        // One watcher per service (a server hands every connection the same
+        // signal) instead of a shutdown future in every connection's task.
+        self.drain_watch.get_or_init(|| {
+            let svc = Arc::downgrade(&self);
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                signal.triggered().await;
+                if let Some(svc) = svc.upgrade() {
+                    svc.sessions.drain();
+                }
+            });
+        });
         Box::pin(connection::serve(self, stream, peer, shutdown))
     }
 }
