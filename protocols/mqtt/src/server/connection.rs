@@ -616,8 +616,6 @@ impl Connection {
         async move {
             self.send_connack();
             let handover = self.claim.as_ref().map(|c| Arc::clone(&c.handover)).unwrap_or_default();
-            let kicked = handover.kick.notified();
-            tokio::pin!(kicked);
             let max_packet = self.svc.config.max_packet_bytes as usize;
             let receive_max = usize::from(self.svc.config.receive_maximum);
             let mut last_rx = Instant::now();
@@ -646,7 +644,9 @@ impl Connection {
                 let can_read = self.replies.len() < receive_max && !self.blocked;
                 tokio::select! {
                     biased;
-                    _ = &mut kicked => return if handover.draining() { End::Shutdown } else { End::TakenOver },
+                    _ = std::future::poll_fn(|cx| handover.poll_kicked(cx)) => {
+                        return if handover.draining() { End::Shutdown } else { End::TakenOver };
+                    }
                     done = poll_replies(&mut self.replies), if !self.replies.is_empty() => {
                         for (reply, result) in done {
                             if let Err(end) = self.answer_publish(reply, result) {
@@ -666,7 +666,15 @@ impl Connection {
                         match stream.try_read_buf(&mut inbuf) {
                             Ok(0) => return End::Lost,
                             Ok(_) => {}
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                // Readiness was stale (it is, right after the
+                                // CONNECT was read): do not keep the buffer
+                                // reserved for a read that did not happen.
+                                if inbuf.is_empty() {
+                                    inbuf = BytesMut::new();
+                                }
+                                continue;
+                            }
                             Err(_) => return End::Lost,
                         }
                         last_rx = Instant::now();
