@@ -34,6 +34,10 @@ pub const POP_WAIT_MIN: Duration = Duration::from_millis(200);
 /// A peer that takes longer than this to accept our bytes is dropped.
 pub const WRITE_STALL_MAX: Duration = Duration::from_secs(60);
 
+/// How often keep-alive is checked, for all connections at once: a silent
+/// client is cut off between 1.5 x its keep-alive and that plus this.
+pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
 /// A new connection waits this long for the one it takes over to finish.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
