@@ -38,6 +38,9 @@ pub const WRITE_STALL_MAX: Duration = Duration::from_secs(60);
 /// client is cut off between 1.5 x its keep-alive and that plus this.
 pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
 
+/// How often a taking-over connection looks whether the old one is gone.
+pub const TAKEOVER_POLL: Duration = Duration::from_millis(5);
+
 /// A new connection waits this long for the one it takes over to finish.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
