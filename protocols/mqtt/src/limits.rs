@@ -52,6 +52,11 @@ pub const DELIVERIES_PER_TURN: usize = 256;
 /// so an idle connection keeps none.
 pub const READ_CHUNK: usize = 2048;
 
-/// The write buffer's first allocation in a turn (it grows as needed). It is
-/// released after every flush, so an idle connection keeps none.
+/// The write buffer's first allocation (it grows as needed). It is released
+/// after a flush that used less than half of it, so an idle connection keeps
+/// none.
 pub const OUT_CHUNK: usize = 2048;
+
+/// A write buffer that grew past this (a burst of deliveries) is released
+/// after its flush whatever it held.
+pub const OUT_KEEP_MAX: usize = 64 * 1024;

@@ -43,8 +43,8 @@ use super::subs::{
 };
 use super::MqttService;
 use crate::limits::{
-    CONNECT_TIMEOUT, DELIVERIES_PER_TURN, DELIVERY_INVISIBLE, OUTBOUND_WINDOW_MAX, OUT_CHUNK, POP_BATCH_MAX, POP_WAIT_MAX, POP_WAIT_MIN,
-    READ_CHUNK, TAKEOVER_WAIT, WRITE_STALL_MAX,
+    CONNECT_TIMEOUT, DELIVERIES_PER_TURN, DELIVERY_INVISIBLE, OUTBOUND_WINDOW_MAX, OUT_CHUNK, OUT_KEEP_MAX, POP_BATCH_MAX, POP_WAIT_MAX,
+    POP_WAIT_MIN, READ_CHUNK, TAKEOVER_WAIT, WRITE_STALL_MAX,
 };
 use crate::{
     decode, encode, encoded_len, split_shared, ConnAck, ConnAckProperties, Connect, DecodeError, Disconnect, DisconnectProperties, Packet,
@@ -806,12 +806,15 @@ impl Connection {
         }
     }
 
-    /// Writes what `send` encoded, then releases the buffer: an idle
-    /// connection holds no write buffer.
+    /// Writes what `send` encoded. The buffer is kept for the next turn only
+    /// while turns fill at least half of it (a busy subscriber reuses it);
+    /// otherwise, as after a CONNACK, a PINGRESP or the end of a burst, it is
+    /// released, so an idle connection holds no write buffer.
     async fn flush(&mut self, stream: &TcpStream) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
         }
+        let written = self.out.len();
         // Usually the socket takes it all at once; only a full socket needs
         // the (boxed) wait.
         loop {
@@ -833,7 +836,11 @@ impl Connection {
                 Err(_) => return Err(End::Lost),
             }
         }
-        self.out = BytesMut::new();
+        self.out.clear();
+        let capacity = self.out.capacity();
+        if written * 2 < capacity || capacity > OUT_KEEP_MAX {
+            self.out = BytesMut::new();
+        }
         Ok(())
     }
 
