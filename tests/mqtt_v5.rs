@@ -510,6 +510,34 @@ async fn duplicate_client_id_old_connection_gets_disconnect_0x8e_on_the_wire() -
     Ok(())
 }
 
+/// Draining the server (what SIGTERM does) tells every v5 session why it
+/// closes, idle or subscribed alike: DISCONNECT 0x8B (Server shutting down).
+/// Sessions learn of the drain through the session registry, not through a
+/// shutdown future of their own; this is what would catch one left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_sends_disconnect_0x8b_to_every_session() -> Result<()> {
+    let Some(mut broker) =
+        TestBroker::start_restartable(MqttConfig::default(), "v5 server_shutdown_sends_disconnect_0x8b_to_every_session").await?
+    else {
+        return Ok(());
+    };
+    let mut idle = RawClient::connect(&broker).await?;
+    idle.handshake(&raw::connect(5, &broker.client_id("idle"), 60, None)).await?;
+    let mut subscriber = connect(&broker, "subscriber").await?;
+    subscriber.subscribe(&broker.topic("drain"), QoS::AtLeastOnce).await?;
+
+    broker.restart().await?;
+
+    let packets = idle.until_closed(WAIT).await?;
+    let reasons: Vec<u8> =
+        packets.iter().filter(|(h, _)| *h == raw::DISCONNECT).map(|(_, body)| body.first().copied().unwrap_or(0)).collect();
+    ensure!(reasons == [0x8B], "before closing, the broker sent the idle connection {packets:?}; expected one DISCONNECT 0x8B");
+    let error = subscriber.closed(WAIT).await?;
+    let reason = server_disconnect_reason(&error);
+    ensure!(reason == Some(DisconnectReasonCode::ServerShuttingDown), "subscriber ended with {error:?}, expected DISCONNECT 0x8B");
+    Ok(())
+}
+
 /// The new connection of a persistent session picks up where the old one was:
 /// same subscriptions, session_present.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,16 +34,29 @@ pub const POP_WAIT_MIN: Duration = Duration::from_millis(200);
 /// A peer that takes longer than this to accept our bytes is dropped.
 pub const WRITE_STALL_MAX: Duration = Duration::from_secs(60);
 
+/// How often keep-alive is checked, for all connections at once: a silent
+/// client is cut off between 1.5 x its keep-alive and that plus this.
+pub const KEEP_ALIVE_SWEEP: Duration = Duration::from_millis(250);
+
+/// How often a taking-over connection looks whether the old one is gone.
+pub const TAKEOVER_POLL: Duration = Duration::from_millis(5);
+
 /// A new connection waits this long for the one it takes over to finish.
 pub const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
 
 /// Packets handled between two flushes of the outbound buffer.
 pub const DELIVERIES_PER_TURN: usize = 256;
 
-/// Bytes a socket read asks for at least; an idle connection keeps about this
-/// much buffer.
+/// Bytes a socket read asks for at least. The read buffer is allocated when
+/// the socket is readable and released once every packet in it is handled,
+/// so an idle connection keeps none.
 pub const READ_CHUNK: usize = 2048;
 
-/// A read or write buffer that grew past this (a large packet, a burst of
-/// deliveries) is released once it is empty again.
-pub const BUFFER_KEEP_MAX: usize = 64 * 1024;
+/// The write buffer's first allocation (it grows as needed). It is released
+/// after a flush that used less than half of it, so an idle connection keeps
+/// none.
+pub const OUT_CHUNK: usize = 2048;
+
+/// A write buffer that grew past this (a burst of deliveries) is released
+/// after its flush whatever it held.
+pub const OUT_KEEP_MAX: usize = 64 * 1024;

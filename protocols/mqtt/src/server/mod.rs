@@ -11,7 +11,7 @@ mod subs;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use polymq::server::{ConnectionFuture, ProtocolService, ShutdownSignal};
 use polymq::{Store, StoreError};
@@ -79,6 +79,9 @@ pub struct MqttService {
     groups: Mutex<HashMap<String, usize>>,
     /// Connection numbers: unique per process, increasing.
     connection_seq: AtomicU64,
+    /// The task that enforces keep-alive and tells every session to leave
+    /// when the server drains, started with the first connection.
+    watch: OnceLock<()>,
 }
 
 impl MqttService {
@@ -97,6 +100,7 @@ impl MqttService {
             sessions: Registry::default(),
             groups: Mutex::new(HashMap::new()),
             connection_seq: AtomicU64::new(1),
+            watch: OnceLock::new(),
         }))
     }
 
@@ -115,6 +119,33 @@ impl ProtocolService for MqttService {
     }
 
     fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, shutdown: ShutdownSignal) -> ConnectionFuture {
+        // One watcher per service (a server hands every connection the same
+        // signal) instead of a shutdown future and a keep-alive timer in
+        // every connection's task.
+        self.watch.get_or_init(|| {
+            let svc = Arc::downgrade(&self);
+            let signal = shutdown.clone();
+            tokio::spawn(async move {
+                let drained = signal.triggered();
+                tokio::pin!(drained);
+                let mut sweep = tokio::time::interval(crate::limits::KEEP_ALIVE_SWEEP);
+                sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = &mut drained => {
+                            if let Some(svc) = svc.upgrade() {
+                                svc.sessions.drain();
+                            }
+                            return;
+                        }
+                        _ = sweep.tick() => match svc.upgrade() {
+                            Some(svc) => svc.sessions.expire_idle(),
+                            None => return,
+                        },
+                    }
+                }
+            });
+        });
         Box::pin(connection::serve(self, stream, peer, shutdown))
     }
 }

@@ -1,11 +1,13 @@
 //! Sessions: the per-client state that outlives a connection, and the
 //! registry that hands it from one connection to the next (takeover).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use polymq::queue::QueueId;
-use tokio::sync::{watch, Notify};
 
 use super::subs::SubOpts;
 
@@ -15,52 +17,173 @@ use super::subs::SubOpts;
 #[derive(Debug)]
 pub(crate) struct SessionState {
     /// The session's own queue, which its non-shared subscriptions route into.
-    pub queue: QueueId,
+    /// `None` for a transient session until it first subscribes: a
+    /// publish-only or idle clean session costs the store nothing.
+    pub queue: Option<QueueId>,
     /// Durable (`mqtt/s/<id>`) or transient (`mqtt/t/<n>`).
     pub persistent: bool,
     /// Full filter (including `$share/<g>/`) -> options.
     pub subs: BTreeMap<String, SubOpts>,
     /// Inbound QoS 2 packet ids we answered PUBREC for and await PUBREL on.
-    pub inbound_qos2: HashSet<u16>,
+    pub inbound_qos2: BTreeSet<u16>,
     /// Outbound QoS 2 packet ids we sent PUBREL for and await PUBCOMP on.
     pub outbound_pubrel: BTreeSet<u16>,
+}
+
+impl SessionState {
+    pub fn new() -> SessionState {
+        SessionState {
+            queue: None,
+            persistent: false,
+            subs: BTreeMap::new(),
+            inbound_qos2: BTreeSet::new(),
+            outbound_pubrel: BTreeSet::new(),
+        }
+    }
+}
+
+/// What the connection holding a client id and one that wants to take it
+/// over share: one small allocation per connection (a `watch` channel for
+/// "done" cost several hundred bytes per idle client).
+/// Why a connection was asked to leave; the strongest reason wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+pub(crate) enum Kick {
+    /// Nothing from the client for 1.5 x its keep-alive.
+    KeepAlive = 1,
+    TakenOver = 2,
+    /// The server drains.
+    Drain = 3,
+}
+
+#[derive(Default)]
+pub(crate) struct Handover {
+    /// 0, or the strongest [`Kick`] so far.
+    kicked: AtomicU8,
+    /// The holder's task, woken by a kick. A waker rather than a `Notify`:
+    /// the holder polls it from its loop and keeps no `Notified` future
+    /// (64 bytes in every idle connection).
+    holder: Mutex<Option<Waker>>,
+    /// 1.5 x the holder's keep-alive, ms; 0: none. Enforced by
+    /// [`Registry::expire_idle`] rather than a timer in every connection.
+    keep_alive_ms: AtomicU32,
+    /// When the holder last received a packet ([`Registry::now_ms`]).
+    last_rx_ms: AtomicU64,
+    /// Keep-alive is not enforced while the holder is not read (memory alarm).
+    paused: AtomicBool,
+    /// Set once the holder has released the id ([`Claim`] dropped).
+    gone: AtomicBool,
+}
+
+impl Handover {
+    /// Asks the holder to leave.
+    fn kick(&self, why: Kick) {
+        self.kicked.fetch_max(why as u8, Ordering::AcqRel);
+        let waker = self.holder.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Ready once the holder has been asked to leave.
+    pub fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
+        if let Some(why) = self.kick_reason() {
+            return Poll::Ready(why);
+        }
+        {
+            let mut holder = self.holder.lock().unwrap_or_else(|e| e.into_inner());
+            if !holder.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                *holder = Some(cx.waker().clone());
+            }
+        }
+        // A kick between the first check and storing the waker found no waker.
+        match self.kick_reason() {
+            Some(why) => Poll::Ready(why),
+            None => Poll::Pending,
+        }
+    }
+
+    fn kick_reason(&self) -> Option<Kick> {
+        match self.kicked.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(Kick::KeepAlive),
+            2 => Some(Kick::TakenOver),
+            _ => Some(Kick::Drain),
+        }
+    }
+
+    /// The holder's keep-alive limit (1.5 x its keep-alive), `None` for none.
+    pub fn set_keep_alive(&self, limit: Option<Duration>) {
+        let ms = limit.map_or(0, |l| u32::try_from(l.as_millis()).unwrap_or(u32::MAX).max(1));
+        self.keep_alive_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The holder received something at `now_ms` ([`Registry::now_ms`]).
+    pub fn received(&self, now_ms: u64) {
+        self.last_rx_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Stops (`true`) or resumes keep-alive enforcement.
+    pub fn pause_keep_alive(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Completes once the holder's [`Claim`] is dropped. Polled: take-overs
+    /// are rare, and a `Notify` here would cost every connection 32 bytes.
+    pub async fn gone(&self) {
+        while !self.gone.load(Ordering::Acquire) {
+            tokio::time::sleep(crate::limits::TAKEOVER_POLL).await;
+        }
+    }
 }
 
 /// The connection currently serving a client id.
 struct Live {
     connection: u64,
-    kick: Arc<Notify>,
-    done: watch::Receiver<()>,
+    handover: Arc<Handover>,
 }
 
 #[derive(Default)]
 struct Entry {
     live: Option<Live>,
-    /// A persistent session whose client is away.
-    parked: Option<SessionState>,
+    /// A persistent session whose client is away (boxed: most entries have none).
+    parked: Option<Box<SessionState>>,
     /// The newest connection that claimed this client id: a will scheduled by
     /// an older connection is cancelled.
     last_connection: u64,
 }
 
 /// Client id -> session. One lock, held only for map operations.
-#[derive(Default)]
 pub(crate) struct Registry {
     entries: Mutex<HashMap<String, Entry>>,
+    /// Origin of [`Registry::now_ms`].
+    epoch: Instant,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry { entries: Mutex::default(), epoch: Instant::now() }
+    }
 }
 
 /// Held by the connection that owns a client id; dropping it (after
 /// [`Registry::release`]) tells a waiting successor that this one is done.
 pub(crate) struct Claim {
-    pub kick: Arc<Notify>,
-    _done: watch::Sender<()>,
+    pub handover: Arc<Handover>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.handover.gone.store(true, Ordering::Release);
+    }
 }
 
 pub(crate) enum ClaimResult {
     /// The id is ours; the parked session, if there was one.
     Claimed(Claim, Option<SessionState>),
-    /// Another connection holds it: it has been asked to leave; wait on this.
-    Busy(watch::Receiver<()>),
+    /// Another connection holds it: it has been asked to leave; wait for
+    /// [`Handover::gone`].
+    Busy(Arc<Handover>),
 }
 
 impl Registry {
@@ -76,15 +199,14 @@ impl Registry {
         let entry = map.entry(client_id.to_owned()).or_default();
         if let Some(live) = &entry.live {
             if !force {
-                live.kick.notify_one();
-                return ClaimResult::Busy(live.done.clone());
+                live.handover.kick(Kick::TakenOver);
+                return ClaimResult::Busy(Arc::clone(&live.handover));
             }
         }
-        let kick = Arc::new(Notify::new());
-        let (done_tx, done_rx) = watch::channel(());
-        entry.live = Some(Live { connection, kick: Arc::clone(&kick), done: done_rx });
+        let handover = Arc::new(Handover::default());
+        entry.live = Some(Live { connection, handover: Arc::clone(&handover) });
         entry.last_connection = connection;
-        ClaimResult::Claimed(Claim { kick, _done: done_tx }, entry.parked.take())
+        ClaimResult::Claimed(Claim { handover }, entry.parked.take().map(|b| *b))
     }
 
     /// The connection is over: park the session if it persists.
@@ -93,10 +215,43 @@ impl Registry {
         let Some(entry) = map.get_mut(client_id) else { return };
         if entry.live.as_ref().is_some_and(|l| l.connection == connection) {
             entry.live = None;
-            entry.parked = parked;
+            entry.parked = parked.map(Box::new);
         }
         if entry.live.is_none() && entry.parked.is_none() && entry.last_connection == connection {
             map.remove(client_id);
+        }
+    }
+
+    /// The server drains: asks every live connection to leave. A connection
+    /// watches this (its claim's kick) instead of a shutdown future of its
+    /// own, which would cost every idle connection ~170 bytes. One that claims
+    /// its id after this has run sees the shutdown signal already set.
+    pub fn drain(&self) {
+        for entry in self.lock().values() {
+            if let Some(live) = &entry.live {
+                live.handover.kick(Kick::Drain);
+            }
+        }
+    }
+
+    /// Milliseconds since the registry was made: the clock of keep-alive.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Asks every live connection that has received nothing for 1.5 x its
+    /// keep-alive to leave. Called every [`crate::limits::KEEP_ALIVE_SWEEP`]:
+    /// one timer for all connections instead of one in each (a tokio `Sleep`
+    /// is 112 bytes of every idle connection).
+    pub fn expire_idle(&self) {
+        let now = self.now_ms();
+        for entry in self.lock().values() {
+            let Some(live) = &entry.live else { continue };
+            let h = &live.handover;
+            let limit = u64::from(h.keep_alive_ms.load(Ordering::Relaxed));
+            if limit != 0 && !h.paused.load(Ordering::Relaxed) && now.saturating_sub(h.last_rx_ms.load(Ordering::Relaxed)) >= limit {
+                h.kick(Kick::KeepAlive);
+            }
         }
     }
 
