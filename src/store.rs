@@ -483,6 +483,14 @@ impl Store {
         &self.memory_alarm
     }
 
+    /// Bytes of memory the broker holds on behalf of clients and releases
+    /// when they consume: bodies of messages that live only in memory
+    /// (transient queues). The memory alarm clears when these drop by its
+    /// hysteresis band even if RSS stays high ([`crate::server::memory`]).
+    pub fn accounted_memory_bytes(&self) -> u64 {
+        self.inner.state.lock().map(|st| st.mem_bytes).unwrap_or(0)
+    }
+
     pub fn now_ms(&self) -> u64 {
         self.inner.clock.now_ms()
     }

@@ -2,7 +2,24 @@
 //! signal, like RabbitMQ's `vm_memory_high_watermark`.
 //!
 //! The server shell samples the process's resident set every
-//! [`SAMPLE_EVERY`] and sets the alarm while it is above the watermark.
+//! [`SAMPLE_EVERY`] together with the bytes the broker itself accounts for
+//! ([`crate::Store::accounted_memory_bytes`]: bodies of memory-only
+//! messages) and applies [`AlarmRule`]:
+//!
+//! - **on** when RSS is above the high watermark;
+//! - **off** when RSS falls below the clear mark ([`CLEAR_FRACTION`] of the
+//!   watermark, so the alarm does not flap around one value), **or** when the
+//!   broker has released at least the hysteresis band (watermark − clear
+//!   mark) of its accounted bytes since the alarm went on. The allocator
+//!   keeps freed memory (glibc malloc, the allocator in use, has no trim call
+//!   reachable without `unsafe`), so RSS alone may never fall after a burst
+//!   and publishers would stay blocked forever; memory the broker released is
+//!   free for it to reuse even while RSS still counts it;
+//! - after an off by release while RSS is still above the watermark, **on
+//!   again** only when RSS grows by the band over its value at that moment or
+//!   the accounted bytes grow back by the band (a drop of RSS below the clear
+//!   mark ends that state).
+//!
 //! Protocol services read it from the store ([`crate::Store::memory_alarm`])
 //! and decide how to push back (AMQP: connection.blocked and no more reads
 //! from publishing connections). The core itself does not act on it.
@@ -20,6 +37,88 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// The default watermark as a fraction of physical RAM (RabbitMQ: 0.4).
 pub const WATERMARK_FRACTION_DEFAULT: f64 = 0.4;
+
+/// The clear mark as a fraction of the watermark, in tenths: the alarm goes
+/// off when RSS falls below 90% of the watermark.
+pub const CLEAR_FRACTION: (u64, u64) = (9, 10);
+
+/// What a sample changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    On,
+    /// RSS fell below the clear mark.
+    OffBelowClearMark,
+    /// The broker released at least the band of its accounted bytes.
+    OffReleased,
+}
+
+/// The alarm's rule as plain state (see the module docs): fed one sample at
+/// a time, no clock, no I/O.
+#[derive(Debug, Clone)]
+pub struct AlarmRule {
+    high: u64,
+    clear: u64,
+    on: bool,
+    /// While on: the most accounted bytes seen since it went on.
+    accounted_max: u64,
+    /// After an off by release with RSS still at or above the clear mark:
+    /// (RSS, accounted bytes) at that moment.
+    released_at: Option<(u64, u64)>,
+}
+
+impl AlarmRule {
+    pub fn new(high: u64) -> AlarmRule {
+        let clear = (high as u128 * CLEAR_FRACTION.0 as u128 / CLEAR_FRACTION.1 as u128) as u64;
+        AlarmRule { high, clear, on: false, accounted_max: 0, released_at: None }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on
+    }
+
+    /// The clear mark in bytes.
+    pub fn clear_mark(&self) -> u64 {
+        self.clear
+    }
+
+    /// The hysteresis band (watermark − clear mark), at least one byte.
+    pub fn band(&self) -> u64 {
+        (self.high - self.clear).max(1)
+    }
+
+    /// Feeds one sample: resident bytes and the broker's accounted bytes.
+    pub fn sample(&mut self, rss: u64, accounted: u64) -> Option<Transition> {
+        let band = self.band();
+        if self.on {
+            self.accounted_max = self.accounted_max.max(accounted);
+            if rss < self.clear {
+                self.on = false;
+                return Some(Transition::OffBelowClearMark);
+            }
+            if self.accounted_max - accounted >= band {
+                self.on = false;
+                self.released_at = Some((rss, accounted));
+                return Some(Transition::OffReleased);
+            }
+            return None;
+        }
+        if rss < self.clear {
+            self.released_at = None;
+        }
+        let over = rss > self.high
+            && match self.released_at {
+                None => true,
+                Some((r, a)) => rss >= r.saturating_add(band) || accounted >= a.saturating_add(band),
+            };
+        if over {
+            self.on = true;
+            self.accounted_max = accounted;
+            self.released_at = None;
+            return Some(Transition::On);
+        }
+        None
+    }
+}
 
 /// The alarm state, one per store. `true` = over the watermark.
 #[derive(Debug)]
@@ -127,15 +226,22 @@ fn page_size() -> Option<u64> {
     })
 }
 
-/// Samples until `stop` fires, setting `alarm` while the resident set is
-/// above `watermark` bytes.
-pub async fn run_sampler(alarm: std::sync::Arc<MemoryAlarm>, watermark: u64, stop: ShutdownSignal) {
+/// Samples until `stop` fires, setting `alarm` as [`AlarmRule`] says for
+/// the resident set against `watermark` bytes and `accounted()`, the bytes
+/// the broker holds and can release ([`crate::Store::accounted_memory_bytes`]).
+pub async fn run_sampler(
+    alarm: std::sync::Arc<MemoryAlarm>,
+    watermark: u64,
+    accounted: impl Fn() -> u64 + Send + 'static,
+    stop: ShutdownSignal,
+) {
     let reader = RssReader::new();
     if reader.rss_bytes().is_none() {
         warn!("cannot read /proc/self/statm: the memory alarm is off");
         return;
     }
-    info!(watermark_bytes = watermark, "memory alarm armed");
+    let mut rule = AlarmRule::new(watermark);
+    info!(watermark_bytes = watermark, clear_mark_bytes = rule.clear_mark(), "memory alarm armed");
     let stopped = stop.triggered();
     tokio::pin!(stopped);
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
@@ -146,15 +252,22 @@ pub async fn run_sampler(alarm: std::sync::Arc<MemoryAlarm>, watermark: u64, sto
             _ = tick.tick() => {}
         }
         let Some(rss) = reader.rss_bytes() else { continue };
-        let over = rss > watermark;
-        if over != alarm.is_on() {
-            if over {
-                warn!(rss_bytes = rss, watermark_bytes = watermark, "memory alarm on: publishers are blocked");
-            } else {
-                info!(rss_bytes = rss, watermark_bytes = watermark, "memory alarm off");
+        let held = accounted();
+        match rule.sample(rss, held) {
+            Some(Transition::On) => {
+                warn!(rss_bytes = rss, accounted_bytes = held, watermark_bytes = watermark, "memory alarm on: publishers are blocked")
             }
+            Some(Transition::OffBelowClearMark) => {
+                info!(rss_bytes = rss, clear_mark_bytes = rule.clear_mark(), "memory alarm off: below the clear mark")
+            }
+            Some(Transition::OffReleased) => info!(
+                rss_bytes = rss,
+                accounted_bytes = held,
+                "memory alarm off: the broker released its memory (the allocator keeps the pages)"
+            ),
+            None => {}
         }
-        alarm.sampled(over);
+        alarm.sampled(rule.is_on());
     }
 }
 
@@ -184,6 +297,61 @@ mod tests {
             let rss = RssReader::new().rss_bytes().expect("rss");
             assert!(rss > 1 << 20, "{rss}");
         }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn the_alarm_clears_below_the_clear_mark_not_at_the_watermark() {
+        let mut r = AlarmRule::new(100 * MIB);
+        assert_eq!(r.clear_mark(), 90 * MIB);
+        assert_eq!(r.sample(100 * MIB, 0), None, "at the watermark is not above it");
+        assert_eq!(r.sample(101 * MIB, 0), Some(Transition::On));
+        assert_eq!(r.sample(95 * MIB, 0), None, "between the marks it stays on");
+        assert_eq!(r.sample(90 * MIB, 0), None);
+        assert_eq!(r.sample(89 * MIB, 0), Some(Transition::OffBelowClearMark));
+        assert_eq!(r.sample(99 * MIB, 0), None, "between the marks it stays off");
+        assert_eq!(r.sample(101 * MIB, 0), Some(Transition::On));
+    }
+
+    #[test]
+    fn releasing_accounted_memory_clears_the_alarm_while_rss_stays_high() {
+        let mut r = AlarmRule::new(100 * MIB);
+        assert_eq!(r.sample(120 * MIB, 30 * MIB), Some(Transition::On));
+        // More held while on raises the reference.
+        assert_eq!(r.sample(125 * MIB, 40 * MIB), None);
+        // Released less than the band (10 MiB): still on.
+        assert_eq!(r.sample(125 * MIB, 31 * MIB), None);
+        assert_eq!(r.sample(125 * MIB, 30 * MIB), Some(Transition::OffReleased));
+        // RSS stays where the allocator left it: no flapping back on.
+        for _ in 0..10 {
+            assert_eq!(r.sample(125 * MIB, 30 * MIB), None);
+        }
+        // Reuse of the freed memory that does not grow RSS is fine, up to the band.
+        assert_eq!(r.sample(125 * MIB, 39 * MIB), None);
+        assert_eq!(r.sample(125 * MIB, 40 * MIB), Some(Transition::On), "holding the band again");
+        assert_eq!(r.sample(125 * MIB, 0), Some(Transition::OffReleased));
+        assert_eq!(r.sample(134 * MIB, 0), None);
+        assert_eq!(r.sample(135 * MIB, 0), Some(Transition::On), "RSS grew by the band");
+    }
+
+    #[test]
+    fn without_accounted_memory_to_release_only_rss_clears_it() {
+        let mut r = AlarmRule::new(100 * MIB);
+        assert_eq!(r.sample(120 * MIB, 0), Some(Transition::On));
+        for _ in 0..10 {
+            assert_eq!(r.sample(120 * MIB, 0), None);
+        }
+        assert_eq!(r.sample(80 * MIB, 0), Some(Transition::OffBelowClearMark));
+    }
+
+    #[test]
+    fn a_drop_below_the_clear_mark_ends_the_released_state() {
+        let mut r = AlarmRule::new(100 * MIB);
+        assert_eq!(r.sample(120 * MIB, 20 * MIB), Some(Transition::On));
+        assert_eq!(r.sample(120 * MIB, 0), Some(Transition::OffReleased));
+        assert_eq!(r.sample(50 * MIB, 0), None);
+        assert_eq!(r.sample(101 * MIB, 0), Some(Transition::On), "the plain watermark again");
     }
 
     #[test]

@@ -162,7 +162,13 @@ impl Server {
 
         let (drain, drain_signal) = shutdown_channel();
         if let Some(watermark) = memory_watermark {
-            tokio::spawn(memory::run_sampler(Arc::clone(store.memory_alarm()), watermark, drain_signal.clone()));
+            let held = Arc::clone(&store);
+            tokio::spawn(memory::run_sampler(
+                Arc::clone(store.memory_alarm()),
+                watermark,
+                move || held.accounted_memory_bytes(),
+                drain_signal.clone(),
+            ));
         }
         let mut accept_tasks = Vec::with_capacity(listeners.len());
         for listener in listeners {
