@@ -27,6 +27,8 @@ use crate::record::{self, Message, MessageHead, Record};
 use crate::route::{Pattern, TopicTrie};
 use crate::StoreError;
 
+pub use crate::log::frame::KnownCrc;
+
 mod snapshot;
 
 #[derive(Debug, Clone)]
@@ -608,7 +610,15 @@ impl Store {
 
     /// Hands a message to the log writer and returns at once with a ticket;
     /// await the ticket for the acknowledgement (or drop it: fire and forget).
-    pub async fn submit(&self, mut msg: Message, targets: &[QueueId]) -> Result<Ticket, StoreError> {
+    pub async fn submit(&self, msg: Message, targets: &[QueueId]) -> Result<Ticket, StoreError> {
+        self.submit_known_crc(msg, targets, None).await
+    }
+
+    /// [`Store::submit`] for a caller that already knows the CRC-32C of
+    /// `msg.payload[known.from..]` (it verified a checksum that came with
+    /// the payload): the log combines it into the record's checksum instead
+    /// of reading those bytes again. The record on disk is the same.
+    pub async fn submit_known_crc(&self, mut msg: Message, targets: &[QueueId], known: Option<KnownCrc>) -> Result<Ticket, StoreError> {
         let size = msg.payload.len() + msg.key.len() + msg.headers.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>();
         if size > RECORD_BYTES_MAX {
             return Err(StoreError::RecordTooLarge { size, max: RECORD_BYTES_MAX });
@@ -647,7 +657,7 @@ impl Store {
             span: msg.span,
             group: msg.group.clone(),
         };
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, tail_crc: known, meta: op, done: Some(done) }));
         drop(st);
         Ok(Ticket { rx, offsets: dispatch })
     }
@@ -1037,7 +1047,7 @@ impl Inner {
         let mut st = lock(&self.state)?;
         self.check_open()?;
         apply(&mut st)?;
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), tail_crc: None, meta: op, done: Some(done) }));
         Ok(rx)
     }
 
@@ -1140,7 +1150,13 @@ impl Inner {
                 let mut head = Vec::with_capacity(64 + name.len());
                 record::encode(&Record::Declare { id, name: name.to_owned(), opts: opts.clone() }, &mut head);
                 let (done, rx) = oneshot::channel();
-                permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: Op::Durable, done: Some(done) }));
+                permit.send(writer_msg::Msg::Append(Submit {
+                    head,
+                    tail: Bytes::new(),
+                    tail_crc: None,
+                    meta: Op::Durable,
+                    done: Some(done),
+                }));
                 created = Some(id);
                 Some(rx)
             } else {
@@ -1249,7 +1265,7 @@ impl Inner {
                     );
                     let (done, rx) = oneshot::channel();
                     let op = Op::Dispatch { id: q, offset, src_pos: d.pos, src_total: d.total, src: Box::new(meta) };
-                    permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+                    permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), tail_crc: None, meta: op, done: Some(done) }));
                     rx
                 }
                 None => {
@@ -1293,7 +1309,7 @@ impl Inner {
             span: 1,
             group: msg.group.clone(),
         };
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, tail_crc: None, meta: op, done: Some(done) }));
         Ok(Ticket { rx, offsets: dispatch })
     }
 
@@ -1491,6 +1507,7 @@ impl Inner {
             permit.send(writer_msg::Msg::Append(Submit {
                 head,
                 tail: msg.payload,
+                tail_crc: None,
                 meta: Op::Relocate { moves, old_pos: pos },
                 done: None,
             }));

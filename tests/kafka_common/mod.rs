@@ -75,6 +75,13 @@ impl TestBroker {
     /// Shuts the server down as `polymq serve` does on SIGTERM, then opens
     /// the same data directory again on a new port.
     pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.start_again().await
+    }
+
+    /// Shuts the server down as `polymq serve` does on SIGTERM and closes
+    /// its store; [`TestBroker::start_again`] opens the data directory again.
+    pub async fn stop(&mut self) -> Result<()> {
         let running = self.running.take().context("broker is not running")?;
         running.trigger.trigger();
         let Running { store, task, .. } = running;
@@ -84,8 +91,17 @@ impl TestBroker {
             .context("server task panicked")?;
         stopped.context("server stopped with an error")?;
         tokio::task::spawn_blocking(move || store.close()).await.context("close panicked")??;
+        Ok(())
+    }
+
+    pub async fn start_again(&mut self) -> Result<()> {
         self.running = Some(start_server(self.dir.path(), &self.cfg, self.fsync).await.context("restarting on the same data directory")?);
         Ok(())
+    }
+
+    /// The data directory (to look at the log while the broker is stopped).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 
