@@ -19,7 +19,6 @@ const IOV_PER_WRITE: usize = 256;
 pub(crate) struct Rope {
     done: Vec<Bytes>,
     cur: BytesMut,
-    done_len: usize,
 }
 
 impl Rope {
@@ -39,21 +38,13 @@ impl Rope {
             return;
         }
         self.flush_cur();
-        self.done_len += b.len();
         self.done.push(b);
     }
 
     fn flush_cur(&mut self) {
         if !self.cur.is_empty() {
-            let part = self.cur.split().freeze();
-            self.done_len += part.len();
-            self.done.push(part);
+            self.done.push(self.cur.split().freeze());
         }
-    }
-
-    /// Total bytes so far.
-    pub fn len(&self) -> usize {
-        self.done_len + self.cur.len()
     }
 
     pub fn into_chunks(mut self) -> Vec<Bytes> {
@@ -151,7 +142,6 @@ mod tests {
         r.push(Bytes::from_static(b"small"));
         r.push(big.clone());
         r.buf().put_u8(9);
-        assert_eq!(r.len(), 4 + 5 + 5000 + 1);
         let chunks = r.into_chunks();
         assert_eq!(chunks.len(), 3);
         assert_eq!(chunks[1].as_ptr(), big.as_ptr(), "the big chunk is the caller's bytes, not a copy");
