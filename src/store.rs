@@ -27,6 +27,8 @@ use crate::record::{self, Message, MessageHead, Record};
 use crate::route::{Pattern, TopicTrie};
 use crate::StoreError;
 
+pub use crate::log::frame::KnownCrc;
+
 mod snapshot;
 
 #[derive(Debug, Clone)]
@@ -624,12 +626,20 @@ impl Store {
     /// Hands a message to the log writer and returns at once with a ticket;
     /// await the ticket for the acknowledgement (or drop it: fire and forget).
     pub async fn submit(&self, msg: Message, targets: &[QueueId]) -> Result<Ticket, StoreError> {
+        self.submit_known_crc(msg, targets, None).await
+    }
+
+    /// [`Store::submit`] for a caller that already knows the CRC-32C of
+    /// `msg.payload[known.from..]` (it verified a checksum that came with
+    /// the payload): the log combines it into the record's checksum instead
+    /// of reading those bytes again. The record on disk is the same.
+    pub async fn submit_known_crc(&self, msg: Message, targets: &[QueueId], known: Option<KnownCrc>) -> Result<Ticket, StoreError> {
         let size = check_submit(&msg, targets)?;
         let permit = self.inner.tx.reserve().await.map_err(|_| StoreError::Closed)?;
         let now = self.now_ms();
         let mut st = lock(&self.inner.state)?;
         self.inner.check_open()?;
-        self.inner.submit_locked(&mut st, permit, msg, targets, size, now)
+        self.inner.submit_locked(&mut st, permit, Checked { msg, size, known }, targets, now)
     }
 
     /// Hands several messages to the log writer at once, in order: one
@@ -670,9 +680,10 @@ impl Store {
                 out.push(match size {
                     Err(e) => Err(e),
                     Ok(size) => match permits.next() {
-                        Some(permit) => {
-                            self.inner.check_open().and_then(|()| self.inner.submit_locked(&mut st, permit, msg, targets, size, now))
-                        }
+                        Some(permit) => self
+                            .inner
+                            .check_open()
+                            .and_then(|()| self.inner.submit_locked(&mut st, permit, Checked { msg, size, known: None }, targets, now)),
                         None => Err(StoreError::Closed),
                     },
                 });
@@ -1037,6 +1048,14 @@ fn check_submit(msg: &Message, targets: &[QueueId]) -> Result<usize, StoreError>
 const SUBMIT_MANY_CHUNK: usize = 256;
 const _: () = assert!(SUBMIT_MANY_CHUNK <= limits::WRITE_QUEUE_DEPTH_MAX);
 
+/// A message that passed [`check_submit`], with its size and, when the
+/// caller knows it, the CRC-32C of the tail of its payload.
+struct Checked {
+    msg: Message,
+    size: usize,
+    known: Option<KnownCrc>,
+}
+
 impl Inner {
     /// Assigns offsets and queues one checked message for the writer, under
     /// the state lock (the log's order is the offsets' order).
@@ -1044,11 +1063,11 @@ impl Inner {
         &self,
         st: &mut State,
         permit: mpsc::Permit<'_, writer_msg::Msg<Op>>,
-        mut msg: Message,
+        checked: Checked,
         targets: &[QueueId],
-        size: usize,
         now: u64,
     ) -> Result<Ticket, StoreError> {
+        let Checked { mut msg, size, known } = checked;
         msg.span = msg.span.max(1);
         let timestamp_ms = if msg.timestamp_ms == 0 { now } else { msg.timestamp_ms };
         let (done, rx) = oneshot::channel();
@@ -1072,7 +1091,7 @@ impl Inner {
             span: msg.span,
             group: msg.group.clone(),
         };
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, tail_crc: known, meta: op, done: Some(done) }));
         Ok(Ticket { rx, offsets: dispatch })
     }
 
@@ -1129,7 +1148,7 @@ impl Inner {
         let mut st = lock(&self.state)?;
         self.check_open()?;
         apply(&mut st)?;
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), tail_crc: None, meta: op, done: Some(done) }));
         Ok(rx)
     }
 
@@ -1232,7 +1251,13 @@ impl Inner {
                 let mut head = Vec::with_capacity(64 + name.len());
                 record::encode(&Record::Declare { id, name: name.to_owned(), opts: opts.clone() }, &mut head);
                 let (done, rx) = oneshot::channel();
-                permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: Op::Durable, done: Some(done) }));
+                permit.send(writer_msg::Msg::Append(Submit {
+                    head,
+                    tail: Bytes::new(),
+                    tail_crc: None,
+                    meta: Op::Durable,
+                    done: Some(done),
+                }));
                 created = Some(id);
                 Some(rx)
             } else {
@@ -1341,7 +1366,7 @@ impl Inner {
                     );
                     let (done, rx) = oneshot::channel();
                     let op = Op::Dispatch { id: q, offset, src_pos: d.pos, src_total: d.total, src: Box::new(meta) };
-                    permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), meta: op, done: Some(done) }));
+                    permit.send(writer_msg::Msg::Append(Submit { head, tail: Bytes::new(), tail_crc: None, meta: op, done: Some(done) }));
                     rx
                 }
                 None => {
@@ -1385,7 +1410,7 @@ impl Inner {
             span: 1,
             group: msg.group.clone(),
         };
-        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, meta: op, done: Some(done) }));
+        permit.send(writer_msg::Msg::Append(Submit { head, tail: msg.payload, tail_crc: None, meta: op, done: Some(done) }));
         Ok(Ticket { rx, offsets: dispatch })
     }
 
@@ -1583,6 +1608,7 @@ impl Inner {
             permit.send(writer_msg::Msg::Append(Submit {
                 head,
                 tail: msg.payload,
+                tail_crc: None,
                 meta: Op::Relocate { moves, old_pos: pos },
                 done: None,
             }));

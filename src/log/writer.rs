@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use super::frame::{frame_prefix, FRAME_PREFIX};
+use super::frame::{frame_prefix_known, KnownCrc, FRAME_PREFIX};
 use super::segment::Segment;
 use super::{open_checkpoint, write_checkpoint, FsyncPolicy, LogConfig, Shared};
 use crate::limits::{WRITE_BATCH_BYTES_MAX, WRITE_BATCH_COUNT_MAX, WRITE_QUEUE_DEPTH_MAX};
@@ -26,6 +26,10 @@ use crate::StoreError;
 pub struct Submit<T> {
     pub head: Vec<u8>,
     pub tail: Bytes,
+    /// The CRC-32C of a suffix of `tail` if the caller already computed it
+    /// (e.g. verified a checksum the client sent): combined into the frame's
+    /// checksum instead of reading those bytes again.
+    pub tail_crc: Option<KnownCrc>,
     pub meta: T,
     pub done: Option<oneshot::Sender<Result<u64, StoreError>>>,
 }
@@ -396,7 +400,7 @@ impl<T: Send + 'static> Writer<T> {
                 self.roll(pos)?;
                 pos += super::segment::HEADER_BYTES;
             }
-            let prefix = frame_prefix(&[&s.head, &s.tail]);
+            let prefix = frame_prefix_known(&s.head, &s.tail, s.tail_crc);
             self.buf.extend_from_slice(&prefix);
             self.buf.extend_from_slice(&s.head);
             if s.tail.len() >= ZERO_COPY_MIN {

@@ -10,6 +10,7 @@
 mod server_common;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,6 +77,21 @@ impl TestBroker {
     /// the same data directory again on a new port.
     pub async fn restart(&mut self) -> Result<()> {
         self.server.restart().await
+    }
+
+    /// Shuts the server down as `polymq serve` does on SIGTERM and closes
+    /// its store; [`TestBroker::start_again`] opens the data directory again.
+    pub async fn stop(&mut self) -> Result<()> {
+        self.server.stop().await
+    }
+
+    pub async fn start_again(&mut self) -> Result<()> {
+        self.server.start_again().await
+    }
+
+    /// The data directory (to look at the log while the broker is stopped).
+    pub fn data_dir(&self) -> &Path {
+        self.server.data_dir()
     }
 }
 

@@ -60,6 +60,26 @@ impl InProcess {
     /// Shuts the server down as `polymq serve` does on SIGTERM, then opens
     /// the same data directory again on new ports.
     pub async fn restart(&mut self) -> Result<()> {
+        self.stop().await?;
+        self.start_again().await
+    }
+
+    /// The data directory (to look at the log while the server is stopped).
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Opens the data directory again after [`InProcess::stop`], on new ports.
+    pub async fn start_again(&mut self) -> Result<()> {
+        anyhow::ensure!(self.running.is_none(), "broker is running");
+        let running = start_server(self.dir.path(), self.fsync, &self.make).await.context("restarting on the same data directory")?;
+        self.running = Some(running);
+        Ok(())
+    }
+
+    /// Shuts the server down as `polymq serve` does on SIGTERM and closes
+    /// its store.
+    pub async fn stop(&mut self) -> Result<()> {
         let running = self.running.take().context("broker is not running")?;
         running.trigger.trigger();
         let Running { store, task, .. } = running;
@@ -70,8 +90,6 @@ impl InProcess {
             .context("server task panicked")?;
         stopped.context("server stopped with an error")?;
         tokio::task::spawn_blocking(move || store.close()).await.context("close panicked")??;
-        let running = start_server(self.dir.path(), self.fsync, &self.make).await.context("restarting on the same data directory")?;
-        self.running = Some(running);
         Ok(())
     }
 }

@@ -25,7 +25,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use polymq::record::Message;
 
 pub const HEADER_BYTES: usize = 61;
-const CRC_START: usize = 21;
+/// Where the bytes the batch CRC covers start.
+pub const CRC_START: usize = 21;
 const ATTR_TRANSACTIONAL: i16 = 0x10;
 const ATTR_CONTROL: i16 = 0x20;
 
@@ -33,6 +34,9 @@ const ATTR_CONTROL: i16 = 0x20;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
     pub magic: i8,
+    /// The CRC-32C of bytes [`CRC_START`].. as the header states it; checked
+    /// against the bytes by [`validate_produce`], not by [`header`].
+    pub crc: u32,
     pub attributes: i16,
     pub last_offset_delta: i32,
     pub base_timestamp: i64,
@@ -103,6 +107,7 @@ pub fn header(b: &[u8]) -> Option<BatchHeader> {
     }
     Some(BatchHeader {
         magic: b[16] as i8,
+        crc: u32::from_be_bytes([b[17], b[18], b[19], b[20]]),
         attributes: i16_at(b, 21),
         last_offset_delta: i32_at(b, 23),
         base_timestamp: i64_at(b, 27),
@@ -116,7 +121,8 @@ pub fn header(b: &[u8]) -> Option<BatchHeader> {
 
 /// Validates the `records` of one partition of a Produce request: exactly
 /// one magic-2 batch whose length fields and CRC-32C are right. Returns the
-/// batch (a slice of the request, not a copy) and its header.
+/// batch (a slice of the request, not a copy) and its header, whose `crc`
+/// is then the verified CRC-32C of `batch[CRC_START..]`.
 pub fn validate_produce(records: &Bytes) -> Result<(Bytes, BatchHeader), BatchError> {
     if records.len() < 17 {
         return Err(BatchError::Corrupt("shorter than a batch header"));
@@ -157,10 +163,21 @@ pub fn validate_produce(records: &Bytes) -> Result<(Bytes, BatchHeader), BatchEr
 /// the offset the core assigned (and the leader epoch to ours, 0); neither
 /// is covered by the CRC, so the client's CRC check still passes.
 pub fn put_stored(out: &mut BytesMut, stored: &[u8], base_offset: u64) {
-    out.put_i64(base_offset as i64);
-    out.put_slice(&stored[8..12]);
-    out.put_i32(0);
-    out.put_slice(&stored[16..]);
+    out.put_slice(&stored_prefix(stored, base_offset));
+    out.put_slice(&stored[STORED_PREFIX..]);
+}
+
+/// The bytes of a stored batch a fetch rewrites: they precede the magic byte.
+pub const STORED_PREFIX: usize = 16;
+
+/// The first [`STORED_PREFIX`] bytes of a stored batch as a fetch sends them
+/// (see [`put_stored`]); the rest, `stored[STORED_PREFIX..]`, goes as it is.
+pub fn stored_prefix(stored: &[u8], base_offset: u64) -> [u8; STORED_PREFIX] {
+    let mut p = [0u8; STORED_PREFIX];
+    p[..8].copy_from_slice(&(base_offset as i64).to_be_bytes());
+    p[8..12].copy_from_slice(&stored[8..12]);
+    // partition leader epoch: ours, 0 (p[12..16] stays zero)
+    p
 }
 
 fn put_varint(out: &mut Vec<u8>, v: i64) {

@@ -34,6 +34,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info};
 
 use crate::api::{self, HandlerError, Reply, Request};
+use crate::rope::write_all_chunks;
 use crate::sasl::{self, AuthState, Step};
 use crate::wire::{Reader, WireError};
 use crate::Shared;
@@ -130,18 +131,31 @@ pub(crate) async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAd
                 },
             };
             let response = if session.auth.expects_raw_token() {
-                Some(raw_sasl_token(&mut session, &frame)?).filter(|_| session.close_after_reply.is_none())
+                let token = raw_sasl_token(&mut session, &frame)?;
+                Some(Response { header: None, body: vec![token] }).filter(|_| session.close_after_reply.is_none())
             } else {
                 handle(&mut session, frame).await?
             };
             if session.close_after_reply.is_some() {
                 tokio::time::sleep(FAILED_AUTHENTICATION_DELAY).await;
             }
-            if let Some(response) = response {
+            if let Some(mut response) = response {
+                // Size, response header, then the body's chunks as they are:
+                // one vectored write, no copy of the body (a Fetch's batches).
+                let body_len: usize = response.body.iter().map(Bytes::len).sum();
                 out.clear();
-                out.put_i32(response.len() as i32);
-                wr.write_all(&out).await?;
-                wr.write_all(&response).await?;
+                match response.header {
+                    None => out.put_i32(body_len as i32),
+                    Some((correlation_id, tagged)) => {
+                        out.put_i32((body_len + 4 + usize::from(tagged)) as i32);
+                        out.put_i32(correlation_id);
+                        if tagged {
+                            out.put_u8(0); // no tagged fields
+                        }
+                    }
+                }
+                response.body.insert(0, out.split().freeze());
+                write_all_chunks(&mut wr, &mut response.body).await?;
             }
             if let Some(reason) = session.close_after_reply.take() {
                 return Err(Closed::Sasl(reason));
@@ -212,9 +226,17 @@ fn raw_sasl_token(session: &mut Session, frame: &[u8]) -> Result<Bytes, Closed> 
     }
 }
 
-/// Decodes the request header, dispatches, and frames the response (header
-/// + body, without the size prefix). `None`: no response (acks=0).
-async fn handle(session: &mut Session, frame: Bytes) -> Result<Option<Bytes>, Closed> {
+/// A response to write: its header (correlation id, and whether the header
+/// version has a tagged-fields byte; `None` for a bare SASL token) and the
+/// body's chunks.
+struct Response {
+    header: Option<(i32, bool)>,
+    body: Vec<Bytes>,
+}
+
+/// Decodes the request header, dispatches, and returns the response (header
+/// fields + body, without the size prefix). `None`: no response (acks=0).
+async fn handle(session: &mut Session, frame: Bytes) -> Result<Option<Response>, Closed> {
     let mut rd = Reader::new(frame);
     let api_key = rd.i16().map_err(Closed::Header)?;
     let version = rd.i16().map_err(Closed::Header)?;
@@ -252,14 +274,12 @@ async fn handle(session: &mut Session, frame: Bytes) -> Result<Option<Bytes>, Cl
             tokio::time::sleep(PRODUCE_THROTTLE).await;
         }
     }
-    let Reply::Body(body) = reply else { return Ok(None) };
+    let body = match reply {
+        Reply::None => return Ok(None),
+        Reply::Body(body) => vec![body],
+        Reply::Chunks(chunks) => chunks,
+    };
     // ApiVersions responses always use header v0 (KIP-511).
     let response_header_version = if in_range { key.response_header_version(version) } else { 0 };
-    let mut framed = BytesMut::with_capacity(5 + body.len());
-    framed.put_i32(correlation_id);
-    if response_header_version >= 1 {
-        framed.put_u8(0); // no tagged fields
-    }
-    framed.extend_from_slice(&body);
-    Ok(Some(framed.freeze()))
+    Ok(Some(Response { header: Some((correlation_id, response_header_version >= 1)), body }))
 }

@@ -17,6 +17,7 @@ mod connection;
 pub mod fuzz_api;
 mod group;
 mod producer;
+mod rope;
 mod sasl;
 mod topics;
 pub mod wire;

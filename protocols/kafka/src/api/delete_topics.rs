@@ -68,7 +68,7 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
         // encodes v1+): v1 without the leading throttle time.
         match encode(ApiKey::DeleteTopics, &resp, 1)? {
             Reply::Body(b) => Ok(Reply::Body(b.slice(4..))),
-            Reply::None => Ok(Reply::None),
+            other => Ok(other),
         }
     })
 }

@@ -10,17 +10,17 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse};
+use kafka_protocol::messages::{ApiKey, BrokerId, FetchRequest, FetchResponse, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use polymq::queue::QueueId;
 use polymq_formats::record_batch::FORMAT as FORMAT_KAFKA_BATCH;
 
-use super::{encode, topic_name, HandlerFuture, Request};
+use super::{encode, topic_name, HandlerFuture, Reply, Request};
 use crate::batch;
 use crate::connection::Session;
+use crate::rope::Rope;
 use crate::topics::{self, code};
 use crate::wire::{Reader, WireResult};
 
@@ -87,18 +87,6 @@ struct Target {
     error: i16,
 }
 
-fn partition(index: i32, error: i16) -> PartitionData {
-    PartitionData::default()
-        .with_partition_index(index)
-        .with_error_code(error)
-        .with_high_watermark(-1)
-        .with_last_stable_offset(-1)
-        .with_log_start_offset(-1)
-        .with_preferred_read_replica(BrokerId(-1))
-        .with_aborted_transactions(Some(Vec::new()))
-        .with_records(Some(bytes::Bytes::new()))
-}
-
 pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'_> {
     Box::pin(async move {
         let (version, flex) = (req.version, req.flexible);
@@ -157,7 +145,7 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
             let mut out_parts = Vec::with_capacity(parts.len());
             for t in parts {
                 let (Some(q), code::NONE) = (t.queue, t.error) else {
-                    out_parts.push(partition(t.index, t.error));
+                    out_parts.push(PartitionOut::error(t.index, t.error));
                     continue;
                 };
                 let part_budget = i64::from(t.max_bytes.max(0)).min(budget);
@@ -165,48 +153,265 @@ pub(crate) fn handle(session: &mut Session, mut req: Request) -> HandlerFuture<'
                     Ok(r) => r,
                     Err(e) => {
                         tracing::warn!(error = %e, "fetch read failed");
-                        out_parts.push(partition(t.index, code::KAFKA_STORAGE_ERROR));
+                        out_parts.push(PartitionOut::error(t.index, code::KAFKA_STORAGE_ERROR));
                         continue;
                     }
                 };
-                let mut records = BytesMut::new();
-                for m in &read.messages {
-                    let before = records.len();
-                    if m.message.format == FORMAT_KAFKA_BATCH && m.message.payload.len() >= batch::HEADER_BYTES {
-                        batch::put_stored(&mut records, &m.message.payload, m.offset);
+                let mut records = Vec::with_capacity(read.messages.len());
+                let mut records_len = 0i64;
+                for m in read.messages {
+                    let piece = if m.message.format == FORMAT_KAFKA_BATCH && m.message.payload.len() >= batch::HEADER_BYTES {
+                        Piece::Stored(m.message.payload, m.offset)
                     } else {
-                        batch::put_foreign(&mut records, &m.message, m.offset);
-                    }
-                    let size = (records.len() - before) as i64;
+                        let mut one = BytesMut::new();
+                        batch::put_foreign(&mut one, &m.message, m.offset);
+                        Piece::Foreign(one.freeze())
+                    };
+                    let size = piece.len() as i64;
                     // KIP-74: the first batch of the response goes out even
                     // if it is larger than the limits, so a consumer always
                     // makes progress; after that, the limits hold.
-                    if first_batch_sent && (records.len() as i64 > part_budget || size > budget) {
-                        records.truncate(before);
+                    if first_batch_sent && (records_len + size > part_budget || size > budget) {
                         break;
                     }
                     first_batch_sent = true;
                     budget -= size;
+                    records_len += size;
+                    records.push(piece);
                 }
                 let hw = read.next_offset as i64;
-                out_parts.push(
-                    partition(t.index, code::NONE)
-                        .with_high_watermark(hw)
-                        .with_last_stable_offset(hw)
-                        .with_log_start_offset(read.start_offset as i64)
-                        .with_records(Some(records.freeze())),
-                );
+                out_parts.push(PartitionOut {
+                    index: t.index,
+                    error: code::NONE,
+                    high_watermark: hw,
+                    log_start_offset: read.start_offset as i64,
+                    records,
+                });
             }
-            responses.push(FetchableTopicResponse::default().with_topic(name).with_partitions(out_parts));
+            responses.push((name, out_parts));
         }
-        encode(ApiKey::Fetch, &FetchResponse::default().with_session_id(0).with_responses(responses), version)
+        Ok(Reply::Chunks(encode_response(version, &responses)))
     })
+}
+
+/// One batch of a partition's records, as it goes out.
+enum Piece {
+    /// A stored Kafka batch and the offset the core gave it: sent as its
+    /// rewritten first bytes, then the stored bytes themselves (no copy).
+    Stored(Bytes, u64),
+    /// A message of another protocol, encoded as a one-record batch.
+    Foreign(Bytes),
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Stored(b, _) | Piece::Foreign(b) => b.len(),
+        }
+    }
+}
+
+/// One partition of the answer.
+struct PartitionOut {
+    index: i32,
+    error: i16,
+    high_watermark: i64,
+    log_start_offset: i64,
+    records: Vec<Piece>,
+}
+
+impl PartitionOut {
+    fn error(index: i32, error: i16) -> PartitionOut {
+        PartitionOut { index, error, high_watermark: -1, log_start_offset: -1, records: Vec::new() }
+    }
+}
+
+fn put_uvarint(out: &mut BytesMut, mut v: u64) {
+    while v >= 0x80 {
+        out.put_u8((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.put_u8(v as u8);
+}
+
+/// An array or bytes length: i32, or (flexible) unsigned varint of n + 1.
+fn put_len(out: &mut BytesMut, flex: bool, n: usize) {
+    if flex {
+        put_uvarint(out, n as u64 + 1);
+    } else {
+        out.put_i32(n as i32);
+    }
+}
+
+/// Encodes the FetchResponse (v4..=12) byte for byte as `kafka-protocol`
+/// does for these fields (throttle 0, no error, session 0, no aborted
+/// transactions, no preferred replica, no tagged fields), with each stored
+/// batch's bytes as their own chunk instead of copied into the buffer.
+fn encode_response(version: i16, topics: &[(TopicName, Vec<PartitionOut>)]) -> Vec<Bytes> {
+    let flex = version >= 12;
+    let mut rope = Rope::new();
+    let b = rope.buf();
+    b.put_i32(0); // throttle_time_ms
+    if version >= 7 {
+        b.put_i16(code::NONE);
+        b.put_i32(0); // session id: no fetch sessions
+    }
+    put_len(b, flex, topics.len());
+    for (name, parts) in topics {
+        let b = rope.buf();
+        let name = name.0.as_bytes();
+        if flex {
+            put_uvarint(b, name.len() as u64 + 1);
+        } else {
+            b.put_i16(name.len() as i16);
+        }
+        b.put_slice(name);
+        put_len(b, flex, parts.len());
+        for p in parts {
+            let b = rope.buf();
+            b.put_i32(p.index);
+            b.put_i16(p.error);
+            b.put_i64(p.high_watermark);
+            b.put_i64(p.high_watermark); // last stable offset: no transactions
+            if version >= 5 {
+                b.put_i64(p.log_start_offset);
+            }
+            put_len(b, flex, 0); // aborted transactions: none (not null)
+            if version >= 11 {
+                b.put_i32(-1); // preferred read replica
+            }
+            put_len(b, flex, p.records.iter().map(Piece::len).sum());
+            for piece in &p.records {
+                match piece {
+                    Piece::Stored(stored, offset) => {
+                        rope.buf().put_slice(&batch::stored_prefix(stored, *offset));
+                        rope.push(stored.slice(batch::STORED_PREFIX..));
+                    }
+                    Piece::Foreign(encoded) => rope.push(encoded.clone()),
+                }
+            }
+            if flex {
+                put_uvarint(rope.buf(), 0);
+            }
+        }
+        if flex {
+            put_uvarint(rope.buf(), 0);
+        }
+    }
+    if flex {
+        put_uvarint(rope.buf(), 0);
+    }
+    rope.into_chunks()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::api::tests::round_trip;
+
+    use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+    use kafka_protocol::protocol::Encodable;
+    use kafka_protocol::records::{Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType};
+    use polymq::record::Message;
+
+    fn stored_batch(n: i64, value_len: usize) -> Bytes {
+        let records: Vec<Record> = (0..n)
+            .map(|i| Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: -1,
+                producer_id: -1,
+                producer_epoch: -1,
+                timestamp_type: TimestampType::Creation,
+                offset: i,
+                sequence: i as i32 - 1,
+                timestamp: 1_700_000_000_000 + i,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(vec![b'a' + (i % 26) as u8; value_len])),
+                headers: Default::default(),
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        RecordBatchEncoder::encode(&mut buf, records.iter(), &RecordEncodeOptions { version: 2, compression: Compression::None })
+            .expect("encode");
+        buf.freeze()
+    }
+
+    fn foreign(offset: u64) -> Piece {
+        let msg = Message { key: Bytes::from("a/b"), payload: Bytes::from("from mqtt"), timestamp_ms: 5, ..Message::default() };
+        let mut one = BytesMut::new();
+        batch::put_foreign(&mut one, &msg, offset);
+        Piece::Foreign(one.freeze())
+    }
+
+    /// What the response was before: every batch copied into one buffer and
+    /// the whole response encoded by `kafka-protocol`.
+    fn by_kafka_protocol(version: i16, topics: &[(TopicName, Vec<PartitionOut>)]) -> Vec<u8> {
+        let responses = topics
+            .iter()
+            .map(|(name, parts)| {
+                let partitions = parts
+                    .iter()
+                    .map(|p| {
+                        let mut records = BytesMut::new();
+                        for piece in &p.records {
+                            match piece {
+                                Piece::Stored(b, offset) => batch::put_stored(&mut records, b, *offset),
+                                Piece::Foreign(b) => records.extend_from_slice(b),
+                            }
+                        }
+                        PartitionData::default()
+                            .with_partition_index(p.index)
+                            .with_error_code(p.error)
+                            .with_high_watermark(p.high_watermark)
+                            .with_last_stable_offset(p.high_watermark)
+                            .with_log_start_offset(p.log_start_offset)
+                            .with_preferred_read_replica(BrokerId(-1))
+                            .with_aborted_transactions(Some(Vec::new()))
+                            .with_records(Some(records.freeze()))
+                    })
+                    .collect();
+                FetchableTopicResponse::default().with_topic(name.clone()).with_partitions(partitions)
+            })
+            .collect();
+        let mut buf = BytesMut::new();
+        FetchResponse::default().with_session_id(0).with_responses(responses).encode(&mut buf, version).expect("encode");
+        buf.to_vec()
+    }
+
+    #[test]
+    fn the_chunked_response_is_byte_identical_to_kafka_protocols_at_every_version() {
+        let big = stored_batch(3, 5000);
+        let small = stored_batch(2, 10);
+        for v in 4..=12 {
+            let topics = vec![
+                (
+                    topic_name("orders".into()),
+                    vec![
+                        PartitionOut {
+                            index: 0,
+                            error: code::NONE,
+                            high_watermark: 42,
+                            log_start_offset: 3,
+                            records: vec![Piece::Stored(big.clone(), 30), foreign(33), Piece::Stored(small.clone(), 34)],
+                        },
+                        PartitionOut::error(1, OFFSET_OUT_OF_RANGE),
+                        PartitionOut { index: 2, error: code::NONE, high_watermark: 0, log_start_offset: 0, records: Vec::new() },
+                    ],
+                ),
+                (topic_name("t".repeat(200)), vec![PartitionOut::error(7, code::UNKNOWN_TOPIC_OR_PARTITION)]),
+                (topic_name("empty".into()), Vec::new()),
+            ];
+            let chunks = encode_response(v, &topics);
+            assert_eq!(chunks.concat(), by_kafka_protocol(v, &topics), "v{v}");
+            assert!(
+                chunks.iter().any(|c| c.as_ptr() == big[batch::STORED_PREFIX..].as_ptr()),
+                "v{v}: the stored batch is sent from its own bytes, not copied"
+            );
+            assert_eq!(encode_response(v, &[]).concat(), by_kafka_protocol(v, &[]), "v{v}: no topics");
+        }
+    }
 
     #[test]
     fn decodes_what_kafka_protocol_encodes_at_every_version() {

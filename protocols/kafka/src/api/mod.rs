@@ -62,6 +62,9 @@ pub(crate) enum Reply {
     None,
     /// The encoded response body; the connection adds the response header.
     Body(Bytes),
+    /// The body as chunks written in order with one vectored write (Fetch:
+    /// the stored batches are not copied into one buffer).
+    Chunks(Vec<Bytes>),
 }
 
 #[derive(Debug, thiserror::Error)]

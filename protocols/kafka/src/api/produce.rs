@@ -177,8 +177,11 @@ async fn append(session: &Session, topic: &str, q: polymq::queue::QueueId, recor
     };
     let store = &session.shared.store;
     let batch = msg.payload.clone();
+    // The batch CRC was just verified over batch[21..]: the log combines it
+    // into its record checksum rather than reading the batch a second time.
+    let known = Some(polymq::store::KnownCrc { from: batch::CRC_START, crc: h.crc });
     if h.producer_id < 0 || h.base_sequence < 0 {
-        return match store.submit(msg, &[q]).await {
+        return match store.submit_known_crc(msg, &[q], known).await {
             Ok(ticket) => Pending::Ticket(ticket, None, route_records(session, topic, &batch).await),
             Err(e) => storage_error(&e),
         };
@@ -188,7 +191,7 @@ async fn append(session: &Session, topic: &str, q: polymq::queue::QueueId, recor
     match producers.check(store, q, &h) {
         Check::Duplicate(offset) => Pending::Done { error: code::NONE, base_offset: offset as i64, message: None },
         Check::Refuse(error) => done(error),
-        Check::Append => match store.submit(msg, &[q]).await {
+        Check::Append => match store.submit_known_crc(msg, &[q], known).await {
             Ok(ticket) => {
                 // Recorded at hand-off: a retry arriving before the log
                 // write completes is already a duplicate.
