@@ -4,7 +4,10 @@ for growth.
 Starts polymq and, for --minutes, runs per protocol a publisher at --rate
 messages/s and a live consumer: MQTT QoS 1 (publisher MQTT 5, subscriber
 3.1.1), AMQP with confirms into a durable queue consumed with acks, Kafka
-acks=all consumed by a consumer group. Every message carries its send time,
+acks=all consumed by a consumer group (into a topic created with
+--kafka-retention-ms, as a long-running topic is; 0 keeps everything, and
+then the stream index grows by a few bytes per stored batch: RELIABILITY.md
+"Known gaps"). Every message carries its send time,
 so each consumer measures end-to-end latency. Every --interval seconds one
 CSV row: elapsed time, the broker's RSS (/proc/<pid>/status), its open file
 descriptors (/proc/<pid>/fd), and per protocol the messages delivered and
@@ -130,8 +133,19 @@ def amqp_run(port: int, rate: float, lat: Latencies, stop: threading.Event) -> N
     consumer.join(10)
 
 
+KAFKA_RETENTION_MS = 300_000
+
+
 def kafka_run(port: int, rate: float, lat: Latencies, stop: threading.Event) -> None:
     from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    if KAFKA_RETENTION_MS > 0:
+        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
+        topic = NewTopic("soak-kafka", num_partitions=1, replication_factor=1,
+                         config={"retention.ms": str(KAFKA_RETENTION_MS)})
+        for f in admin.create_topics([topic]).values():
+            f.result(30)
 
     def consume() -> None:
         c = Consumer({"bootstrap.servers": f"127.0.0.1:{port}", "group.id": "soak", "auto.offset.reset": "earliest"})
@@ -143,7 +157,7 @@ def kafka_run(port: int, rate: float, lat: Latencies, stop: threading.Event) -> 
         c.close()
 
     p = Producer({"bootstrap.servers": f"127.0.0.1:{port}", "acks": "all", "linger.ms": 1})
-    p.produce("soak-kafka", body())  # creates the topic before the group joins
+    p.produce("soak-kafka", body())  # creates the topic (if not yet) before the group joins
     p.flush(10)
     consumer = threading.Thread(target=consume, daemon=True)
     consumer.start()
@@ -185,6 +199,7 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
         pid = broker.proc.pid
         protocols = [p for p in (only or RUN) if p != "kafka" or kafka_serves_produce(broker.ports["kafka"])]
         print(f"soak: {minutes:g} min, {rate:g} msg/s per protocol ({','.join(protocols)}), "
+              f"Kafka retention.ms {KAFKA_RETENTION_MS or 'none'}, "
               f"sample every {interval:g} s, data {work}", flush=True)
         lats = {p: Latencies() for p in protocols}
         stop = threading.Event()
@@ -251,6 +266,7 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
 
 
 def main() -> int:
+    global KAFKA_RETENTION_MS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--interval", type=float, default=10, help="seconds between samples")
@@ -259,7 +275,10 @@ def main() -> int:
     ap.add_argument("--max-rss-growth-mb-per-hour", type=float, default=5)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--protocols", default="mqtt,amqp,kafka", help="comma-separated subset")
+    ap.add_argument("--kafka-retention-ms", type=int, default=KAFKA_RETENTION_MS,
+                    help="retention.ms of the Kafka topic (0: keep everything)")
     args = ap.parse_args()
+    KAFKA_RETENTION_MS = args.kafka_retention_ms
     only = [p for p in args.protocols.split(",") if p in RUN]
     return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep, only)
 
