@@ -26,6 +26,7 @@ or a protocol stopped delivering.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import sys
@@ -136,14 +137,15 @@ def amqp_run(port: int, rate: float, lat: Latencies, stop: threading.Event) -> N
 KAFKA_RETENTION_MS = 300_000
 
 
-def kafka_run(port: int, rate: float, lat: Latencies, stop: threading.Event) -> None:
+def kafka_run(port: int, rate: float, lat: Latencies, stop: threading.Event,
+              retention_ms: int = KAFKA_RETENTION_MS) -> None:
     from confluent_kafka import Consumer, Producer
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    if KAFKA_RETENTION_MS > 0:
+    if retention_ms > 0:
         admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"})
         topic = NewTopic("soak-kafka", num_partitions=1, replication_factor=1,
-                         config={"retention.ms": str(KAFKA_RETENTION_MS)})
+                         config={"retention.ms": str(retention_ms)})
         for f in admin.create_topics([topic]).values():
             f.result(30)
 
@@ -188,7 +190,7 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max_rss_growth: float,
-        keep: bool = False, only: list[str] | None = None) -> int:
+        keep: bool = False, only: list[str] | None = None, kafka_retention_ms: int = KAFKA_RETENTION_MS) -> int:
     work = Path(tempfile.mkdtemp(prefix="polymq-soak-"))
     broker = Broker(work / "data", work, fsync=None)
     failed = False
@@ -199,11 +201,12 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
         pid = broker.proc.pid
         protocols = [p for p in (only or RUN) if p != "kafka" or kafka_serves_produce(broker.ports["kafka"])]
         print(f"soak: {minutes:g} min, {rate:g} msg/s per protocol ({','.join(protocols)}), "
-              f"Kafka retention.ms {KAFKA_RETENTION_MS or 'none'}, "
+              f"Kafka retention.ms {kafka_retention_ms or 'none'}, "
               f"sample every {interval:g} s, data {work}", flush=True)
         lats = {p: Latencies() for p in protocols}
         stop = threading.Event()
-        threads = [threading.Thread(target=RUN[p], args=(broker.ports[p], rate, lats[p], stop), daemon=True)
+        run_of = {**RUN, "kafka": functools.partial(kafka_run, retention_ms=kafka_retention_ms)}
+        threads = [threading.Thread(target=run_of[p], args=(broker.ports[p], rate, lats[p], stop), daemon=True)
                    for p in protocols]
         for t in threads:
             t.start()
@@ -266,7 +269,6 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
 
 
 def main() -> int:
-    global KAFKA_RETENTION_MS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--minutes", type=float, default=30)
     ap.add_argument("--interval", type=float, default=10, help="seconds between samples")
@@ -278,9 +280,9 @@ def main() -> int:
     ap.add_argument("--kafka-retention-ms", type=int, default=KAFKA_RETENTION_MS,
                     help="retention.ms of the Kafka topic (0: keep everything)")
     args = ap.parse_args()
-    KAFKA_RETENTION_MS = args.kafka_retention_ms
     only = [p for p in args.protocols.split(",") if p in RUN]
-    return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep, only)
+    return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep, only,
+               args.kafka_retention_ms)
 
 
 if __name__ == "__main__":
