@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-use crate::limits::{CONNECTION_COUNT_MAX_DEFAULT, RECORD_BYTES_MAX};
+use crate::limits::{CONNECTION_COUNT_MAX_DEFAULT, RECORD_BYTES_MAX, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN};
 use crate::{FsyncPolicy, StoreConfig};
 
 /// Prefix of every environment variable the broker reads.
@@ -118,6 +118,10 @@ pub struct Config {
     /// 0.4); `Some(0)`: no alarm.
     pub memory_high_watermark_bytes: Option<u64>,
     // -- end of the AMQP vhosts and memory alarm block --
+    /// Size at which the commit log rolls to a new segment file (Kafka's
+    /// `log.segment.bytes`). Space is reclaimed a whole segment at a time,
+    /// so smaller segments free disk sooner at the cost of more files.
+    pub segment_bytes: u64,
     // -- the one address space (issue 6; one block, to merge easily) --
     /// The `[mapping]` table: how topics, exchanges and Kafka topics map
     /// onto each other (`polymq::mapping`, `docs/interop.md`). In the
@@ -150,6 +154,7 @@ impl Default for Config {
             kafka_group_initial_rebalance_delay_ms: KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_DEFAULT,
             amqp_vhosts: vec![AMQP_DEFAULT_VHOST.to_owned()],
             memory_high_watermark_bytes: None,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
             mapping: crate::mapping::Mapping::default(),
         }
     }
@@ -289,6 +294,7 @@ impl Config {
                 "MEMORY_HIGH_WATERMARK_BYTES" => {
                     self.memory_high_watermark_bytes = Some(value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?)
                 }
+                "SEGMENT_BYTES" => self.segment_bytes = value.trim().parse().map_err(|e| env_err(format!("not a byte count: {e}")))?,
                 // -- the one address space --
                 "MAPPING_TOPIC_SPACE" => self.mapping.topic_space = value.trim().to_owned(),
                 "MAPPING_MQTT_TO_STREAMS" => self.mapping.mqtt_to_streams = parse_bool(value).map_err(env_err)?,
@@ -373,6 +379,9 @@ impl Config {
                 format!("{} is outside {MQTT_PACKET_BYTES_MIN}..={MQTT_PACKET_BYTES_MAX_CEILING}", self.mqtt_max_packet_bytes),
             ));
         }
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(invalid("segment_bytes", format!("{} is outside {SEGMENT_BYTES_MIN}..={SEGMENT_BYTES_MAX}", self.segment_bytes)));
+        }
         if self.kafka_group_initial_rebalance_delay_ms > KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS_MAX {
             return Err(invalid(
                 "kafka_group_initial_rebalance_delay_ms",
@@ -424,6 +433,7 @@ impl Config {
     pub fn store_config(&self) -> StoreConfig {
         let mut store = StoreConfig::new(self.data_dir.clone());
         store.fsync = self.fsync;
+        store.segment_bytes = self.segment_bytes;
         store
     }
 }
@@ -734,5 +744,19 @@ mod tests {
         let s = c.store_config();
         assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
         assert_eq!(s.fsync, FsyncPolicy::Always);
+        assert_eq!(s.segment_bytes, SEGMENT_BYTES_DEFAULT);
+    }
+
+    #[test]
+    fn segment_bytes_from_file_and_env_within_bounds() {
+        let c = Config::from_toml_str("segment_bytes = 8388608\n").expect("parse");
+        assert_eq!(c.store_config().segment_bytes, 8 << 20);
+        let mut c = Config::default();
+        c.apply_env([("POLYMQ_SEGMENT_BYTES", "65536")]).expect("env");
+        assert_eq!(c.store_config().segment_bytes, 64 * 1024);
+        let err = Config { segment_bytes: 4096, ..Config::default() }.validate().expect_err("too small");
+        assert!(err.to_string().contains("segment_bytes"), "{err}");
+        assert!(Config { segment_bytes: SEGMENT_BYTES_MAX + 1, ..Config::default() }.validate().is_err());
+        assert!(Config::default().apply_env([("POLYMQ_SEGMENT_BYTES", "big")]).is_err());
     }
 }

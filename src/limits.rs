@@ -16,6 +16,8 @@ pub const DISPATCH_COUNT_MAX: usize = 4096;
 /// reclaiming one segment frees space promptly.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
 pub const SEGMENT_BYTES_MIN: u64 = 64 * 1024;
+/// Largest configurable segment (Kafka's `log.segment.bytes` tops out at 2 GiB too).
+pub const SEGMENT_BYTES_MAX: u64 = 2 * 1024 * 1024 * 1024;
 
 /// Bytes the group-commit writer gathers into one write before it issues it.
 pub const WRITE_BATCH_BYTES_MAX: usize = 4 * 1024 * 1024;

@@ -190,9 +190,11 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 
 
 def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max_rss_growth: float,
-        keep: bool = False, only: list[str] | None = None, kafka_retention_ms: int = KAFKA_RETENTION_MS) -> int:
+        keep: bool = False, only: list[str] | None = None, kafka_retention_ms: int = KAFKA_RETENTION_MS,
+        segment_mb: float | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="polymq-soak-"))
-    broker = Broker(work / "data", work, fsync=None)
+    env = {"POLYMQ_SEGMENT_BYTES": str(int(segment_mb * MB))} if segment_mb else None
+    broker = Broker(work / "data", work, fsync=None, env=env)
     failed = False
     rows: list[dict] = []
     try:
@@ -201,7 +203,7 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
         pid = broker.proc.pid
         protocols = [p for p in (only or RUN) if p != "kafka" or kafka_serves_produce(broker.ports["kafka"])]
         print(f"soak: {minutes:g} min, {rate:g} msg/s per protocol ({','.join(protocols)}), "
-              f"Kafka retention.ms {kafka_retention_ms or 'none'}, "
+              f"Kafka retention.ms {kafka_retention_ms or 'none'}, segments of {segment_mb or 'the default'} MiB, "
               f"sample every {interval:g} s, data {work}", flush=True)
         lats = {p: Latencies() for p in protocols}
         stop = threading.Event()
@@ -212,7 +214,7 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
             t.start()
         t0 = time.monotonic()
         end = t0 + minutes * 60
-        header = ["t_s", "rss_bytes", "open_fds"] + [f"{p}_{k}" for p in protocols for k in ("n", "p50_ms", "p99_ms")]
+        header = ["t_s", "rss_bytes", "open_fds", "segments"] + [f"{p}_{k}" for p in protocols for k in ("n", "p50_ms", "p99_ms")]
         out = open(csv_path, "w") if csv_path else None
         if out:
             out.write(",".join(header) + "\n")
@@ -223,7 +225,8 @@ def run(minutes: float, interval: float, rate: float, csv_path: Path | None, max
                 failed = True
                 break
             row = {"t_s": round(time.monotonic() - t0, 1), "rss_bytes": rss_bytes(pid),
-                   "open_fds": len(os.listdir(f"/proc/{pid}/fd"))}
+                   "open_fds": len(os.listdir(f"/proc/{pid}/fd")),
+                   "segments": sum(1 for f in (work / "data" / "log").iterdir() if f.suffix == ".log")}
             for p in protocols:
                 n, p50, p99 = lats[p].take()
                 row.update({f"{p}_n": n, f"{p}_p50_ms": round(p50, 2), f"{p}_p99_ms": round(p99, 2)})
@@ -279,10 +282,13 @@ def main() -> int:
     ap.add_argument("--protocols", default="mqtt,amqp,kafka", help="comma-separated subset")
     ap.add_argument("--kafka-retention-ms", type=int, default=KAFKA_RETENTION_MS,
                     help="retention.ms of the Kafka topic (0: keep everything)")
+    ap.add_argument("--segment-mb", type=float,
+                    help="the broker's segment_bytes in MiB (default: the broker's 128): small segments make "
+                         "rolls, compactions and reclaims happen many times within the run")
     args = ap.parse_args()
     only = [p for p in args.protocols.split(",") if p in RUN]
     return run(args.minutes, args.interval, args.rate, args.csv, args.max_rss_growth_mb_per_hour, args.keep, only,
-               args.kafka_retention_ms)
+               args.kafka_retention_ms, args.segment_mb)
 
 
 if __name__ == "__main__":
