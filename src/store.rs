@@ -139,6 +139,8 @@ pub struct MaintenanceReport {
     pub queues_expired: usize,
     pub segments_deleted: usize,
     pub bytes_freed: u64,
+    /// Live records compaction copied forward out of a mostly dead segment.
+    pub records_copied: usize,
 }
 
 /// What the writer must do with a record once it is in the log.
@@ -1548,9 +1550,10 @@ impl Inner {
             // The channel is FIFO: once this sync is done, so are the deletes.
             writer_msg::sync_blocking(&self.tx)?;
         }
-        let (segments, bytes) = self.reclaim()?;
-        report.segments_deleted = segments;
-        report.bytes_freed = bytes;
+        let reclaimed = self.reclaim()?;
+        report.segments_deleted = reclaimed.segments;
+        report.bytes_freed = reclaimed.bytes;
+        report.records_copied = reclaimed.copies;
         Ok(report)
     }
 
@@ -1582,14 +1585,18 @@ impl Inner {
         Ok(copies)
     }
 
+    /// Copies the live messages of segment `[from, to)` forward. Transient
+    /// memory: one 32-byte entry per live index entry of the segment (a
+    /// quarter of it at most is live, or it would not be compacted), and
+    /// the copies waiting for the writer, at most `COMPACT_UNWRITTEN_BYTES`.
     fn compact_segment(&self, from: u64, to: u64, live: u64) -> Result<usize, StoreError> {
-        let entries = lock(&self.state)?.table.entries_in(from, to);
-        let mut by_pos: BTreeMap<u64, (u32, Vec<(QueueId, u64)>)> = BTreeMap::new();
-        for (q, offset, pos, total) in entries {
-            by_pos.entry(pos).or_insert_with(|| (total, Vec::new())).1.push((q, offset));
-        }
-        let copies = by_pos.len();
-        for (pos, (total, moves)) in by_pos {
+        let mut entries = lock(&self.state)?.table.entries_in(from, to);
+        // One copy per stored record, however many queues index it.
+        entries.sort_unstable_by_key(|&(_, _, pos, _)| pos);
+        let mut copies = 0;
+        let mut unwritten = 0u64;
+        for same in entries.chunk_by(|a, b| a.2 == b.2) {
+            let (pos, total) = (same[0].2, same[0].3);
             let (timestamp_ms, msg) = match record::decode(self.log.read(pos, total)?)? {
                 Record::Message { timestamp_ms, msg, .. } => (timestamp_ms, msg),
                 _ => continue,
@@ -1599,7 +1606,8 @@ impl Inner {
             // copy: a copy of an already acked message would come back on replay.
             let st = lock(&self.state)?;
             self.check_open()?;
-            let moves: Vec<(QueueId, u64)> = moves.into_iter().filter(|&(q, o)| st.table.pos_of(q, o) == Some(pos)).collect();
+            let moves: Vec<(QueueId, u64)> =
+                same.iter().map(|&(q, o, _, _)| (q, o)).filter(|&(q, o)| st.table.pos_of(q, o) == Some(pos)).collect();
             if moves.is_empty() {
                 continue;
             }
@@ -1613,6 +1621,14 @@ impl Inner {
                 done: None,
             }));
             drop(st);
+            copies += 1;
+            unwritten += u64::from(total);
+            if unwritten >= COMPACT_UNWRITTEN_BYTES {
+                // Each copy holds its body until written: wait for the writer
+                // rather than queue up a whole segment's worth of them.
+                writer_msg::sync_blocking(&self.tx)?;
+                unwritten = 0;
+            }
         }
         tracing::debug!(segment = from, live_bytes = live, copies, "compacted a segment");
         Ok(copies)
@@ -1621,10 +1637,10 @@ impl Inner {
     /// Deletes the oldest segments that hold no live message. Queue
     /// declarations and group offsets in them are first saved in a metadata
     /// snapshot (so they need not be copied forward record by record).
-    fn reclaim(&self) -> Result<(usize, u64), StoreError> {
+    fn reclaim(&self) -> Result<Reclaimed, StoreError> {
         let bases = self.log.segment_bases();
         if bases.len() < 2 {
-            return Ok((0, 0));
+            return Ok(Reclaimed::default());
         }
         // The prefix of sealed segments with no live entry: [bases[0], cut).
         let cut = {
@@ -1639,8 +1655,7 @@ impl Inner {
             cut
         };
         let Some(cut) = cut else {
-            self.compact_oldest(&bases)?;
-            return Ok((0, 0));
+            return Ok(Reclaimed { copies: self.compact_oldest(&bases)?, ..Reclaimed::default() });
         };
         // Everything before `cut` is written; the snapshot must cover at
         // least that far so no declaration or group offset below it is lost.
@@ -1648,13 +1663,20 @@ impl Inner {
         snapshot::write(&self.cfg.data_dir, &self.state, snap_at.max(cut))?;
         let freed = self.log.delete_segments_before(cut)?;
         let mut st = lock(&self.state)?;
-        let before = st.live.len();
         st.live.retain(|&b, _| b >= cut);
         st.bases.retain(|&b| b >= cut);
-        let deleted = bases.iter().filter(|&&b| b < cut).count();
-        let _ = before;
-        Ok((deleted, freed))
+        let segments = bases.iter().filter(|&&b| b < cut).count();
+        Ok(Reclaimed { segments, bytes: freed, copies: 0 })
     }
+}
+
+/// What one reclaim did: segments deleted and their bytes, or records
+/// copied forward by compaction.
+#[derive(Default)]
+struct Reclaimed {
+    segments: usize,
+    bytes: u64,
+    copies: usize,
 }
 
 /// Whether a control record changes durable state: records about transient
@@ -1676,6 +1698,8 @@ fn needs_log(rec: &Record) -> bool {
 const COMPACT_LIVE_RATIO_INV: u64 = 4;
 /// Bytes one maintenance run may copy forward, so compaction cannot starve appends.
 const COMPACT_BYTES_PER_RUN: u64 = 64 * 1024 * 1024;
+/// Bytes of copies compaction lets wait for the writer before it waits too.
+const COMPACT_UNWRITTEN_BYTES: u64 = 1024 * 1024;
 
 /// Applies one record found in the log at start-up.
 fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: u64) {
