@@ -2,6 +2,7 @@
 //! registry that hands it from one connection to the next (takeover).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -153,16 +154,28 @@ struct Entry {
     last_connection: u64,
 }
 
-/// Client id -> session. One lock, held only for map operations.
+/// Client id -> session, in [`REGISTRY_SHARDS`] maps under their own locks,
+/// each held only for map operations: the keep-alive sweep and a drain walk
+/// one shard at a time, so with a million sessions a CONNECT waits for at
+/// most one shard's walk, not all of them.
 pub(crate) struct Registry {
-    entries: Mutex<HashMap<String, Entry>>,
+    shards: Box<[Mutex<HashMap<String, Entry>>]>,
+    hasher: RandomState,
     /// Origin of [`Registry::now_ms`].
     epoch: Instant,
 }
 
+/// Shards of the session registry (a power of two).
+const REGISTRY_SHARDS: usize = 64;
+const _: () = assert!(REGISTRY_SHARDS.is_power_of_two());
+
 impl Default for Registry {
     fn default() -> Registry {
-        Registry { entries: Mutex::default(), epoch: Instant::now() }
+        Registry {
+            shards: (0..REGISTRY_SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: RandomState::new(),
+            epoch: Instant::now(),
+        }
     }
 }
 
@@ -187,15 +200,28 @@ pub(crate) enum ClaimResult {
 }
 
 impl Registry {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    /// The shard holding `client_id`.
+    fn lock(&self, client_id: &str) -> MutexGuard<'_, HashMap<String, Entry>> {
+        let i = self.hasher.hash_one(client_id) as usize & (REGISTRY_SHARDS - 1);
+        lock_shard(&self.shards[i])
+    }
+
+    /// Calls `f` with every live connection's handover, one shard locked at a time.
+    fn each_live(&self, mut f: impl FnMut(&Handover)) {
+        for shard in self.shards.iter() {
+            for entry in lock_shard(shard).values() {
+                if let Some(live) = &entry.live {
+                    f(&live.handover);
+                }
+            }
+        }
     }
 
     /// Claims `client_id` for `connection`, or asks the current holder to
     /// leave. `force` claims even if a holder is still there (it did not
     /// leave in time; its state is lost to it).
     pub fn claim(&self, client_id: &str, connection: u64, force: bool) -> ClaimResult {
-        let mut map = self.lock();
+        let mut map = self.lock(client_id);
         let entry = map.entry(client_id.to_owned()).or_default();
         if let Some(live) = &entry.live {
             if !force {
@@ -211,7 +237,7 @@ impl Registry {
 
     /// The connection is over: park the session if it persists.
     pub fn release(&self, client_id: &str, connection: u64, parked: Option<SessionState>) {
-        let mut map = self.lock();
+        let mut map = self.lock(client_id);
         let Some(entry) = map.get_mut(client_id) else { return };
         if entry.live.as_ref().is_some_and(|l| l.connection == connection) {
             entry.live = None;
@@ -227,11 +253,7 @@ impl Registry {
     /// own, which would cost every idle connection ~170 bytes. One that claims
     /// its id after this has run sees the shutdown signal already set.
     pub fn drain(&self) {
-        for entry in self.lock().values() {
-            if let Some(live) = &entry.live {
-                live.handover.kick(Kick::Drain);
-            }
-        }
+        self.each_live(|h| h.kick(Kick::Drain));
     }
 
     /// Milliseconds since the registry was made: the clock of keep-alive.
@@ -245,19 +267,69 @@ impl Registry {
     /// is 112 bytes of every idle connection).
     pub fn expire_idle(&self) {
         let now = self.now_ms();
-        for entry in self.lock().values() {
-            let Some(live) = &entry.live else { continue };
-            let h = &live.handover;
+        self.each_live(|h| {
             let limit = u64::from(h.keep_alive_ms.load(Ordering::Relaxed));
             if limit != 0 && !h.paused.load(Ordering::Relaxed) && now.saturating_sub(h.last_rx_ms.load(Ordering::Relaxed)) >= limit {
                 h.kick(Kick::KeepAlive);
             }
-        }
+        });
     }
 
     /// Whether a will scheduled when `connection` ended should still go out:
     /// no newer connection has claimed the client id since.
     pub fn will_still_due(&self, client_id: &str, connection: u64) -> bool {
-        self.lock().get(client_id).is_none_or(|e| e.last_connection <= connection)
+        self.lock(client_id).get(client_id).is_none_or(|e| e.last_connection <= connection)
+    }
+}
+
+fn lock_shard(shard: &Mutex<HashMap<String, Entry>>) -> MutexGuard<'_, HashMap<String, Entry>> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claimed(r: &Registry, id: &str, connection: u64) -> Claim {
+        match r.claim(id, connection, false) {
+            ClaimResult::Claimed(c, _) => c,
+            ClaimResult::Busy(_) => panic!("{id} is busy"),
+        }
+    }
+
+    #[test]
+    fn the_sweep_and_drain_reach_sessions_in_every_shard() {
+        let r = Registry::default();
+        // Enough ids that every shard holds some (64 shards, 2,000 ids).
+        let claims: Vec<Claim> = (0..2000).map(|i| claimed(&r, &format!("c{i}"), i)).collect();
+        for (i, c) in claims.iter().enumerate() {
+            // Every other one has a keep-alive and has been silent past it.
+            c.handover.set_keep_alive((i % 2 == 0).then_some(Duration::from_millis(1)));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        r.expire_idle();
+        for (i, c) in claims.iter().enumerate() {
+            let want = (i % 2 == 0).then_some(Kick::KeepAlive);
+            assert_eq!(c.handover.kick_reason(), want, "c{i}");
+        }
+        r.drain();
+        assert!(claims.iter().all(|c| c.handover.kick_reason() == Some(Kick::Drain)));
+    }
+
+    #[test]
+    fn a_second_claim_is_busy_until_release_then_gets_the_parked_session() {
+        let r = Registry::default();
+        let first = claimed(&r, "dev", 1);
+        let ClaimResult::Busy(h) = r.claim("dev", 2, false) else { panic!("the id is held") };
+        assert_eq!(h.kick_reason(), Some(Kick::TakenOver));
+        let mut parked = SessionState::new();
+        parked.persistent = true;
+        r.release("dev", 1, Some(parked));
+        drop(first);
+        match r.claim("dev", 2, false) {
+            ClaimResult::Claimed(_, Some(s)) => assert!(s.persistent),
+            _ => panic!("the parked session goes to the next claim"),
+        }
+        assert!(!r.will_still_due("dev", 1), "a newer connection claimed the id");
     }
 }
