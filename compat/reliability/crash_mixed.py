@@ -285,16 +285,18 @@ PROTOCOLS = {
 }
 
 
-def run(iterations: int, seed: int, keep: bool) -> int:
+def run(iterations: int, seed: int, keep: bool, segment_mb: float | None = None) -> int:
     rng = random.Random(seed)
     work = Path(tempfile.mkdtemp(prefix="polymq-crash-"))
-    broker = Broker(work / "data", work)
+    env = {"POLYMQ_SEGMENT_BYTES": str(int(segment_mb * 1024 * 1024))} if segment_mb else None
+    broker = Broker(work / "data", work, env=env)
     totals = {p: [0, 0, 0, 0, 0] for p in PROTOCOLS}  # acked, found, lost, dup, reordered
     failed = False
     try:
         broker.start()
         protocols = [p for p in PROTOCOLS if p != "kafka" or kafka_serves_produce(broker.ports["kafka"])]
-        print(f"crash_mixed: {iterations} iterations, seed {seed}, protocols {','.join(protocols)}, data {work}")
+        print(f"crash_mixed: {iterations} iterations, seed {seed}, protocols {','.join(protocols)}, "
+              f"segments of {segment_mb or 'the default'} MiB, data {work}")
         for it in range(iterations):
             for p in protocols:
                 prepare = PROTOCOLS[p][0]
@@ -350,8 +352,10 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=20)
     ap.add_argument("--seed", type=int, default=int(time.time()))
     ap.add_argument("--keep", action="store_true", help="keep the data directory and logs")
+    ap.add_argument("--segment-mb", type=float,
+                    help="the broker's segment_bytes in MiB: small segments put rolls and reclaims under the kills")
     args = ap.parse_args()
-    return run(args.iterations, args.seed, args.keep)
+    return run(args.iterations, args.seed, args.keep, args.segment_mb)
 
 
 if __name__ == "__main__":
