@@ -176,7 +176,7 @@ pub(crate) struct State {
     bases_version: u64,
     /// Bodies of messages that went only to transient queues (never in the
     /// log), keyed by a position with [`MEM_POS`] set.
-    mem: HashMap<u64, MemBody>,
+    mem: hashbrown::HashMap<u64, MemBody>,
     mem_next: u64,
     mem_bytes: u64,
 }
@@ -258,8 +258,10 @@ impl State {
     }
 
     fn apply_live(&mut self, log: &Log<Op>) {
-        let deltas: Vec<_> = self.table.drain_live().collect();
+        // Once per append: the vector goes back to the table, no allocation.
+        let deltas = self.table.take_live();
         if deltas.is_empty() {
+            self.table.return_live_buffer(deltas);
             return;
         }
         let version = log.segments_version();
@@ -267,7 +269,7 @@ impl State {
             self.bases = log.segment_bases();
             self.bases_version = version;
         }
-        for (pos, d) in deltas {
+        for &(pos, d) in &deltas {
             if pos & MEM_POS != 0 {
                 self.mem_ref(pos, d > 0);
                 continue;
@@ -276,6 +278,7 @@ impl State {
             let base = if i == 0 { 0 } else { self.bases[i - 1] };
             *self.live.entry(base).or_insert(0) += d;
         }
+        self.table.return_live_buffer(deltas);
     }
 }
 
@@ -351,7 +354,7 @@ impl Store {
             live: BTreeMap::new(),
             bases: Vec::new(),
             bases_version: u64::MAX,
-            mem: HashMap::new(),
+            mem: hashbrown::HashMap::new(),
             mem_next: 0,
             mem_bytes: 0,
         };
@@ -368,7 +371,7 @@ impl Store {
         // limit), so applying it again after replay can only move a stream's
         // start forward, never back past what consumers already saw dropped.
         st.table.apply_retention(now);
-        st.table.drain_live().for_each(drop);
+        drop(st.table.take_live());
         st.bases = log.segment_bases();
         let live = recount_live(&st);
         st.live = live;
@@ -1770,7 +1773,7 @@ fn replay(st: &mut State, pos: u64, total: u32, body: &[u8], covered: u64, now: 
             let _ = st.table.index(id, e, now);
         }
     }
-    st.table.drain_live().for_each(drop);
+    drop(st.table.take_live());
 }
 
 #[cfg(test)]

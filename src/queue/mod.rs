@@ -722,8 +722,18 @@ impl QueueTable {
         self.live_slot(id).and_then(|s| s.hot.as_ref()).and_then(|h| h.pop.next_due())
     }
 
-    pub fn drain_live(&mut self) -> std::vec::Drain<'_, LiveDelta> {
-        self.live.drain(..)
+    /// Takes the pending live-byte deltas; hand the vector back with
+    /// [`QueueTable::return_live_buffer`] so its capacity is reused.
+    pub fn take_live(&mut self) -> Vec<LiveDelta> {
+        std::mem::take(&mut self.live)
+    }
+
+    /// Gives back the vector [`QueueTable::take_live`] returned, emptied.
+    pub fn return_live_buffer(&mut self, mut buf: Vec<LiveDelta>) {
+        if self.live.is_empty() {
+            buf.clear();
+            self.live = buf;
+        }
     }
 }
 
