@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -319,6 +319,9 @@ pub struct Store {
     memory_alarm: Arc<crate::server::memory::MemoryAlarm>,
     maintenance_thread: Mutex<Option<(std::thread::JoinHandle<()>, Arc<AtomicBool>)>>,
     recovery: RecoveryReport,
+    /// The queue table's names version (see [`Store::queue_names_version`]).
+    names_version: Arc<AtomicU64>,
+    partition_cache: crate::topic::PartitionCache,
 }
 
 /// The answer to a record handed to the writer: its position once written.
@@ -410,7 +413,15 @@ impl Store {
             (inner, tx)
         };
         let (inner, _tx) = tx;
-        let store = Arc::new(Store { inner, memory_alarm: Arc::default(), maintenance_thread: Mutex::new(None), recovery });
+        let names_version = lock(&inner.state)?.table.names_version();
+        let store = Arc::new(Store {
+            inner,
+            memory_alarm: Arc::default(),
+            maintenance_thread: Mutex::new(None),
+            recovery,
+            names_version,
+            partition_cache: crate::topic::PartitionCache::default(),
+        });
         if !cfg.maintenance_interval.is_zero() {
             let stop = Arc::new(AtomicBool::new(false));
             let weak = Arc::downgrade(&store.inner);
@@ -508,6 +519,17 @@ impl Store {
     /// Redeclaring with other options fails with [`StoreError::Inequivalent`].
     pub async fn declare_queue(&self, name: &str, opts: QueueOptions) -> Result<QueueInfo, StoreError> {
         self.inner.declare_queue(name, opts).await
+    }
+
+    /// Changes whenever a queue name is added or removed (a declaration that
+    /// created a queue, a deletion, an expiry); read without a lock, so a
+    /// cache of name lookups can tell whether it is still right.
+    pub fn queue_names_version(&self) -> u64 {
+        self.names_version.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn partition_cache(&self) -> &crate::topic::PartitionCache {
+        &self.partition_cache
     }
 
     pub fn queue_id(&self, name: &str) -> Option<QueueId> {

@@ -45,7 +45,15 @@ pub fn valid_name(topic: &str) -> bool {
 }
 
 /// The partition queues of `topic`, in partition order (empty: no such topic).
+/// Served from the store's [`PartitionCache`]: every MQTT publish and every
+/// Kafka produce and fetch asks, and the answer changes only when a queue
+/// is declared or deleted.
 pub fn partitions(store: &Store, topic: &str) -> Vec<QueueId> {
+    store.partition_cache().get(store, topic)
+}
+
+/// The partition queues of `topic`, looked up in the queue table.
+fn partitions_uncached(store: &Store, topic: &str) -> Vec<QueueId> {
     let mut out = Vec::new();
     while (out.len() as u32) < PARTITIONS_MAX {
         match store.queue_id(&partition_queue(topic, out.len() as u32)) {
@@ -54,6 +62,47 @@ pub fn partitions(store: &Store, topic: &str) -> Vec<QueueId> {
         }
     }
     out
+}
+
+/// Topic -> partition queues, for as long as no queue name is added or
+/// removed (the queue table's names version): then it starts empty again.
+/// A lookup that began before a change never stores its answer after it.
+/// Bounded: past [`PARTITION_CACHE_TOPICS_MAX`] topics it starts over, so
+/// publishers naming endless topics cannot grow it.
+#[derive(Default)]
+pub struct PartitionCache {
+    entries: std::sync::Mutex<(u64, std::collections::HashMap<String, Vec<QueueId>>)>,
+}
+
+/// Topics the partition cache holds at most.
+pub const PARTITION_CACHE_TOPICS_MAX: usize = 4096;
+
+impl PartitionCache {
+    fn get(&self, store: &Store, topic: &str) -> Vec<QueueId> {
+        let version = store.queue_names_version();
+        {
+            let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            if e.0 < version {
+                e.1.clear();
+                e.0 = version;
+            }
+            if e.0 == version {
+                if let Some(parts) = e.1.get(topic) {
+                    return parts.clone();
+                }
+            }
+        }
+        let parts = partitions_uncached(store, topic);
+        let mut e = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        // Only if no name changed since `version` was read (nor during the lookup).
+        if e.0 == version && store.queue_names_version() == version {
+            if e.1.len() >= PARTITION_CACHE_TOPICS_MAX {
+                e.1.clear();
+            }
+            e.1.insert(topic.to_owned(), parts.clone());
+        }
+        parts
+    }
 }
 
 /// Every topic with its partition count, sorted by name. Walks the queue
@@ -91,5 +140,30 @@ mod tests {
         assert!(!valid_name(&format!("{longest}t")));
         assert!(partition_queue(&longest, PARTITIONS_MAX - 1).len() <= QUEUE_NAME_BYTES_MAX);
         assert!(!valid_name("a/b") && !valid_name(""));
+    }
+
+    /// The cache answers what the queue table would, right after every
+    /// declaration and deletion, and is bounded.
+    #[tokio::test]
+    async fn cached_partitions_follow_declarations_and_deletions() {
+        use crate::queue::QueueOptions;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = crate::StoreConfig::new(dir.path().to_path_buf());
+        cfg.maintenance_interval = std::time::Duration::ZERO;
+        let store = Store::open(cfg).expect("open");
+        assert!(partitions(&store, "t").is_empty());
+        assert!(partitions(&store, "t").is_empty(), "the cached negative answer");
+        let p0 = store.declare_queue(&partition_queue("t", 0), QueueOptions::stream()).await.expect("p0").id;
+        assert_eq!(partitions(&store, "t"), [p0], "a declaration is seen at once");
+        let p1 = store.declare_queue(&partition_queue("t", 1), QueueOptions::stream()).await.expect("p1").id;
+        assert_eq!(partitions(&store, "t"), [p0, p1]);
+        store.delete_queue(p1).await.expect("delete");
+        assert_eq!(partitions(&store, "t"), [p0], "a deletion is seen at once");
+        for i in 0..PARTITION_CACHE_TOPICS_MAX + 10 {
+            assert!(partitions(&store, &format!("none{i}")).is_empty());
+        }
+        let held = store.partition_cache().entries.lock().expect("lock").1.len();
+        assert!(held <= PARTITION_CACHE_TOPICS_MAX, "{held} topics cached");
+        assert_eq!(partitions(&store, "t"), [p0]);
     }
 }

@@ -13,6 +13,8 @@ mod stream;
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 
@@ -153,6 +155,9 @@ pub struct QueueTable {
     maintained: SlotBits,
     /// Queues with a heap part (holding something): what metrics visit.
     hot: SlotBits,
+    /// Bumped whenever a name is added or removed, readable without the
+    /// table's lock: caches of name lookups check it.
+    names_version: Arc<AtomicU64>,
 }
 
 impl QueueTable {
@@ -170,7 +175,13 @@ impl QueueTable {
             live: Vec::new(),
             maintained: SlotBits::default(),
             hot: SlotBits::default(),
+            names_version: Arc::default(),
         }
+    }
+
+    /// A handle on the version of the name table (see [`QueueTable::lookup`]).
+    pub fn names_version(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.names_version)
     }
 
     pub fn len(&self) -> usize {
@@ -262,6 +273,7 @@ impl QueueTable {
                 hasher.hash_one(chunks[s as usize / CHUNK][s as usize % CHUNK].name.as_deref().unwrap_or(""))
             });
         }
+        self.names_version.fetch_add(1, Ordering::Release);
         if let Some(s) = self.slot_mut(id.slot()) {
             *s = Slot {
                 name: Some(name.into()),
@@ -421,6 +433,7 @@ impl QueueTable {
         if let Ok(e) = self.names.find_entry(hash, |&x| x == id.slot()) {
             e.remove();
         }
+        self.names_version.fetch_add(1, Ordering::Release);
         if let Some(hot) = hot {
             for (pos, total) in hot.pop.positions().chain(hot.stream.positions()) {
                 self.live.push((pos, -(total as i64)));
