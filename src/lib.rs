@@ -17,6 +17,7 @@ pub mod record;
 pub mod route;
 pub mod server;
 pub mod store;
+mod sys;
 pub mod topic;
 
 pub use error::StoreError;
