@@ -171,11 +171,7 @@ const _: () = assert!(REGISTRY_SHARDS.is_power_of_two());
 
 impl Default for Registry {
     fn default() -> Registry {
-        Registry {
-            shards: (0..REGISTRY_SHARDS).map(|_| Mutex::default()).collect(),
-            hasher: RandomState::new(),
-            epoch: Instant::now(),
-        }
+        Registry { shards: (0..REGISTRY_SHARDS).map(|_| Mutex::default()).collect(), hasher: RandomState::new(), epoch: Instant::now() }
     }
 }
 
