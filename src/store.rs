@@ -1625,7 +1625,16 @@ impl Inner {
     /// quarter of it at most is live, or it would not be compacted), and
     /// the copies waiting for the writer, at most `COMPACT_UNWRITTEN_BYTES`.
     fn compact_segment(&self, from: u64, to: u64, live: u64) -> Result<usize, StoreError> {
-        let mut entries = lock(&self.state)?.table.entries_in(from, to);
+        // A chunk of queues per lock hold, so appends do not wait for a walk
+        // of every index. Entries that change between holds are safe: each
+        // copy is checked again under the lock below, and an entry missed
+        // (a dead-letter indexed meanwhile) keeps the segment live, so it is
+        // not reclaimed, only compacted again on a later run.
+        let chunks = lock(&self.state)?.table.hot_chunks();
+        let mut entries = Vec::new();
+        for c in chunks {
+            lock(&self.state)?.table.entries_in_chunk(c, from, to, &mut entries);
+        }
         // One copy per stored record, however many queues index it.
         entries.sort_unstable_by_key(|&(_, _, pos, _)| pos);
         let mut copies = 0;

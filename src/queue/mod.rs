@@ -328,18 +328,17 @@ impl QueueTable {
         }
     }
 
-    /// Entries of every queue stored in `[from, to)` of the log:
-    /// (queue, offset, position, bytes). O(entries): for compaction only.
-    pub fn entries_in(&self, from: u64, to: u64) -> Vec<(QueueId, u64, u64, u32)> {
-        let mut out = Vec::new();
-        for (c, chunk) in self.chunks.iter().enumerate() {
-            for (i, s) in chunk.iter().enumerate() {
-                let (Some(_), Some(h)) = (&s.name, &s.hot) else { continue };
-                let id = QueueId::new((c * CHUNK + i) as u32, s.generation);
-                out.extend(h.pop.entries_in(from, to).chain(h.stream.entries_in(from, to)).map(|(o, p, t)| (id, o, p, t)));
-            }
+    /// Every (queue, offset, position, bytes) index entry of one chunk's
+    /// queues (see [`QueueTable::hot_chunks`]) at a log position in
+    /// `[from, to)`, appended to `out`: compaction walks the table a chunk
+    /// per lock hold.
+    pub fn entries_in_chunk(&self, c: usize, from: u64, to: u64, out: &mut Vec<(QueueId, u64, u64, u32)>) {
+        let Some(chunk) = self.chunks.get(c) else { return };
+        for (i, s) in chunk.iter().enumerate() {
+            let (Some(_), Some(h)) = (&s.name, &s.hot) else { continue };
+            let id = QueueId::new((c * CHUNK + i) as u32, s.generation);
+            out.extend(h.pop.entries_in(from, to).chain(h.stream.entries_in(from, to)).map(|(o, p, t)| (id, o, p, t)));
         }
-        out
     }
 
     /// The message at `offset` of `id` was copied from `old_pos` (None: from
